@@ -1,0 +1,86 @@
+"""The absl flags every binary shares, and the entry helper that turns errors into one line.
+
+A binary in bin/ defines only its own flags, then calls
+    cli.main(lambda: experiment.run(cli.config_from_flags(experiment.Config)))
+Every dataclass field of the config whose name is a defined flag takes that flag's value, so a
+config and its flags cannot drift apart (the remaining fields keep their defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any, Callable
+
+from absl import app, flags, logging
+
+from hw1_tf.errors import Hw1Error
+
+FLAGS = flags.FLAGS
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+
+flags.DEFINE_string("dataset", None, "mnist | fashion_mnist | cifar10 | digits (experiment "
+                    "default when unset).")
+flags.DEFINE_string("data_dir", None, "Folder with <dataset>/ IDX files and tfds/ "
+                    "(default $HW1_DATA_DIR or <project>/data).")
+flags.DEFINE_integer("batch_size", None, "Global batch size (split across replicas).",
+                     lower_bound=1)
+flags.DEFINE_integer("epochs", None, "Training epochs per run.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and subsets.")
+flags.DEFINE_float("learning_rate", None, "Optimizer learning rate.", lower_bound=0.0)
+flags.DEFINE_enum("optimizer", None, ["adam", "sgd", "rmsprop", "adagrad"], "Optimizer.")
+flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
+flags.DEFINE_string("output_dir", None, "Root of results/, figures/ and saved_models/ "
+                    "(default: the project root).")
+flags.DEFINE_string("saved_models_dir", None, "Where SavedModels go (default "
+                    "<output_dir>/saved_models).")
+flags.DEFINE_boolean("jit_compile", True, "XLA-compile the train step (one device only).")
+flags.DEFINE_integer("steps_per_execution", 64, "Train steps per tf.function call (one device "
+                     "only); the per-iteration history stays exact.", lower_bound=1)
+flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 line per epoch.",
+                     lower_bound=0, upper_bound=2)
+
+
+def config_from_flags(config_cls: type, **overrides: Any):
+    """Builds `config_cls` from every flag sharing a field's name that the user (or the flag's
+    own default, when not None) set; `overrides` win."""
+    values = {}
+    for field in dataclasses.fields(config_cls):
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+        elif field.name in FLAGS and FLAGS[field.name].value is not None:
+            value = FLAGS[field.name].value
+            if isinstance(value, list):  # DEFINE_list / multi flags: configs hold tuples
+                value = tuple(value)
+            values[field.name] = value
+    return config_cls(**values)
+
+
+def int_list(values: list[str] | None, name: str) -> tuple[int, ...]:
+    """Parses a comma list flag of integers, raising a one-line usage error."""
+    try:
+        return tuple(int(v) for v in values or ())
+    except ValueError:
+        raise app.UsageError(f"--{name} must be comma-separated integers, got {values}") from None
+
+
+def main(work: Callable[[], Any]) -> None:
+    """Runs `work` as an absl program: Hw1Error -> one line on stderr, exit 1."""
+
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        try:
+            work()
+        except Hw1Error as e:
+            logging.error("%s", e)
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print("error: interrupted; files already written are intact", file=sys.stderr)
+            sys.exit(130)
+
+    app.run(_main)

@@ -1,0 +1,196 @@
+"""Where every experiment's outputs live, and how they are written: atomically, always.
+
+Layout under `output_dir` (default: the project root):
+  results/<experiment>/results.json     config, command, and per run num_params + history
+  results/<experiment>/tb/<run>/        TensorBoard logs
+  figures/<experiment>/*.png            drawn from results.json only (hw1_tf.plots)
+  saved_models/<experiment>/<run>/      SavedModel (`model.export`), loadable without hw1_tf
+  saved_models/<experiment>/<run>.keras Keras file, to continue training
+
+A file is written to a temporary name in the same folder and renamed over the target, so an
+interrupted run never leaves a half-written file nor destroys the previous one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hw1_tf.errors import Hw1Error, ModelNotFoundError
+
+
+def project_root() -> Path:
+    """The source checkout holding this package (has setup.cfg), else the working directory."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "setup.cfg").is_file() else Path.cwd()
+
+
+# ------------------------------------------------------------------------------ atomic I/O
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays, dataclasses, tuples and Paths to plain JSON types."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=1) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such results file; run the experiment first")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Hw1Error(f"{path}: not valid JSON ({e}); rerun the experiment that wrote it") from None
+
+
+# ---------------------------------------------------------------------------------- layout
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """The output folders of one invocation."""
+
+    output_dir: Path
+    saved_models_root: Path
+
+    @classmethod
+    def create(cls, output_dir: str | Path | None = None,
+               saved_models_dir: str | Path | None = None) -> "Paths":
+        out = Path(output_dir) if output_dir else project_root()
+        sm = Path(saved_models_dir) if saved_models_dir else out / "saved_models"
+        return cls(out, sm)
+
+    def results_dir(self, experiment: str) -> Path:
+        return self.output_dir / "results" / experiment
+
+    def results_json(self, experiment: str) -> Path:
+        return self.results_dir(experiment) / "results.json"
+
+    def tensorboard_dir(self, experiment: str, run: str) -> Path:
+        return self.results_dir(experiment) / "tb" / run
+
+    def figures_dir(self, experiment: str) -> Path:
+        return self.output_dir / "figures" / experiment
+
+    def saved_model(self, experiment: str, run: str) -> Path:
+        return self.saved_models_root / experiment / run
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else ""
+
+
+def save_results(paths: Paths, experiment: str, config: Any, runs: dict[str, Any],
+                 **extra: Any) -> Path:
+    """Writes results/<experiment>/results.json: config, command, time, runs and extras."""
+    payload = {
+        "experiment": experiment,
+        "command": command_line(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config,
+        "runs": runs,
+        **extra,
+    }
+    return write_json(paths.results_json(experiment), payload)
+
+
+def load_results(paths: Paths, experiment: str) -> dict[str, Any]:
+    return read_json(paths.results_json(experiment))
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def export_model(model, path: str | Path, *, keras_file: bool = True) -> Path:
+    """Exports `model` as a SavedModel at `path` (and `<path>.keras`), replacing atomically.
+
+    The SavedModel loads with plain `tf.saved_model.load` and exposes `serve`,
+    `trainable_variables` (in the model's order) and assignable variables, which the
+    interpolation and measure experiments reuse.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        model.export(str(tmp / "model"), format="tf_saved_model", verbose=False)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp / "model", path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        if keras_file:
+            keras_tmp = tmp / "model.keras"
+            model.save(str(keras_tmp))
+            os.replace(keras_tmp, path.with_suffix(".keras"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_saved_model(path: str | Path):
+    """`tf.saved_model.load(path)`, with a one-line error when it is missing or unreadable."""
+    import tensorflow as tf
+
+    path = Path(path)
+    if not (path / "saved_model.pb").is_file():
+        raise ModelNotFoundError(f"{path}: no SavedModel here; train it first (see README)")
+    try:
+        return tf.saved_model.load(str(path))
+    except Exception as e:  # corrupted variables or protobuf: many exception types
+        raise ModelNotFoundError(f"{path}: SavedModel could not be loaded "
+                                 f"({type(e).__name__}); retrain it") from None
