@@ -1,0 +1,85 @@
+"""The tf.distribute strategy of a run, created once at the top and passed down.
+
+`make_strategy(name)`: default | one_device | mirrored | multi_worker. Models, optimizers and
+metrics are built inside `strategy.scope()`; the global batch size is what the flags say, and
+Keras splits it across replicas.
+
+`execution_settings` picks the fast path per strategy. Measured with Keras 3.15 (DESIGN.md):
+under several replicas `steps_per_execution > 1` fails (keras-team/keras#19246) and
+`jit_compile=True` fails (XLA cannot reach another device's resources), so there the run uses one
+step per execution without XLA, and says so in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+
+from hw1_tf.errors import Hw1Error
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+
+
+def configure_logical_cpus(count: int) -> None:
+    """Splits the host CPU into `count` logical devices (for multi-replica runs without GPUs).
+
+    Must run before TensorFlow initialises its devices (first thing in a process).
+    """
+    import tensorflow as tf
+
+    if count <= 1:
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+    except RuntimeError:
+        existing = len(tf.config.list_logical_devices("CPU"))
+        if existing != count:
+            raise Hw1Error(f"cannot split the CPU into {count} logical devices: TensorFlow is "
+                           f"already initialised with {existing}") from None
+
+
+def _replica_devices() -> list[str]:
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return [d.name for d in gpus]
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def make_strategy(name: str = "default"):
+    """Returns the tf.distribute strategy called `name`."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(_replica_devices()[0])
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=_replica_devices())
+    if name == "multi_worker":
+        config = os.environ.get("TF_CONFIG")
+        if config:
+            try:
+                json.loads(config)
+            except json.JSONDecodeError as e:
+                raise Hw1Error(f"TF_CONFIG is not valid JSON ({e})") from None
+        else:
+            logging.warning("multi_worker without TF_CONFIG: running as a single worker")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise Hw1Error(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def execution_settings(strategy, jit_compile: bool,
+                       steps_per_execution: int) -> tuple[bool, int]:
+    """(jit_compile, steps_per_execution) that work under `strategy`."""
+    if strategy.num_replicas_in_sync > 1 and (jit_compile or steps_per_execution > 1):
+        logging.info("%d replicas: using steps_per_execution=1 and no XLA (Keras 3 cannot do "
+                     "either across replicas); per-iteration history stays exact",
+                     strategy.num_replicas_in_sync)
+        return False, 1
+    return jit_compile, steps_per_execution

@@ -1,0 +1,312 @@
+"""The one training core: an instrumented Keras model and the `train` function every experiment
+uses.
+
+`InstrumentedModel` wraps any Keras network. Its `train_step` (keeping `fit`, callbacks and
+metrics) records, for EVERY iteration:
+  * `loss`       the global mean mini-batch loss,
+  * `grad_norm`  ||grad L||_2 of the globally all-reduced gradient (not one replica's share),
+  * `objective`  0 = the step minimised the loss, 1 = it minimised ||grad L||^2.
+The values go into preallocated device-side buffers, one slot per step of an execution, read back
+once per execution by `IterationLog`; so the history stays exact under `steps_per_execution > 1`
+and `jit_compile=True`, at the cost of one small device-to-host copy per execution.
+
+Objective "grad_norm" minimises ||grad L||^2 whose gradient is 2 H g (a Hessian-vector product,
+from a nested tape). Under several replicas each replica differentiates <g_r, stop(g)> where g is
+the all-reduced gradient; the optimizer's own all-reduce then sums the replicas' H_r g into H g.
+`ObjectiveSwitch` flips the objective when the norm falls below a threshold or after N epochs,
+and stops training when it falls below a stop threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from hw1_tf import distribute
+from hw1_tf.errors import Hw1Error, TrainingDivergedError
+
+OBJECTIVES = ("loss", "grad_norm")
+
+
+class _Recorder:
+    """Device-side per-iteration buffers (a plain object, so Keras neither tracks nor exports it).
+
+    Created inside the strategy scope; `ONLY_FIRST_REPLICA` aggregation lets every replica write
+    the (identical, globally reduced) value in replica context.
+    """
+
+    FIELDS = ("loss", "grad_norm", "objective")
+
+    def __init__(self, capacity: int):
+        agg = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self.capacity = capacity
+        self.buffers = {
+            f: tf.Variable(tf.zeros([capacity], tf.float32), trainable=False, aggregation=agg,
+                           name=f"record_{f}")
+            for f in self.FIELDS
+        }
+        self.count = tf.Variable(0, dtype=tf.int32, trainable=False, aggregation=agg,
+                                 name="record_count")
+
+    def write(self, **values) -> None:
+        index = [[self.count.read_value()]]
+        for field, value in values.items():
+            buf = self.buffers[field]
+            buf.assign(tf.tensor_scatter_nd_update(buf, index, [tf.cast(value, tf.float32)]))
+        self.count.assign_add(1)
+
+    def drain(self) -> dict[str, np.ndarray]:
+        """Reads the filled slots back to the host and empties the buffers."""
+        n = int(self.count.numpy())
+        out = {f: self.buffers[f].numpy()[:n].copy() for f in self.FIELDS}
+        self.count.assign(0)
+        return out
+
+
+def _global_sum(values):
+    """All-reduce (SUM) across replicas; identity with one replica."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return values
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+class InstrumentedModel(keras.Model):
+    """A Keras model around `network` whose train step records loss and gradient norm."""
+
+    def __init__(self, network: keras.Model, objective: str = "loss", **kwargs):
+        super().__init__(**kwargs)
+        if objective not in OBJECTIVES:
+            raise Hw1Error(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.network = network
+        self.objective = objective
+        self.recorder: _Recorder | None = None
+
+    def call(self, inputs, training=False):
+        return self.network(inputs, training=training)
+
+    def compile(self, *args, steps_per_execution: int = 1, **kwargs):
+        super().compile(*args, steps_per_execution=steps_per_execution, **kwargs)
+        with self.distribute_strategy.scope():
+            self.recorder = _Recorder(capacity=steps_per_execution)
+
+    def set_objective(self, objective: str) -> None:
+        """Switches what the train step minimises; retraces the train function once."""
+        if objective not in OBJECTIVES:
+            raise Hw1Error(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if objective != self.objective:
+            self.objective = objective
+            if self.train_function is not None:
+                self.make_train_function(force=True)
+
+    def _loss(self, x, y, sample_weight):
+        y_pred = self(x, training=True)
+        loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                  training=True)
+        return y_pred, loss
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        if self.objective == "loss":
+            with tf.GradientTape() as tape:
+                y_pred, loss = self._loss(x, y, sample_weight)
+            grads = tape.gradient(loss, variables)
+            global_grads = _global_sum(grads)
+            applied = grads
+        else:
+            with tf.GradientTape() as outer:
+                with tf.GradientTape() as inner:
+                    y_pred, loss = self._loss(x, y, sample_weight)
+                grads = inner.gradient(loss, variables)
+                global_grads = _global_sum(grads)
+                # d/dθ Σ_r <g_r, stop(g)> = H g, so 2x this is the gradient of ||g||^2.
+                surrogate = 2.0 * tf.add_n([tf.reduce_sum(g * tf.stop_gradient(G))
+                                            for g, G in zip(grads, global_grads)])
+            applied = outer.gradient(surrogate, variables)
+        grad_norm = tf.linalg.global_norm(global_grads)
+        self.optimizer.apply_gradients(zip(applied, variables))
+
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        self._loss_tracker.update_state(_unscale(loss), sample_weight=batch)
+        self.recorder.write(loss=_global_sum(loss), grad_norm=grad_norm,
+                            objective=OBJECTIVES.index(self.objective))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _unscale(loss):
+    """The replica's share of the loss times the number of replicas (Keras scales it down)."""
+    ctx = tf.distribute.get_replica_context()
+    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+    return loss * tf.cast(replicas, loss.dtype)
+
+
+# ------------------------------------------------------------------------------- callbacks
+
+
+class IterationLog(keras.callbacks.Callback):
+    """Drains the model's per-iteration buffers after each execution; stops on NaN/inf loss."""
+
+    def __init__(self, run_name: str = "run"):
+        super().__init__()
+        self.run_name = run_name
+        self.loss: list[float] = []
+        self.grad_norm: list[float] = []
+        self.objective: list[int] = []
+        self.epoch_end_iteration: list[int] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        values = self.model.recorder.drain()
+        if values["loss"].size and not np.all(np.isfinite(values["loss"])):
+            bad = len(self.loss) + int(np.argmax(~np.isfinite(values["loss"])))
+            raise TrainingDivergedError(
+                f"{self.run_name}: the loss became {values['loss'][bad - len(self.loss)]} at "
+                f"iteration {bad}; lower --learning_rate or change the optimizer")
+        self.loss.extend(values["loss"].tolist())
+        self.grad_norm.extend(values["grad_norm"].tolist())
+        self.objective.extend(values["objective"].astype(int).tolist())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_end_iteration.append(len(self.loss))
+
+    @property
+    def last_grad_norm(self) -> float:
+        return self.grad_norm[-1] if self.grad_norm else math.inf
+
+
+class ObjectiveSwitch(keras.callbacks.Callback):
+    """Loss -> gradient-norm minimisation when ||g|| < `switch_below` or after `switch_after_epochs`
+    epochs; stops once ||g|| < `stop_below` (while minimising the norm, or at once if the switch is
+    disabled). Checked after every execution, on the last recorded iteration."""
+
+    def __init__(self, log: IterationLog, switch_below: float | None = None,
+                 switch_after_epochs: int | None = None, stop_below: float | None = None):
+        super().__init__()
+        self.log = log
+        self.switch_below = switch_below
+        self.switch_after_epochs = switch_after_epochs
+        self.stop_below = stop_below
+        self.switched_at_iteration: int | None = None
+        self.stopped_at_iteration: int | None = None
+
+    def _switch(self):
+        if self.model.objective != "grad_norm":
+            self.switched_at_iteration = len(self.log.loss)
+            logging.info("%s: switching to gradient-norm minimisation at iteration %d "
+                         "(||g|| = %.3g)", self.log.run_name, self.switched_at_iteration,
+                         self.log.last_grad_norm)
+            self.model.set_objective("grad_norm")
+
+    def on_train_batch_end(self, batch, logs=None):
+        norm = self.log.last_grad_norm
+        if self.switch_below is not None and norm < self.switch_below:
+            self._switch()
+        switching = self.switch_below is not None or self.switch_after_epochs is not None
+        if (self.stop_below is not None and norm < self.stop_below
+                and (self.model.objective == "grad_norm" or not switching)):
+            self.stopped_at_iteration = len(self.log.loss)
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.switch_after_epochs is not None and epoch + 1 >= self.switch_after_epochs:
+            self._switch()
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """The knobs of one training run (experiments copy them from their configs)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    jit_compile: bool = True
+    steps_per_execution: int = 64
+    objective: str = "loss"
+    switch_grad_norm_below: float | None = None
+    switch_after_epochs: int | None = None
+    stop_grad_norm_below: float | None = None
+    shuffle: bool = True
+    verbose: int = 1
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    table = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
+             "rmsprop": keras.optimizers.RMSprop, "adagrad": keras.optimizers.Adagrad}
+    if name not in table:
+        raise Hw1Error(f"unknown optimizer {name!r}; choose from {', '.join(table)}")
+    return table[name](learning_rate=learning_rate)
+
+
+def loss_and_metrics(num_classes: int):
+    """Cross-entropy + accuracy for classification, MSE for regression (num_classes == 0)."""
+    if num_classes:
+        return (keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return keras.losses.MeanSquaredError(), []
+
+
+def build_instrumented(network_fn, num_classes: int, settings: TrainSettings, strategy=None):
+    """Builds `network_fn()` inside the strategy scope, wraps and compiles it."""
+    strategy = strategy or tf.distribute.get_strategy()
+    jit, spe = distribute.execution_settings(strategy, settings.jit_compile,
+                                             settings.steps_per_execution)
+    keras.utils.set_random_seed(settings.seed)
+    with strategy.scope():
+        network = network_fn()
+        model = InstrumentedModel(network, objective=settings.objective)
+        loss, metrics = loss_and_metrics(num_classes)
+        model.compile(optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
+                      loss=loss, metrics=metrics, jit_compile=jit, steps_per_execution=spe)
+        model.build((None,) + tuple(network.input_shape[1:]))
+    return model
+
+
+def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_xy=None,
+          run_name: str = "run", callbacks=(), tensorboard_dir=None) -> dict[str, Any]:
+    """Fits `model`; returns its history: per-iteration lists and per-epoch metrics.
+
+    `train_xy`/`test_xy` are (x, y) numpy pairs; the training set is shuffled each epoch with the
+    run's seed. Returns {"num_params", "iteration": {loss, grad_norm, objective},
+    "epoch": {train_loss, test_loss, (train_/test_)accuracy}, "epoch_end_iteration", ...}.
+    """
+    from hw1_tf import data  # data depends on nothing here; kept local to avoid import cycles
+
+    log = IterationLog(run_name)
+    switch = ObjectiveSwitch(log, settings.switch_grad_norm_below, settings.switch_after_epochs,
+                             settings.stop_grad_norm_below)
+    all_callbacks = [log, switch, *callbacks]
+    if tensorboard_dir is not None:
+        all_callbacks.append(keras.callbacks.TensorBoard(str(tensorboard_dir), profile_batch=0))
+    train_ds = data.to_dataset(*train_xy, settings.batch_size, shuffle=settings.shuffle,
+                               seed=settings.seed)
+    test_ds = data.to_dataset(*test_xy, max(settings.batch_size, 1024)) if test_xy else None
+    start = time.perf_counter()
+    fit = model.fit(train_ds, epochs=settings.epochs, validation_data=test_ds,
+                    callbacks=all_callbacks, verbose=settings.verbose, shuffle=False)
+    seconds = time.perf_counter() - start
+    epochs = {}
+    for key, values in fit.history.items():
+        name = key[4:] if key.startswith("val_") else key
+        epochs[("test_" if key.startswith("val_") else "train_") + name] = [float(v) for v in values]
+    return {
+        "num_params": int(model.network.count_params()),
+        "seconds": seconds,
+        "iteration": {"loss": log.loss, "grad_norm": log.grad_norm, "objective": log.objective},
+        "objective_names": list(OBJECTIVES),
+        "epoch": epochs,
+        "epoch_end_iteration": log.epoch_end_iteration,
+        "switched_at_iteration": switch.switched_at_iteration,
+        "stopped_at_iteration": switch.stopped_at_iteration,
+    }

@@ -1,0 +1,11 @@
+"""Runs first: splits the CPU into 2 logical devices before TensorFlow initialises, so the
+multi-replica (MirroredStrategy) tests can run on a machine without GPUs. Single-device code
+keeps using the default strategy on CPU:0."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from hw1_tf import distribute  # noqa: E402
+
+distribute.configure_logical_cpus(2)
