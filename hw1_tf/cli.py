@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from hw1_tf.errors import Hw1Error
 
@@ -39,6 +39,8 @@ flags.DEFINE_string("saved_models_dir", None, "Where SavedModels go (default "
 flags.DEFINE_boolean("jit_compile", True, "XLA-compile the train step (one device only).")
 flags.DEFINE_integer("steps_per_execution", 64, "Train steps per tf.function call (one device "
                      "only); the per-iteration history stays exact.", lower_bound=1)
+flags.DEFINE_integer("logical_cpus", 1, "Split the CPU into this many logical devices, so "
+                     "--strategy=mirrored has several replicas without GPUs.", lower_bound=1)
 flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 line per epoch.",
                      lower_bound=0, upper_bound=2)
 
@@ -66,21 +68,42 @@ def int_list(values: list[str] | None, name: str) -> tuple[int, ...]:
         raise app.UsageError(f"--{name} must be comma-separated integers, got {values}") from None
 
 
+def _usage_error(message: str) -> None:
+    print(f"usage error: {message} (see --helpshort)", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _usage_error(str(e))
+
+
 def main(work: Callable[[], Any]) -> None:
-    """Runs `work` as an absl program: Hw1Error -> one line on stderr, exit 1."""
+    """Runs `work` as an absl program. A bad flag -> one line, exit 2; Hw1Error -> one line,
+    exit 1; never a traceback for either."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     def _main(argv):
         if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+        import logging as std_logging
+
+        std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)  # TF's INFO chatter
+        if FLAGS.logical_cpus > 1:
+            from hw1_tf import distribute
+
+            distribute.configure_logical_cpus(FLAGS.logical_cpus)
         try:
             work()
+        except app.UsageError as e:
+            _usage_error(str(e))
         except Hw1Error as e:
-            logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
         except KeyboardInterrupt:
             print("error: interrupted; files already written are intact", file=sys.stderr)
             sys.exit(130)
 
-    app.run(_main)
+    app.run(_main, flags_parser=_parse_flags)

@@ -50,6 +50,84 @@ def spans_decades(values, decades: float = 2.0) -> bool:
     return v.size > 1 and np.log10(v.max() / v.min()) > decades
 
 
+def _epochs(values) -> np.ndarray:
+    return np.arange(1, len(values) + 1)
+
+
+def _finish_axes(ax, title: str, xlabel: str, ylabel: str, values=None, log_y: bool | None = None):
+    """Title, labels, legend, grid; log y when asked or when `values` span decades."""
+    if log_y or (log_y is None and values is not None and spans_decades(values)):
+        ax.set_yscale("log")
+        ylabel += " (log scale)"
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _label(run: dict[str, Any]) -> str:
+    return f"{run['model']['name']} ({run['num_params']} params)"
+
+
+# ------------------------------------------------------------------- HW1-1 simulate_function
+
+
+@plotter("simulate_function")
+def plot_simulate_function(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    out = []
+    for fn_name, target in results["targets"].items():
+        runs = {k: r for k, r in results["runs"].items() if r["function"] == fn_name}
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        losses = []
+        for run in runs.values():
+            loss = run["history"]["epoch"]["train_loss"]
+            losses += loss
+            ax.plot(_epochs(loss), loss, label=_label(run))
+        _finish_axes(ax, f"HW1-1 training loss fitting {target['formula']}", "epoch",
+                     "training loss (MSE)", log_y=True)
+        out.append(save(fig, figures_dir / f"loss_{fn_name}.png"))
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.plot(target["x"], target["y"], color="black", linewidth=2.5, label="ground truth")
+        for run in runs.values():
+            ax.plot(target["x"], run["prediction"], linewidth=1.3,
+                    label=f"{_label(run)}, test MSE {run['test_mse']:.2e}")
+        _finish_axes(ax, f"HW1-1 predictions vs ground truth: {target['formula']}", "x", "y",
+                     log_y=False)
+        out.append(save(fig, figures_dir / f"prediction_{fn_name}.png"))
+    return out
+
+
+# ------------------------------------------------------------------------ HW1-1 actual_task
+
+
+@plotter("actual_task")
+def plot_actual_task(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    out = []
+    datasets = sorted({r["dataset"] for r in results["runs"].values()})
+    for ds in datasets:
+        runs = {k: r for k, r in results["runs"].items() if r["dataset"] == ds}
+        for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            values = []
+            for i, run in enumerate(runs.values()):
+                color = f"C{i}"
+                train = run["history"]["epoch"][f"train_{metric}"]
+                ax.plot(_epochs(train), train, color=color, label=f"{_label(run)} train")
+                test = run["history"]["epoch"].get(f"test_{metric}")
+                if test:
+                    ax.plot(_epochs(test), test, color=color, linestyle="--",
+                            label=f"{run['model']['name']} test")
+                values += train + (test or [])
+            _finish_axes(ax, f"HW1-1 {ds}: training (solid) and test (dashed) {metric}", "epoch",
+                         ylabel, values=values if metric == "loss" else None,
+                         log_y=None if metric == "loss" else False)
+            out.append(save(fig, figures_dir / f"{ds}_{metric}.png"))
+    return out
+
+
 def make_figures(results: dict[str, Any], figures_dir: Path) -> list[Path]:
     experiment = results["experiment"]
     if experiment not in PLOTTERS:
@@ -58,3 +136,104 @@ def make_figures(results: dict[str, Any], figures_dir: Path) -> list[Path]:
         raise Hw1Error(f"no figures defined for experiment {experiment!r}; known: "
                        f"{', '.join(sorted(PLOTTERS))}")
     return PLOTTERS[experiment](results, Path(figures_dir))
+
+
+# ------------------------------------------------------------------ scratch (HW7 report, issue 4)
+
+
+def _scratch_curves(ax_loss, ax_acc, run: dict[str, Any], label: str | None = None,
+                    color=None) -> None:
+    """Per-iteration loss on ax_loss, per-epoch train (solid) / val (dashed) accuracy on ax_acc."""
+    loss = [np.nan if v is None else v for v in run["loss_history"]]
+    per_epoch = max(run.get("iterations_per_epoch", 1), 1)
+    it_epochs = np.arange(1, len(loss) + 1) / per_epoch
+    ax_loss.plot(it_epochs, loss, color=color, lw=0.8, label=label)
+    epochs = np.arange(len(run["train_acc_history"]))
+    ax_acc.plot(epochs, run["train_acc_history"], color=color, marker=".",
+                label=f"{label}: train" if label else "train")
+    ax_acc.plot(epochs, run["val_acc_history"], color=color, ls="--", marker=".",
+                label=f"{label}: validation" if label else "validation")
+
+
+def _scratch_loss_axis(ax, values, title: str) -> None:
+    ax.set(title=title, xlabel="epoch", ylabel="training loss (per iteration)")
+    if spans_decades(values):
+        ax.set_yscale("log")
+
+
+@plotter("scratch")
+def plot_scratch(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """Overfitting 50 examples, the weight-scale/learning-rate grid, the four update rules and the
+    final net, from results/scratch/results.json."""
+    paths = []
+    dataset = results.get("dataset_used", "?")
+    runs = results["runs"]
+
+    overfit = runs["overfit"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    _scratch_curves(ax_loss, ax_acc, overfit)
+    _scratch_loss_axis(ax_loss, overfit["loss_history"], "Training loss")
+    ax_acc.set(title=f"Accuracy (train reaches {results['overfit_train_accuracy']:.0%})",
+               xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    ax_acc.axhline(1.0, color="gray", lw=0.5)
+    ax_acc.legend()
+    fig.suptitle(f"Overfitting {overfit['num_train']} training examples: "
+                 f"{len(overfit['hidden_dims']) + 1}-layer net, {dataset}")
+    paths.append(save(fig, figures_dir / "overfit.png"))
+
+    search = results["search"]
+    acc = np.array([[np.nan if v is None else v for v in row] for row in search["train_acc"]],
+                   dtype=float)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    image = ax.imshow(acc, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
+    for (i, j), v in np.ndenumerate(acc):
+        ax.text(j, i, "div." if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                color="white" if np.isnan(v) or v < 0.6 else "black", fontsize=8)
+    ax.set_xticks(range(len(search["learning_rates"])),
+                  [f"{v:g}" for v in search["learning_rates"]])
+    ax.set_yticks(range(len(search["weight_scales"])),
+                  [f"{v:g}" for v in search["weight_scales"]])
+    ax.set(xlabel="learning rate (log grid)", ylabel="weight scale (log grid)",
+           title=f"{len(search['hidden_dims']) + 1}-layer net on a small set: final train "
+                 f"accuracy\n(best: weight_scale={search['best']['weight_scale']:g}, "
+                 f"lr={search['best']['learning_rate']:g})")
+    fig.colorbar(image, ax=ax, label="training accuracy")
+    paths.append(save(fig, figures_dir / "search.png"))
+
+    rules = results["update_rules"]
+    fig, (ax_loss, ax_train, ax_val) = plt.subplots(1, 3, figsize=(15, 4.2))
+    all_losses = []
+    for k, (name, run) in enumerate(rules.items()):
+        color = f"C{k}"
+        label = f"{name} (lr={run['learning_rate']:g})"
+        loss = [np.nan if v is None else v for v in run["loss_history"]]
+        all_losses += loss
+        per_epoch = max(run.get("iterations_per_epoch", 1), 1)
+        ax_loss.plot(np.arange(1, len(loss) + 1) / per_epoch, loss, color=color, lw=0.7,
+                     alpha=0.85, label=label)
+        epochs = np.arange(len(run["train_acc_history"]))
+        ax_train.plot(epochs, run["train_acc_history"], color=color, marker="o", label=label)
+        ax_val.plot(epochs, run["val_acc_history"], color=color, marker="o", label=label)
+    _scratch_loss_axis(ax_loss, all_losses, "Training loss")
+    ax_train.set(title="Training accuracy", xlabel="epoch", ylabel="accuracy")
+    ax_val.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (ax_loss, ax_train, ax_val):
+        ax.legend(fontsize=8)
+    first = next(iter(rules.values()), {})
+    fig.suptitle(f"Update rules on a {len(first.get('hidden_dims', [])) + 1}-layer net, "
+                 f"{dataset}")
+    paths.append(save(fig, figures_dir / "update_rules.png"))
+
+    final = runs["final"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    _scratch_curves(ax_loss, ax_acc, final)
+    _scratch_loss_axis(ax_loss, final["loss_history"], "Training loss")
+    ax_acc.axhline(final["test_accuracy"], color="k", lw=0.8, ls=":",
+                   label=f"test (best-val params): {final['test_accuracy']:.4f}")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    ax_acc.legend()
+    fig.suptitle(f"Final net {final['hidden_dims']} ({final['update_rule']}, "
+                 f"{final['normalization'] or 'no norm'}, dropout {final['dropout']:g}) on "
+                 f"{dataset}: test accuracy {final['test_accuracy']:.2%}")
+    paths.append(save(fig, figures_dir / "final.png"))
+    return paths

@@ -73,7 +73,8 @@ def to_jsonable(obj: Any) -> Any:
         return int(obj)
     if isinstance(obj, (np.floating, float)):
         value = float(obj)
-        return value if math.isfinite(value) else None
+        # 7 significant digits: float32 precision, and a third of the JSON size of repr()
+        return float(f"{value:.7g}") if math.isfinite(value) else None
     if isinstance(obj, np.bool_):
         return bool(obj)
     if isinstance(obj, Path):

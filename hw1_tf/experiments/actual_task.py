@@ -1,0 +1,73 @@
+"""HW1-1 "train on actual tasks": shallow and deep DNNs and CNNs of comparable size on MNIST,
+Fashion-MNIST and (where tensorflow-datasets can download it) CIFAR-10; training and test loss
+and accuracy per epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import logging
+
+from hw1_tf import data, models
+from hw1_tf.errors import DataError
+from hw1_tf.experiments import common
+
+EXPERIMENT = "actual_task"
+
+
+@dataclasses.dataclass
+class Config:
+    datasets: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")
+    dataset: str | None = None  # --dataset: run on this one only
+    models: tuple[str, ...] = models.FAMILIES
+    target_params: int = 50000
+    skip_unavailable: bool = True  # datasets that cannot be loaded (CIFAR-10 offline) are skipped
+    train_size: int | None = None
+    test_size: int | None = None
+    data_dir: str | None = None
+    allow_download: bool = True
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    strategy: str = "default"
+    jit_compile: bool = True
+    steps_per_execution: int = 64
+    verbose: int = 1
+    save_models: bool = True
+    output_dir: str | None = None
+    saved_models_dir: str | None = None
+
+
+def run(config: Config) -> dict:
+    paths = common.paths_from(config)
+    strategy = common.strategy_from(config)
+    settings = common.settings_from(config)
+    datasets = (config.dataset,) if config.dataset else config.datasets
+    runs, skipped, tables = {}, {}, {}
+    for name in datasets:
+        try:
+            splits = data.load(name, config.data_dir, train_size=config.train_size,
+                               test_size=config.test_size, seed=config.seed,
+                               allow_download=config.allow_download and name == "cifar10")
+        except DataError as e:
+            if not config.skip_unavailable or len(datasets) == 1:
+                raise
+            logging.warning("skipping %s: %s", name, e)
+            skipped[name] = str(e)
+            continue
+        specs = [models.family_spec(f, config.target_params, splits.input_shape,
+                                    splits.num_classes) for f in config.models]
+        rows = []
+        for spec in specs:
+            run_name = f"{name}_{spec.name}"
+            _, record = common.train_run(EXPERIMENT, run_name, spec, splits, settings,
+                                         strategy=strategy, paths=paths,
+                                         save_model=config.save_models)
+            record["dataset"] = name
+            runs[run_name] = record
+            rows.append((run_name, spec.describe(), record["num_params"]))
+        tables[name] = common.log_param_table(rows)
+    return common.finish(EXPERIMENT, config, runs, paths, skipped_datasets=skipped,
+                         param_tables=tables)

@@ -1,0 +1,285 @@
+"""Fully-connected nets from scratch (the HW7 report): overfit, search, update rules, final net.
+
+Four parts, all with `hw1_tf.scratch` (hand-written backward passes, scratch update rules,
+Solver), on one dataset: CIFAR-10 when tensorflow-datasets has it or can download it, else the
+fallback (MNIST by default; which one was used is recorded in the results).
+  1. overfit: a 3-layer net on `overfit_samples` training examples must reach 100% training
+     accuracy (the report's sanity check).
+  2. search: a deeper net on the same examples over a weight_scale x learning_rate grid; the
+     final training accuracy of each pair (a deep net trains only in a narrow band).
+  3. update rules: the same 6-layer net and data trained with SGD, SGD+momentum, RMSProp and
+     Adam; loss and accuracy histories side by side.
+  4. final: the best net (batch norm, dropout, L2, Adam, lr decay) on the full training set,
+     best validation parameters kept (and checkpointed), accuracy on the test set.
+
+Results go to results/scratch/results.json (`overfit_train_accuracy`, `search`, `update_rules`
+with each rule's histories, `final` with `test_accuracy`, `dataset_used`), the final net's
+best parameters to results/scratch/checkpoints/final.npz, figures to figures/scratch/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from hw1_tf import data, plots, store
+from hw1_tf.errors import DataError, Hw1Error, TrainingDivergedError
+
+EXPERIMENT = "scratch"
+
+
+@dataclasses.dataclass
+class Config:
+    # data
+    dataset: str = "cifar10"
+    fallback_dataset: str = "mnist"
+    data_dir: str | None = None
+    train_size: int | None = None  # training examples kept (None: all), validation included
+    val_size: int = 1000  # held out of the training split for validation accuracy
+    test_size: int | None = None
+    standardize: bool = True
+    seed: int = 0
+    output_dir: str | None = None
+    saved_models_dir: str | None = None
+    jit_compile: bool = True  # the Solver's compiled step (parts 3 and 4) uses XLA
+    print_every: int = 100
+    # 1. overfit a few examples
+    overfit_samples: int = 50
+    overfit_hidden_dims: tuple[int, ...] = (100, 100)
+    overfit_weight_scale: float = 1e-1
+    overfit_learning_rate: float = 1e-1
+    overfit_epochs: int = 20
+    overfit_batch_size: int = 25
+    # 2. weight_scale x learning_rate search for a deep net on the same examples
+    search_hidden_dims: tuple[int, ...] = (100, 100, 100, 100)
+    search_weight_scales: tuple[float, ...] = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+    search_learning_rates: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 3e-1)
+    search_epochs: int = 20
+    # 3. update rules
+    update_rules: tuple[str, ...] = ("sgd", "sgd_momentum", "rmsprop", "adam")
+    rule_learning_rates: tuple[float, ...] = (1e-2, 1e-2, 1e-4, 1e-3)
+    rules_train_size: int = 4000
+    rules_hidden_dims: tuple[int, ...] = (100, 100, 100, 100, 100)
+    rules_weight_scale: float = 5e-2
+    rules_epochs: int = 5
+    rules_batch_size: int = 100
+    # 4. final net
+    hidden_dims: tuple[int, ...] = (512, 256)
+    weight_scale: float = 5e-2
+    dropout: float = 0.1
+    normalization: str | None = "batchnorm"
+    reg: float = 1e-4
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.95
+    batch_size: int = 128
+    epochs: int = 20
+
+    def __post_init__(self):
+        try:
+            for name in ("overfit_hidden_dims", "search_hidden_dims", "rules_hidden_dims",
+                         "hidden_dims"):
+                setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+            for name in ("search_weight_scales", "search_learning_rates",
+                         "rule_learning_rates"):
+                setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        except (TypeError, ValueError) as e:
+            raise Hw1Error(f"scratch config: a list holds a value that is not a number ({e})"
+                           ) from None
+        self.update_rules = tuple(str(v) for v in self.update_rules)
+        if self.normalization in ("", "none", "None"):
+            self.normalization = None
+        from hw1_tf.scratch import optim, nets
+
+        unknown = [r for r in self.update_rules + (self.optimizer,) if r not in optim.UPDATE_RULES]
+        if unknown:
+            raise Hw1Error(f"unknown update rule(s) {', '.join(unknown)}; choose from "
+                           f"{', '.join(optim.UPDATE_RULES)}")
+        if len(self.rule_learning_rates) != len(self.update_rules):
+            raise Hw1Error(f"{len(self.update_rules)} update_rules but "
+                           f"{len(self.rule_learning_rates)} rule_learning_rates; give one each")
+        if self.normalization not in nets.NORMALIZATIONS:
+            raise Hw1Error(f"normalization must be batchnorm or none, got {self.normalization!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise Hw1Error(f"dropout={self.dropout} is not in [0, 1)")
+        if self.fallback_dataset not in data.IMAGE_DATASETS:
+            raise Hw1Error(f"unknown fallback_dataset {self.fallback_dataset!r}")
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def load_data(config: Config) -> tuple[data.Splits, str | None]:
+    """`config.dataset` (downloads allowed), else `config.fallback_dataset`; returns the splits
+    and why the fallback was taken (None when it was not)."""
+    kwargs = dict(train_size=config.train_size, test_size=config.test_size, seed=config.seed,
+                  standardize=config.standardize)
+    try:
+        return data.load(config.dataset, config.data_dir, allow_download=True, **kwargs), None
+    except DataError as e:
+        if config.fallback_dataset == config.dataset:
+            raise
+        logging.warning("%s; using %s instead", e, config.fallback_dataset)
+        return data.load(config.fallback_dataset, config.data_dir, **kwargs), str(e)
+
+
+def split_train_val(splits: data.Splits, val_size: int, seed: int) -> dict[str, np.ndarray]:
+    """Flattened arrays: a seeded permutation of the training split, its last `val_size`
+    examples held out for validation, and the test split."""
+    n = len(splits.x_train)
+    if not 0 < val_size < n:
+        raise Hw1Error(f"val_size={val_size} must be between 1 and the {n} training examples - 1")
+    order = np.random.RandomState(seed).permutation(n)
+    x = splits.x_train.reshape(n, -1)[order]
+    y = splits.y_train[order]
+    return {"X_train": x[:-val_size], "y_train": y[:-val_size], "X_val": x[-val_size:],
+            "y_val": y[-val_size:], "X_test": splits.x_test.reshape(len(splits.x_test), -1),
+            "y_test": splits.y_test}
+
+
+def _subset(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    return {**arrays, "X_train": arrays["X_train"][:n], "y_train": arrays["y_train"][:n]}
+
+
+# ------------------------------------------------------------------------------------ parts
+
+
+def _train(arrays, hidden_dims, *, num_classes, weight_scale, update_rule, learning_rate,
+           epochs, batch_size, config: Config, compile: str, name: str, lr_decay=1.0,
+           dropout=0.0, normalization=None, reg=0.0, checkpoint_path=None, verbose=True):
+    from hw1_tf.scratch import FullyConnectedNet, Solver
+
+    model = FullyConnectedNet(hidden_dims, arrays["X_train"].shape[1], num_classes,
+                              dropout=dropout, normalization=normalization, reg=reg,
+                              weight_scale=weight_scale, seed=config.seed)
+    solver = Solver(model, arrays, update_rule=update_rule,
+                    optim_config={"learning_rate": learning_rate}, lr_decay=lr_decay,
+                    batch_size=batch_size, num_epochs=epochs, seed=config.seed,
+                    compile=compile, print_every=config.print_every,
+                    checkpoint_path=checkpoint_path, name=name, verbose=verbose)
+    solver.train()
+    history = solver.history()
+    history.update(hidden_dims=list(hidden_dims), weight_scale=weight_scale,
+                   num_params=model.num_params, dropout=dropout, normalization=normalization,
+                   reg=reg)
+    return solver, history
+
+
+def run(config: Config) -> dict[str, Any]:
+    paths = store.Paths.create(config.output_dir, config.saved_models_dir)
+    started = time.time()
+    splits, fallback_reason = load_data(config)
+    arrays = split_train_val(splits, config.val_size, config.seed)
+    n_classes = splits.num_classes
+    compiled = "xla" if config.jit_compile else "graph"
+    logging.info("scratch: %s, %d train / %d val / %d test examples of dimension %d",
+                 splits.name, len(arrays["X_train"]), len(arrays["X_val"]),
+                 len(arrays["X_test"]), arrays["X_train"].shape[1])
+    runs: dict[str, Any] = {}
+    # A few dozen steps on 50 examples: eager beats tracing and compiling a tf.function.
+    small = dict(num_classes=n_classes, epochs=config.overfit_epochs,
+                 batch_size=config.overfit_batch_size, config=config, compile="eager")
+    few = _subset(arrays, config.overfit_samples)
+
+    # 1. overfit
+    _, runs["overfit"] = _train(few, config.overfit_hidden_dims, update_rule="sgd",
+                                weight_scale=config.overfit_weight_scale,
+                                learning_rate=config.overfit_learning_rate, name="overfit",
+                                **small)
+    overfit_acc = max(runs["overfit"]["train_acc_history"])
+    logging.info("scratch: overfit %d examples -> train accuracy %.3f", len(few["X_train"]),
+                 overfit_acc)
+
+    # 2. weight_scale x learning_rate search for a deep net
+    grid_acc = np.full((len(config.search_weight_scales), len(config.search_learning_rates)),
+                       np.nan)
+    grid_loss = grid_acc.copy()
+    small["epochs"] = config.search_epochs
+    for i, ws in enumerate(config.search_weight_scales):
+        for j, lr in enumerate(config.search_learning_rates):
+            name = f"search/ws={ws:g},lr={lr:g}"
+            _, hist = _train(few, config.search_hidden_dims, update_rule="sgd", weight_scale=ws,
+                             learning_rate=lr, name=name, verbose=False, **small)
+            runs[name] = hist
+            logging.info("scratch: %s -> train acc %s%s", name, hist["final_train_acc"],
+                         " (diverged)" if hist["diverged"] else "")
+            grid_acc[i, j] = np.nan if hist["diverged"] else hist["final_train_acc"]
+            losses = [x for x in hist["loss_history"] if x is not None]
+            grid_loss[i, j] = np.nan if hist["diverged"] else losses[-1]
+    best_i, best_j = _best_cell(grid_acc, grid_loss)
+    search = {
+        "hidden_dims": list(config.search_hidden_dims),
+        "weight_scales": list(config.search_weight_scales),
+        "learning_rates": list(config.search_learning_rates),
+        "train_acc": grid_acc, "final_loss": grid_loss,
+        "best": {"weight_scale": config.search_weight_scales[best_i],
+                 "learning_rate": config.search_learning_rates[best_j],
+                 "train_acc": grid_acc[best_i, best_j]},
+    }
+    logging.info("scratch: search best weight_scale=%g learning_rate=%g (train acc %.3f)",
+                 search["best"]["weight_scale"], search["best"]["learning_rate"],
+                 search["best"]["train_acc"])
+
+    # 3. update rules
+    rules_data = _subset(arrays, config.rules_train_size)
+    update_rules = {}
+    for rule, lr in zip(config.update_rules, config.rule_learning_rates):
+        _, update_rules[rule] = _train(
+            rules_data, config.rules_hidden_dims, num_classes=n_classes,
+            weight_scale=config.rules_weight_scale, update_rule=rule, learning_rate=lr,
+            epochs=config.rules_epochs, batch_size=config.rules_batch_size, config=config,
+            compile=compiled, name=f"rule/{rule}")
+
+    # 4. final net
+    checkpoint = paths.results_dir(EXPERIMENT) / "checkpoints" / "final.npz"
+    solver, final = _train(
+        arrays, config.hidden_dims, num_classes=n_classes, weight_scale=config.weight_scale,
+        update_rule=config.optimizer, learning_rate=config.learning_rate,
+        lr_decay=config.lr_decay, epochs=config.epochs, batch_size=config.batch_size,
+        dropout=config.dropout, normalization=config.normalization, reg=config.reg,
+        config=config, compile=compiled, name="final", checkpoint_path=checkpoint)
+    if solver.diverged:
+        raise TrainingDivergedError(f"the final net diverged at iteration {solver.iteration}; "
+                                    f"lower --learning_rate (now {config.learning_rate:g})")
+    test_acc = solver.check_accuracy(arrays["X_test"], arrays["y_test"])
+    final.update(test_accuracy=test_acc, checkpoint=str(checkpoint))
+    runs["final"] = final
+    logging.info("scratch: final net test accuracy %.4f (best val %.4f at epoch %d)", test_acc,
+                 final["best_val_acc"], final["best_epoch"])
+
+    results = {
+        "experiment": EXPERIMENT,
+        "dataset_requested": config.dataset,
+        "dataset_used": splits.name,
+        "fallback_reason": fallback_reason,
+        "overfit_train_accuracy": overfit_acc,
+        "search": search,
+        "update_rules": update_rules,
+        "final": {k: final[k] for k in ("test_accuracy", "best_val_acc", "best_epoch",
+                                        "num_params", "hidden_dims", "checkpoint")},
+        "test_accuracy": test_acc,
+        "seconds": time.time() - started,
+    }
+    store.save_results(paths, EXPERIMENT, config, runs,
+                       **{k: v for k, v in results.items() if k != "experiment"})
+    results = store.load_results(paths, EXPERIMENT)  # exactly what the figures are drawn from
+    results["figures"] = [str(p) for p in plots.PLOTTERS[EXPERIMENT](
+        results, paths.figures_dir(EXPERIMENT))]
+    logging.info("scratch: results in %s, figures in %s (%.1f s)",
+                 paths.results_json(EXPERIMENT), paths.figures_dir(EXPERIMENT),
+                 time.time() - started)
+    return results
+
+
+def _best_cell(acc: np.ndarray, loss: np.ndarray) -> tuple[int, int]:
+    """Highest training accuracy, ties broken by the lower final loss (NaN: diverged)."""
+    cells = [(acc[i, j], -loss[i, j], -i, -j) for i in range(acc.shape[0])
+             for j in range(acc.shape[1]) if np.isfinite(acc[i, j]) and np.isfinite(loss[i, j])]
+    if not cells:
+        return 0, 0
+    _, _, i, j = max(cells)
+    return -i, -j

@@ -1,0 +1,70 @@
+"""HW1-1 "simulate a function": dense nets of equal parameter count but different depth fit
+1-D non-linear functions; compares their training loss and their fitted curves."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hw1_tf import data, functions, models
+from hw1_tf.experiments import common
+
+EXPERIMENT = "simulate_function"
+
+
+@dataclasses.dataclass
+class Config:
+    functions: tuple[str, ...] = ("sinc", "sign")
+    depths: tuple[int, ...] = (1, 4, 7)  # hidden layers of each model
+    target_params: int = 571  # the slides' models have 571-572 parameters
+    activation: str = "relu"
+    n_train: int = 4096
+    n_test: int = 1000  # evenly spaced grid for the prediction figure
+    epochs: int = 2000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    strategy: str = "default"
+    jit_compile: bool = True
+    steps_per_execution: int = 64
+    verbose: int = 0
+    save_models: bool = True
+    output_dir: str | None = None
+    saved_models_dir: str | None = None
+
+
+def model_specs(config: Config) -> list[models.ModelSpec]:
+    specs = []
+    for depth in config.depths:
+        hidden = models.solve_dense_widths(depth, config.target_params, 1, 1)
+        specs.append(models.ModelSpec(f"dnn_d{depth}", "dense", hidden=hidden,
+                                      activation=config.activation))
+    return specs
+
+
+def run(config: Config) -> dict:
+    paths = common.paths_from(config)
+    strategy = common.strategy_from(config)
+    settings = common.settings_from(config)
+    specs = model_specs(config)
+    common.log_param_table([(s.name, s.describe(), models.param_count(1, s.hidden, 1))
+                            for s in specs])
+    runs, targets = {}, {}
+    for fn_name in config.functions:
+        splits = data.function_splits(fn_name, config.n_train, config.n_test, seed=config.seed)
+        fn = functions.get(fn_name)
+        targets[fn_name] = {"formula": fn.formula, "domain": fn.domain,
+                            "x": splits.x_test[:, 0], "y": splits.y_test[:, 0]}
+        for spec in specs:
+            run_name = f"{fn_name}_{spec.name}"
+            model, record = common.train_run(EXPERIMENT, run_name, spec, splits, settings,
+                                             strategy=strategy, paths=paths,
+                                             save_model=config.save_models,
+                                             evaluate_test=False)  # the grid is scored at the end
+            pred = model.predict(splits.x_test, batch_size=4096, verbose=0)[:, 0]
+            record.update(function=fn_name, prediction=pred,
+                          test_mse=float(np.mean((pred - splits.y_test[:, 0]) ** 2)))
+            runs[run_name] = record
+    return common.finish(EXPERIMENT, config, runs, paths, targets=targets)
