@@ -189,17 +189,19 @@ def _load_tfds(name: str, data_dir: Path, download: bool) -> tuple[np.ndarray, .
     import tensorflow_datasets as tfds
 
     try:
-        train, test = tfds.as_numpy(tfds.load(
-            name, split=["train", "test"], data_dir=str(_tfds_dir(data_dir)), download=download,
-            as_supervised=True, batch_size=-1))
+        splits = tfds.load(name, split=["train", "test"], data_dir=str(_tfds_dir(data_dir)),
+                           download=download, as_supervised=True)
+        # batch and concatenate (tfds' batch_size=-1 aborts on datasets of unknown cardinality)
+        arrays = []
+        for ds in splits:
+            xs, ys = zip(*tfds.as_numpy(ds.batch(10000)))
+            arrays += [np.concatenate(xs), np.concatenate(ys)]
     except Exception as e:  # tfds raises many types (AssertionError, DatasetNotFoundError, IO)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{name}: not available through tensorflow-datasets in "
                         f"{_tfds_dir(data_dir)} ({first_line[:160]}); run bin/fetch_data "
                         f"--dataset={name} --data_dir={data_dir} where there is internet") from None
-    x_train, y_train = train
-    x_test, y_test = test
-    return x_train, y_train, x_test, y_test
+    return tuple(arrays)
 
 
 # ------------------------------------------------------------------------------------ digits

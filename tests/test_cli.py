@@ -1,0 +1,58 @@
+"""The binaries as a user runs them: bad input gives one line and a non-zero exit."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, cwd=ROOT):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _meaningful(stderr: str) -> list[str]:
+    # TensorFlow's C++ start-up chatter (I0000/W0000/E0000 and its banner) is not ours
+    return [l for l in stderr.splitlines() if l.strip() and not l[:5] in ("I0000", "W0000",
+            "E0000") and "absl::InitializeLog" not in l and "rebuild TensorFlow" not in l]
+
+
+def test_bad_flag_is_one_line_exit_2():
+    proc = _run("bin/run_actual_task", "--epochs=0")
+    assert proc.returncode == 2
+    lines = _meaningful(proc.stderr)
+    assert len(lines) == 1 and "--epochs" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_bad_list_flag_is_one_line_exit_2():
+    proc = _run("bin/run_simulate_function", "--depths=2,x")
+    assert proc.returncode == 2 and len(_meaningful(proc.stderr)) == 1
+
+
+def test_missing_data_is_one_line_exit_1(tmp_path):
+    proc = _run("bin/run_actual_task", "--dataset=mnist", f"--data_dir={tmp_path}",
+                f"--output_dir={tmp_path}")
+    assert proc.returncode == 1, proc.stderr
+    lines = _meaningful(proc.stderr)
+    assert lines == [f"error: {tmp_path}/mnist: no mnist data; run bin/fetch_data "
+                     f"--dataset=mnist --data_dir={tmp_path}"]
+
+
+def test_make_figures_without_results_is_one_line(tmp_path):
+    proc = _run("bin/make_figures", "--experiment=actual_task", f"--output_dir={tmp_path}")
+    assert proc.returncode == 1 and "run the experiment first" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_simulate_binary_with_flagfile_writes_results(tmp_path):
+    flagfile = tmp_path / "tiny.flags"
+    flagfile.write_text("--functions=sinc\n--depths=2\n--target_params=60\n--n_train=32\n"
+                        "--epochs=2\n--batch_size=16\n--verbose=0\n--nosave_models\n")
+    proc = _run("bin/run_simulate_function", f"--flagfile={flagfile}",
+                f"--output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "results/simulate_function/results.json").is_file()
+    assert (tmp_path / "figures/simulate_function/prediction_sinc.png").is_file()

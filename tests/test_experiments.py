@@ -1,0 +1,63 @@
+"""HW1-1 experiments end to end on tiny settings: results.json, SavedModels, figures."""
+
+import json
+
+import numpy as np
+import tensorflow as tf
+
+from hw1_tf import plots, store
+from hw1_tf.experiments import actual_task, simulate_function
+
+
+def test_simulate_function_end_to_end(tmp_path):
+    config = simulate_function.Config(functions=("sinc", "sign"), depths=(1, 3), target_params=120,
+                                      n_train=64, n_test=50, epochs=3, batch_size=32,
+                                      steps_per_execution=4, output_dir=str(tmp_path))
+    results = simulate_function.run(config)
+    on_disk = json.loads((tmp_path / "results/simulate_function/results.json").read_text())
+    assert on_disk["config"]["depths"] == [1, 3] and set(on_disk["runs"]) == {
+        "sinc_dnn_d1", "sinc_dnn_d3", "sign_dnn_d1", "sign_dnn_d3"}
+    for name, run in results["runs"].items():
+        assert abs(run["num_params"] - 120) <= 1.2
+        it = run["history"]["iteration"]
+        assert len(it["loss"]) == len(it["grad_norm"]) == len(it["objective"]) == 3 * 2
+        assert len(run["history"]["epoch"]["train_loss"]) == 3
+        # the SavedModel reproduces the stored predictions
+        loaded = store.load_saved_model(run["saved_model"])
+        x = np.asarray(results["targets"][run["function"]]["x"], np.float32)[:, None]
+        np.testing.assert_allclose(loaded.serve(tf.constant(x))[:, 0], run["prediction"],
+                                   rtol=1e-4, atol=1e-5)
+    figures = sorted(p.name for p in (tmp_path / "figures/simulate_function").iterdir())
+    assert figures == ["loss_sign.png", "loss_sinc.png", "prediction_sign.png",
+                       "prediction_sinc.png"]
+
+
+def test_actual_task_digits_and_figures_redraw(tmp_path):
+    config = actual_task.Config(datasets=("digits",), models=("dnn_shallow", "cnn_deep"),
+                                target_params=3000, epochs=2, batch_size=64,
+                                output_dir=str(tmp_path), verbose=0, save_models=False)
+    results = actual_task.run(config)
+    assert set(results["runs"]) == {"digits_dnn_shallow", "digits_cnn_deep"}
+    for run in results["runs"].values():
+        ep = run["history"]["epoch"]
+        assert len(ep["train_loss"]) == len(ep["test_accuracy"]) == 2
+        assert 0 <= ep["test_accuracy"][-1] <= 1
+    fig_dir = tmp_path / "figures/actual_task"
+    for p in fig_dir.iterdir():
+        p.unlink()
+    redrawn = plots.make_figures(store.load_results(store.Paths.create(tmp_path), "actual_task"),
+                                 fig_dir)
+    assert sorted(p.name for p in redrawn) == ["digits_accuracy.png", "digits_loss.png"]
+
+
+def test_actual_task_skips_unavailable_and_runs_cifar10_from_tfds(tmp_path):
+    import tensorflow_datasets as tfds
+
+    config = actual_task.Config(datasets=("fashion_mnist", "cifar10"), models=("cnn_shallow",),
+                                target_params=2000, epochs=1, batch_size=8,
+                                data_dir=str(tmp_path / "empty"), output_dir=str(tmp_path),
+                                verbose=0, save_models=False, allow_download=False)
+    with tfds.testing.mock_data(num_examples=16):
+        results = actual_task.run(config)
+    assert list(results["runs"]) == ["cifar10_cnn_shallow"]
+    assert "fashion_mnist" in results["skipped_datasets"]
