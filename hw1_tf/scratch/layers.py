@@ -85,8 +85,10 @@ class LinearReLU:
 class Dropout:
     """Inverted dropout: in training each unit is zeroed with probability `p` and the survivors
     are scaled by 1 / (1 - p), so test mode is the identity. Masks come from
-    `tf.random.stateless_uniform` with the given seed: the same seed gives the same mask, inside
-    or outside a `tf.function`.
+    `tf.random.stateless_uniform` (Philox) with the given seed: the same seed gives the same mask
+    eagerly and in a `tf.function`; under XLA too, but XLA's lowering of the generator draws
+    other numbers from a seed it receives as a tensor, so an XLA-trained net sees different
+    (equally distributed, equally reproducible) masks than an eager one.
     """
 
     param_names = ()
@@ -99,7 +101,8 @@ class Dropout:
     def forward(self, x, params: Params | None = None, *, training: bool = False, seed=(0, 0)):
         if not training or self.p == 0.0:
             return tf.identity(x), None
-        keep = tf.random.stateless_uniform(tf.shape(x), seed=seed, dtype=x.dtype) >= self.p
+        keep = tf.random.stateless_uniform(tf.shape(x), seed=seed, dtype=x.dtype,
+                                           alg="philox") >= self.p
         mask = tf.cast(keep, x.dtype) / tf.cast(1.0 - self.p, x.dtype)
         return x * mask, mask
 
