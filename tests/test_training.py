@@ -120,28 +120,41 @@ def test_mirrored_two_replicas_equal_one_device(objective):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_history_exact_with_steps_per_execution_and_xla():
-    s = data.load("digits", train_size=1000)  # 1000 / 16 = 63 steps: partial executions
+def _digits_net(shape):
+    return lambda: keras.Sequential([keras.Input(shape), keras.layers.Flatten(),
+                                     keras.layers.Dense(16, activation="relu"),
+                                     keras.layers.Dense(10)])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_history_exact_with_steps_per_execution_and_xla(fused):
+    s = data.load("digits", train_size=1000)  # 1000 / 16 = 62.5 steps: partial executions
     st = training.TrainSettings(epochs=3, batch_size=16, steps_per_execution=32, jit_compile=True,
-                                verbose=0)
-    model = training.build_instrumented(
-        lambda: keras.Sequential([keras.Input(s.input_shape), keras.layers.Flatten(),
-                                  keras.layers.Dense(16, activation="relu"),
-                                  keras.layers.Dense(10)]), 10, st)
-    assert model.jit_compile and model.steps_per_execution == 32
-    hist = training.train(model, (s.x_train, s.y_train), st)
+                                fused_steps=fused, verbose=0, shuffle=False)
+    model = training.build_instrumented(_digits_net(s.input_shape), 10, st)
+    assert model.jit_compile
+    assert (model.chunk_size, model.steps_per_execution) == ((32, 1) if fused else (1, 32))
+    hist = training.train(model, (s.x_train, s.y_train), st, test_xy=(s.x_test, s.y_test))
     assert len(hist["iteration"]["loss"]) == 3 * 63
     assert hist["epoch_end_iteration"] == [63, 126, 189]
-    # The slow path (1 step per call, no XLA) gives the same per-iteration record.
+    # The plain path (1 step per call, no XLA) gives the same per-iteration record and metrics.
     slow = training.TrainSettings(**{**st.__dict__, "steps_per_execution": 1,
                                      "jit_compile": False})
-    model2 = training.build_instrumented(
-        lambda: keras.Sequential([keras.Input(s.input_shape), keras.layers.Flatten(),
-                                  keras.layers.Dense(16, activation="relu"),
-                                  keras.layers.Dense(10)]), 10, slow)
-    hist2 = training.train(model2, (s.x_train, s.y_train), slow)
-    np.testing.assert_allclose(hist["iteration"]["grad_norm"], hist2["iteration"]["grad_norm"],
-                               rtol=1e-4)
+    model2 = training.build_instrumented(_digits_net(s.input_shape), 10, slow)
+    hist2 = training.train(model2, (s.x_train, s.y_train), slow, test_xy=(s.x_test, s.y_test))
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(hist["iteration"][key], hist2["iteration"][key], rtol=1e-4)
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+        np.testing.assert_allclose(hist["epoch"][key], hist2["epoch"][key], rtol=1e-4)
+
+
+def test_fused_steps_shuffled_are_seeded_and_exact():
+    s = data.load("digits", train_size=500)
+    st = training.TrainSettings(epochs=2, batch_size=32, steps_per_execution=8, verbose=0)
+    runs = [training.train(training.build_instrumented(_digits_net(s.input_shape), 10, st),
+                           (s.x_train, s.y_train), st) for _ in range(2)]
+    assert len(runs[0]["iteration"]["loss"]) == 2 * 16
+    assert runs[0]["iteration"] == runs[1]["iteration"]
 
 
 def test_objective_switch_fires_and_grad_norm_then_decreases():
