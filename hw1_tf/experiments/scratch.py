@@ -52,19 +52,18 @@ class Config:
     overfit_hidden_dims: tuple[int, ...] = (100, 100)
     overfit_weight_scale: float = 1e-1
     overfit_learning_rate: float = 1e-1
-    overfit_epochs: int = 20
-    overfit_batch_size: int = 25
+    overfit_epochs: int = 20  # also the search's
+    overfit_batch_size: int = 25  # also the search's
     # 2. weight_scale x learning_rate search for a deep net on the same examples
     search_hidden_dims: tuple[int, ...] = (100, 100, 100, 100)
     search_weight_scales: tuple[float, ...] = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
     search_learning_rates: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 3e-1)
-    search_epochs: int = 20
     # 3. update rules
     update_rules: tuple[str, ...] = ("sgd", "sgd_momentum", "rmsprop", "adam")
     rule_learning_rates: tuple[float, ...] = (1e-2, 1e-2, 1e-4, 1e-3)
     rules_train_size: int = 4000
     rules_hidden_dims: tuple[int, ...] = (100, 100, 100, 100, 100)
-    rules_weight_scale: float = 5e-2
+    rules_weight_scale: float = 1e-1  # inside the band the search finds trainable
     rules_epochs: int = 5
     rules_batch_size: int = 100
     # 4. final net
@@ -108,6 +107,41 @@ class Config:
             raise Hw1Error(f"dropout={self.dropout} is not in [0, 1)")
         if self.fallback_dataset not in data.IMAGE_DATASETS:
             raise Hw1Error(f"unknown fallback_dataset {self.fallback_dataset!r}")
+
+
+# Help text of the Config fields that bin/run_scratch exposes as flags of their own (the others,
+# dataset, seed, learning_rate, optimizer, batch_size, epochs, jit_compile ..., are shared flags).
+FLAG_HELP = {
+    "fallback_dataset": "Dataset used when --dataset (CIFAR-10) cannot be loaded nor downloaded.",
+    "train_size": "Seeded subset of the training split (validation included); default all.",
+    "val_size": "Training examples held out for validation accuracy.",
+    "test_size": "Seeded subset of the test split; default all.",
+    "standardize": "Standardise inputs with the training mean and std.",
+    "print_every": "Log the loss every this many iterations.",
+    "overfit_samples": "Part 1: training examples the 3-layer net must fit perfectly.",
+    "overfit_hidden_dims": "Part 1: hidden layer sizes.",
+    "overfit_weight_scale": "Part 1: std of the initial weights.",
+    "overfit_learning_rate": "Part 1: SGD learning rate.",
+    "overfit_epochs": "Parts 1 and 2: epochs on the small set.",
+    "overfit_batch_size": "Parts 1 and 2: batch size on the small set.",
+    "search_hidden_dims": "Part 2: hidden layer sizes of the deep net searched.",
+    "search_weight_scales": "Part 2: weight scales of the grid.",
+    "search_learning_rates": "Part 2: SGD learning rates of the grid.",
+    "update_rules": "Part 3: update rules compared (sgd, sgd_momentum, nesterov, rmsprop, "
+                    "adagrad, adam).",
+    "rule_learning_rates": "Part 3: one learning rate per update rule.",
+    "rules_train_size": "Part 3: training examples.",
+    "rules_hidden_dims": "Part 3: hidden layer sizes.",
+    "rules_weight_scale": "Part 3: std of the initial weights.",
+    "rules_epochs": "Part 3: epochs.",
+    "rules_batch_size": "Part 3: batch size.",
+    "hidden_dims": "Part 4 (final net): hidden layer sizes.",
+    "weight_scale": "Part 4: std of the initial weights.",
+    "dropout": "Part 4: dropout probability (0: none).",
+    "normalization": "Part 4: batchnorm or none.",
+    "reg": "Part 4: L2 strength (loss += reg * sum W^2).",
+    "lr_decay": "Part 4: learning rate factor per epoch.",
+}
 
 
 # ------------------------------------------------------------------------------------- data
@@ -198,7 +232,6 @@ def run(config: Config) -> dict[str, Any]:
     grid_acc = np.full((len(config.search_weight_scales), len(config.search_learning_rates)),
                        np.nan)
     grid_loss = grid_acc.copy()
-    small["epochs"] = config.search_epochs
     for i, ws in enumerate(config.search_weight_scales):
         for j, lr in enumerate(config.search_learning_rates):
             name = f"search/ws={ws:g},lr={lr:g}"
