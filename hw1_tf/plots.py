@@ -188,7 +188,7 @@ def plot_scratch(results: dict[str, Any], figures_dir: Path) -> list[Path]:
     image = ax.imshow(acc, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
     for (i, j), v in np.ndenumerate(acc):
         ax.text(j, i, "div." if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
-                color="white" if np.isnan(v) or v < 0.6 else "black", fontsize=8)
+                color="black" if np.isnan(v) or v >= 0.6 else "white", fontsize=8)
     ax.set_xticks(range(len(search["learning_rates"])),
                   [f"{v:g}" for v in search["learning_rates"]])
     ax.set_yticks(range(len(search["weight_scales"])),
