@@ -43,7 +43,8 @@ def main():
     y_val = splits.y_test[:1000]
     n_steps = len(x) // args.batch_size
     print(f"{args.dataset}: {len(x)} examples, MLP {x.shape[1]}-{args.hidden}-10, batch "
-          f"{args.batch_size} ({n_steps} steps/epoch), {tf.config.list_logical_devices()[0].device_type}")
+          f"{args.batch_size} ({n_steps} steps/epoch), "
+          f"{tf.config.list_logical_devices()[0].device_type}")
 
     def median_after_first(times):
         return float(np.median(times[1:])) if len(times) > 1 else float(times[0])

@@ -274,7 +274,8 @@ def test_fully_connected_net_matches_autodiff_and_keras():
     plain = FullyConnectedNet([12, 9], input_dim=10, num_classes=3, weight_scale=0.4,
                               reg=0.05, dtype=tf.float64, seed=3)
     keras_model = tf.keras.Sequential(
-        [tf.keras.Input((10,), dtype="float64"), tf.keras.layers.Dense(12, activation="relu", dtype="float64"),
+        [tf.keras.Input((10,), dtype="float64"),
+         tf.keras.layers.Dense(12, activation="relu", dtype="float64"),
          tf.keras.layers.Dense(9, activation="relu", dtype="float64"),
          tf.keras.layers.Dense(3, dtype="float64")])
     keras_model.set_weights([plain.params[k].numpy() for k in ("W1", "b1", "W2", "b2", "W3",

@@ -17,7 +17,8 @@ from hw1_tf.experiments import scratch
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = dict(dataset="cifar10", fallback_dataset="digits", val_size=200, overfit_samples=50,
-            overfit_hidden_dims=(50, 50), overfit_weight_scale=0.2, overfit_epochs=20, search_hidden_dims=(30, 30, 30),
+            overfit_hidden_dims=(50, 50), overfit_weight_scale=0.2, overfit_epochs=20,
+            search_hidden_dims=(30, 30, 30),
             search_weight_scales=(1e-3, 1e-1), search_learning_rates=(1e-2, 1e-1),
             update_rules=("sgd", "adam"), rule_learning_rates=(1e-2, 1e-3),
             rules_train_size=400, rules_hidden_dims=(30, 30), rules_epochs=2,

@@ -44,7 +44,8 @@ class FullyConnectedNet:
                  reg: float = 0.0, weight_scale: float = 1e-2, dtype=tf.float32, seed: int = 0,
                  loss: str = "softmax"):
         if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, "
+                             f"got {normalization!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {loss!r}")
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
@@ -109,7 +110,8 @@ class FullyConnectedNet:
                 h, cache_drop = self.dropout.forward(h, training=training, seed=layer_seed)
             caches.append((cache_fc, cache_bn, cache_relu, cache_drop))
         L = self.num_layers
-        scores, cache_out = Linear.forward(h, {"w": self.params[f"W{L}"], "b": self.params[f"b{L}"]})
+        scores, cache_out = Linear.forward(h, {"w": self.params[f"W{L}"],
+                                               "b": self.params[f"b{L}"]})
         if not training:
             return scores
 
