@@ -88,9 +88,9 @@ def main(work: Callable[[], Any]) -> None:
     def _main(argv):
         if len(argv) > 1:
             _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-        import logging as std_logging
+        import tensorflow as tf
 
-        std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)  # TF's INFO chatter
+        tf.get_logger().setLevel("WARNING")  # TF's INFO chatter (SavedModel export, collectives)
         if FLAGS.logical_cpus > 1:
             from hw1_tf import distribute
 
