@@ -45,27 +45,30 @@ flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 li
                      lower_bound=0, upper_bound=2)
 
 
+def _coerce(field: dataclasses.Field, value: Any) -> Any:
+    """List flags arrive as lists of strings; a `tuple[int, ...]`/`tuple[float, ...]` field
+    gets numbers (a bad item is a usage error: one line, exit 2)."""
+    if not isinstance(value, list):
+        return value
+    kind = str(field.type)
+    cast = int if "tuple[int" in kind else float if "tuple[float" in kind else str
+    try:
+        return tuple(cast(v) for v in value)
+    except ValueError:
+        raise app.UsageError(f"--{field.name} must be a comma-separated list of "
+                             f"{cast.__name__}s, got {','.join(value)}") from None
+
+
 def config_from_flags(config_cls: type, **overrides: Any):
-    """Builds `config_cls` from every flag sharing a field's name that the user (or the flag's
-    own default, when not None) set; `overrides` win."""
+    """Builds `config_cls` from every flag sharing a field's name whose value is not None
+    (the user's, or the flag's own default); `overrides` win."""
     values = {}
     for field in dataclasses.fields(config_cls):
         if field.name in overrides:
             values[field.name] = overrides[field.name]
         elif field.name in FLAGS and FLAGS[field.name].value is not None:
-            value = FLAGS[field.name].value
-            if isinstance(value, list):  # DEFINE_list / multi flags: configs hold tuples
-                value = tuple(value)
-            values[field.name] = value
+            values[field.name] = _coerce(field, FLAGS[field.name].value)
     return config_cls(**values)
-
-
-def int_list(values: list[str] | None, name: str) -> tuple[int, ...]:
-    """Parses a comma list flag of integers, raising a one-line usage error."""
-    try:
-        return tuple(int(v) for v in values or ())
-    except ValueError:
-        raise app.UsageError(f"--{name} must be comma-separated integers, got {values}") from None
 
 
 def _usage_error(message: str) -> None:

@@ -16,7 +16,7 @@ EXPERIMENT = "actual_task"
 
 
 @dataclasses.dataclass
-class Config:
+class Config(common.RunConfig):
     datasets: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")
     dataset: str | None = None  # --dataset: run on this one only
     models: tuple[str, ...] = models.FAMILIES
@@ -27,17 +27,6 @@ class Config:
     data_dir: str | None = None
     allow_download: bool = True
     epochs: int = 20
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    seed: int = 0
-    strategy: str = "default"
-    jit_compile: bool = True
-    steps_per_execution: int = 64
-    verbose: int = 1
-    save_models: bool = True
-    output_dir: str | None = None
-    saved_models_dir: str | None = None
 
 
 def run(config: Config) -> dict:

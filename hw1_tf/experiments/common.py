@@ -12,6 +12,25 @@ from hw1_tf import distribute, models, plots, store, training
 from hw1_tf.data import Splits
 
 
+@dataclasses.dataclass
+class RunConfig:
+    """The knobs every training experiment has; an experiment's Config subclasses it (and may
+    redeclare a field to change its default)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    strategy: str = "default"
+    jit_compile: bool = True
+    steps_per_execution: int = 64
+    verbose: int = 1
+    save_models: bool = True
+    output_dir: str | None = None
+    saved_models_dir: str | None = None
+
+
 def settings_from(config: Any, **overrides: Any) -> training.TrainSettings:
     """TrainSettings taking every field that `config` has under the same name."""
     names = {f.name for f in dataclasses.fields(training.TrainSettings)}

@@ -14,7 +14,7 @@ EXPERIMENT = "simulate_function"
 
 
 @dataclasses.dataclass
-class Config:
+class Config(common.RunConfig):
     functions: tuple[str, ...] = ("sinc", "sign")
     depths: tuple[int, ...] = (1, 4, 7)  # hidden layers of each model
     target_params: int = 571  # the slides' models have 571-572 parameters
@@ -23,16 +23,7 @@ class Config:
     n_test: int = 1000  # evenly spaced grid for the prediction figure
     epochs: int = 2000
     batch_size: int = 256
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    seed: int = 0
-    strategy: str = "default"
-    jit_compile: bool = True
-    steps_per_execution: int = 64
     verbose: int = 0
-    save_models: bool = True
-    output_dir: str | None = None
-    saved_models_dir: str | None = None
 
 
 def model_specs(config: Config) -> list[models.ModelSpec]:
