@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from hw1_tf.errors import Hw1Error, ModelNotFoundError
 
@@ -164,6 +165,8 @@ def export_model(model, path: str | Path, *, keras_file: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)  # TF logs every exported signature and fingerprint
     try:
         model.export(str(tmp / "model"), format="tf_saved_model", verbose=False)
         old = None
@@ -179,6 +182,7 @@ def export_model(model, path: str | Path, *, keras_file: bool = True) -> Path:
             model.save(str(keras_tmp))
             os.replace(keras_tmp, path.with_suffix(".keras"))
     finally:
+        logging.set_verbosity(verbosity)
         shutil.rmtree(tmp, ignore_errors=True)
     return path
 

@@ -301,6 +301,31 @@ class ObjectiveSwitch(keras.callbacks.Callback):
             self._switch()
 
 
+class ProgressLog(keras.callbacks.Callback):
+    """One log line per tenth of the run (epoch, loss, last ||g||, elapsed, ETA): progress for
+    long quiet runs (verbose=0), where Keras prints nothing."""
+
+    def __init__(self, log: IterationLog, epochs: int, every: int | None = None):
+        super().__init__()
+        self.log = log
+        self.epochs = epochs
+        self.every = every or max(1, epochs // 10)
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if done % self.every and done != self.epochs:
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (self.epochs - done)
+        logging.info("%s: epoch %d/%d, loss %.4g, ||g|| %.3g, %.0f s elapsed, ETA %.0f s",
+                     self.log.run_name, done, self.epochs, (logs or {}).get("loss", math.nan),
+                     self.log.last_grad_norm, elapsed, eta)
+
+
 # ------------------------------------------------------------------------------------ train
 
 
@@ -403,6 +428,8 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
     switch = ObjectiveSwitch(log, settings.switch_grad_norm_below, settings.switch_after_epochs,
                              settings.stop_grad_norm_below)
     all_callbacks = [log, switch, *callbacks]
+    if settings.verbose == 0:
+        all_callbacks.append(ProgressLog(log, settings.epochs))
     if tensorboard_dir is not None:
         all_callbacks.append(keras.callbacks.TensorBoard(str(tensorboard_dir), profile_batch=0))
     train_ds = train_dataset(model, *train_xy, settings.batch_size, shuffle=settings.shuffle,
