@@ -39,6 +39,16 @@ flags.DEFINE_string("saved_models_dir", None, "Where SavedModels go (default "
 flags.DEFINE_boolean("jit_compile", True, "XLA-compile the train step (one device only).")
 flags.DEFINE_integer("steps_per_execution", 64, "Train steps per tf.function call (one device "
                      "only); the per-iteration history stays exact.", lower_bound=1)
+flags.DEFINE_enum("objective", None, ["loss", "grad_norm"], "What training minimises at the "
+                  "start: the loss, or the squared gradient norm ||grad L||^2.")
+flags.DEFINE_float("switch_grad_norm_below", None, "Switch from loss to gradient-norm "
+                   "minimisation once ||grad L|| falls below this.", lower_bound=0.0)
+flags.DEFINE_integer("switch_after_epochs", None, "Switch from loss to gradient-norm "
+                     "minimisation after this many epochs.", lower_bound=0)
+flags.DEFINE_float("stop_grad_norm_below", None, "Stop once ||grad L|| falls below this (while "
+                   "minimising the norm when a switch is set).", lower_bound=0.0)
+flags.DEFINE_float("grad_norm_learning_rate", None, "Learning rate after the switch to "
+                   "gradient-norm minimisation (default: --learning_rate).", lower_bound=0.0)
 flags.DEFINE_integer("logical_cpus", 1, "Split the CPU into this many logical devices, so "
                      "--strategy=mirrored has several replicas without GPUs.", lower_bound=1)
 flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 line per epoch.",

@@ -138,14 +138,28 @@ class InstrumentedModel(keras.Model):
         with self.distribute_strategy.scope():
             self.recorder = _Recorder(capacity=steps_per_execution)
 
-    def set_objective(self, objective: str) -> None:
-        """Switches what the train step minimises; retraces the train function once."""
+    def set_objective(self, objective: str, *, fresh_optimizer: bool = True,
+                      learning_rate: float | None = None) -> None:
+        """Switches what the train step minimises; retraces the train function once.
+
+        With `fresh_optimizer` the optimizer restarts (same class and settings, optionally
+        another learning rate): Adam's moments from the loss phase would otherwise keep pushing
+        along the old gradient (measured: ||g|| jumped 30x right after the switch)."""
         if objective not in OBJECTIVES:
             raise Hw1Error(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if objective != self.objective:
-            self.objective = objective
-            if self.train_function is not None:
-                self.make_train_function(force=True)
+        if objective == self.objective:
+            return
+        self.objective = objective
+        if fresh_optimizer:
+            config = self.optimizer.get_config()
+            if learning_rate is not None:
+                config["learning_rate"] = learning_rate
+            with self.distribute_strategy.scope():
+                optimizer = type(self.optimizer).from_config(config)
+                optimizer.build(self.trainable_variables)  # not inside the traced loop
+            self.optimizer = optimizer
+        if self.train_function is not None:
+            self.make_train_function(force=True)
 
     def _loss(self, x, y, sample_weight):
         y_pred = self(x, training=True)
@@ -269,9 +283,11 @@ class ObjectiveSwitch(keras.callbacks.Callback):
     disabled). Checked after every execution, on the last recorded iteration."""
 
     def __init__(self, log: IterationLog, switch_below: float | None = None,
-                 switch_after_epochs: int | None = None, stop_below: float | None = None):
+                 switch_after_epochs: int | None = None, stop_below: float | None = None,
+                 learning_rate: float | None = None):
         super().__init__()
         self.log = log
+        self.learning_rate = learning_rate  # of the gradient-norm phase (None: unchanged)
         self.switch_below = switch_below
         self.switch_after_epochs = switch_after_epochs
         self.stop_below = stop_below
@@ -284,7 +300,7 @@ class ObjectiveSwitch(keras.callbacks.Callback):
             logging.info("%s: switching to gradient-norm minimisation at iteration %d "
                          "(||g|| = %.3g)", self.log.run_name, self.switched_at_iteration,
                          self.log.last_grad_norm)
-            self.model.set_objective("grad_norm")
+            self.model.set_objective("grad_norm", learning_rate=self.learning_rate)
 
     def on_train_batch_end(self, batch, logs=None):
         norm = self.log.last_grad_norm
@@ -346,6 +362,7 @@ class TrainSettings:
     switch_grad_norm_below: float | None = None
     switch_after_epochs: int | None = None
     stop_grad_norm_below: float | None = None
+    grad_norm_learning_rate: float | None = None  # after the switch (None: learning_rate)
     shuffle: bool = True
     verbose: int = 1
 
@@ -426,7 +443,7 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
 
     log = IterationLog(run_name)
     switch = ObjectiveSwitch(log, settings.switch_grad_norm_below, settings.switch_after_epochs,
-                             settings.stop_grad_norm_below)
+                             settings.stop_grad_norm_below, settings.grad_norm_learning_rate)
     all_callbacks = [log, switch, *callbacks]
     if settings.verbose == 0:
         all_callbacks.append(ProgressLog(log, settings.epochs))

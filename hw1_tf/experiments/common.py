@@ -25,6 +25,11 @@ class RunConfig:
     strategy: str = "default"
     jit_compile: bool = True
     steps_per_execution: int = 64
+    objective: str = "loss"  # or "grad_norm" (minimise ||grad L||^2)
+    switch_grad_norm_below: float | None = None
+    switch_after_epochs: int | None = None
+    stop_grad_norm_below: float | None = None
+    grad_norm_learning_rate: float | None = None  # after the switch (None: learning_rate)
     verbose: int = 1
     save_models: bool = True
     output_dir: str | None = None
