@@ -94,13 +94,13 @@ def keras_epoch(x, y, batch_size: int, *, fast: bool, instrumented: bool, spe: i
                                           steps_per_execution=spe, verbose=0,
                                           record_history=record)
         model = training.build_instrumented(_keras_net, 10, settings)
-        ds = training.train_dataset(model, x, y, batch_size, shuffle=True, seed=0)
+        ds, per_epoch = training.train_dataset(model, x, y, batch_size, shuffle=True, seed=0)
         log = training.IterationLog("bench")
         steps = -(-len(x) // batch_size) if record else 0
 
         def epoch():
             before = len(log.grad_norm)
-            model.fit(ds, epochs=1, verbose=0, callbacks=[log])
+            model.fit(ds, epochs=1, steps_per_epoch=per_epoch, verbose=0, callbacks=[log])
             assert len(log.grad_norm) - before == steps, "history must be exact"
 
         return epoch

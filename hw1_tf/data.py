@@ -297,32 +297,58 @@ def function_splits(function_name: str, n_train: int, n_test: int, seed: int = 0
                   fn(x_test).astype(np.float32), num_classes=0)
 
 
-def to_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False,
-               seed: int = 0, drop_remainder: bool = False):
-    """A batched `tf.data.Dataset`; shuffling is seeded and reshuffles each epoch."""
+def epoch_order(n: int, *, shuffle: bool = False, seed: int = 0, epochs: int = 1):
+    """A `tf.data.Dataset` of `epochs` elements: the order of the `n` examples in each epoch,
+    int32. Shuffled, epoch e is the stateless permutation seeded by (seed, e): it depends on
+    nothing else (not on how many iterators Keras opened), so the same seed gives the same
+    batches on every path. Both training pipelines (`to_dataset` and the fused path's
+    `index_chunks`) take their order from here."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    def order(epoch):
+        indices = tf.range(n, dtype=tf.int32)
+        if not shuffle:
+            return indices
+        return tf.random.experimental.stateless_shuffle(
+            indices, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+
+    return tf.data.Dataset.range(epochs).map(order)
 
 
-def index_chunks(n: int, batch_size: int, chunk: int, *, shuffle: bool = False, seed: int = 0):
+def batches_per_epoch(n: int, batch_size: int, drop_remainder: bool = False) -> int:
+    return n // batch_size + (0 if drop_remainder or n % batch_size == 0 else 1)
+
+
+def to_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False,
+               seed: int = 0, epochs: int = 1, drop_remainder: bool = False):
+    """A batched `tf.data.Dataset` of (x, y) covering `epochs` epochs (`epoch_order`); train
+    with `steps_per_epoch=batches_per_epoch(...)` when `epochs > 1`."""
+    import tensorflow as tf
+
+    x_all, y_all = tf.constant(x), tf.constant(y)
+    batches = epoch_order(len(x), shuffle=shuffle, seed=seed, epochs=epochs).flat_map(
+        lambda order: tf.data.Dataset.from_tensor_slices(order).batch(
+            batch_size, drop_remainder=drop_remainder))
+    count = epochs * batches_per_epoch(len(x), batch_size, drop_remainder)
+    return batches.map(lambda idx: (tf.gather(x_all, idx), tf.gather(y_all, idx)),
+                       num_parallel_calls=tf.data.AUTOTUNE).apply(
+        tf.data.experimental.assert_cardinality(count)).prefetch(tf.data.AUTOTUNE)
+
+
+def chunks_per_epoch(n: int, batch_size: int, chunk: int) -> int:
+    return -(-(n // batch_size) // chunk) + (1 if n % batch_size else 0)
+
+
+def index_chunks(n: int, batch_size: int, chunk: int, *, shuffle: bool = False, seed: int = 0,
+                 epochs: int = 1):
     """A `tf.data.Dataset` of int32 index matrices, each up to `chunk` consecutive batches of
-    example indices, shape (k, batch_size) with k <= chunk; the last, partial batch comes alone as
-    (1, n % batch_size). Without shuffling the batches are exactly those of `to_dataset`; with
-    it, a seeded permutation per epoch (another draw than `to_dataset`'s). The fused XLA train
-    step (hw1_tf.training) gathers the rows from data it holds on the device."""
+    example indices, shape (k, batch_size) with k <= chunk; each epoch's last, partial batch
+    comes alone as (1, n % batch_size). Its batches are exactly those of `to_dataset` with the
+    same seed (one `epoch_order`). The fused XLA train step (hw1_tf.training) gathers the rows
+    from data it holds on the device."""
     import tensorflow as tf
 
     n_full = n // batch_size
-    if shuffle:  # one permutation op per epoch, re-seeded each epoch from `seed`
-        order = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).map(
-            lambda s: tf.random.experimental.stateless_shuffle(
-                tf.range(n, dtype=tf.int32), seed=tf.stack([s, tf.constant(seed, tf.int64)])))
-    else:
-        order = tf.data.Dataset.from_tensors(tf.range(n, dtype=tf.int32))
 
     def split(perm):
         chunks = tf.data.Dataset.from_tensor_slices(
@@ -332,8 +358,8 @@ def index_chunks(n: int, batch_size: int, chunk: int, *, shuffle: bool = False, 
                 tf.data.Dataset.from_tensors(perm[n_full * batch_size:][None]))
         return chunks
 
-    count = -(-n_full // chunk) + (1 if n % batch_size else 0)
-    return order.flat_map(split).apply(
+    count = epochs * chunks_per_epoch(n, batch_size, chunk)
+    return epoch_order(n, shuffle=shuffle, seed=seed, epochs=epochs).flat_map(split).apply(
         tf.data.experimental.assert_cardinality(count)).prefetch(2)  # flat_map hides the count
 
 

