@@ -1,6 +1,7 @@
 # make report [PROFILE=quick]  — install, fetch data, run every experiment, write figures/results
 # make test                    — the test suite (what CI runs)
 # make bench                   — throughput benchmarks (installs the `bench` extra: PyTorch)
+# ARGS='--output_dir=/tmp/x'   — extra flags for every experiment binary of `make report`
 PROFILE ?= full
 VENV ?= .venv
 PYTHON ?= python3
@@ -27,12 +28,12 @@ report: data
 	@set -e; for e in $(EXPERIMENTS); do \
 	  if [ -f flags/$(PROFILE)/$$e.flags ]; then \
 	    echo "== $$e ($(PROFILE))"; \
-	    $(PY) bin/run_$$e --flagfile=flags/$(PROFILE)/$$e.flags; \
+	    $(PY) bin/run_$$e --flagfile=flags/$(PROFILE)/$$e.flags $(ARGS); \
 	  fi; \
 	done
 
 figures: install
-	$(PY) bin/make_figures --experiment=$(shell echo $(EXPERIMENTS) | tr ' ' ',')
+	$(PY) bin/make_figures --experiment=$(shell echo $(EXPERIMENTS) | tr ' ' ',') $(ARGS)
 
 test: install
 	$(PY) -m pytest

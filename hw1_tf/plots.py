@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -61,6 +62,8 @@ def _finish_axes(ax, title: str, xlabel: str, ylabel: str, values=None, log_y: b
         ylabel += " (log scale)"
     ax.set_title(title)
     ax.set_xlabel(xlabel)
+    if xlabel == "epoch":
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
