@@ -162,3 +162,9 @@ def test_plain_and_fused_pipelines_see_the_same_batches():
     for a, b in zip(plain, fused):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(plain[0], plain[9])  # epoch 2 is another permutation
+
+
+def test_unreachable_download_host_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "host_reachable", lambda host, port=443, timeout=5.0: False)
+    with pytest.raises(DataError, match="www.cs.toronto.edu is unreachable"):
+        data.load("cifar10", tmp_path, allow_download=True)
