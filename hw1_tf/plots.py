@@ -79,23 +79,32 @@ def _label(run: dict[str, Any]) -> str:
 
 @plotter("simulate_function")
 def plot_simulate_function(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """Per function: the training loss of every model (its best restart bold, the other
+    restarts faint), and the best restarts' predictions against the ground truth."""
     out = []
+    runs = results["runs"]
     for fn_name, target in results["targets"].items():
-        runs = {k: r for k, r in results["runs"].items() if r["function"] == fn_name}
+        best = {key.split("/", 1)[1]: runs[name] for key, name in results["best_runs"].items()
+                if key.split("/", 1)[0] == fn_name}
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        losses = []
-        for run in runs.values():
-            loss = run["history"]["epoch"]["train_loss"]
-            losses += loss
-            ax.plot(_epochs(loss), loss, label=_label(run))
-        _finish_axes(ax, f"HW1-1 training loss fitting {target['formula']}", "epoch",
+        for i, (model_name, best_run) in enumerate(best.items()):
+            for run in runs.values():
+                if run["function"] == fn_name and run["model"]["name"] == model_name \
+                        and run is not best_run:
+                    loss = run["history"]["epoch"]["train_loss"]
+                    ax.plot(_epochs(loss), loss, color=f"C{i}", alpha=0.25, linewidth=0.8)
+            loss = best_run["history"]["epoch"]["train_loss"]
+            ax.plot(_epochs(loss), loss, color=f"C{i}", label=_label(best_run))
+        restarts = results["config"].get("restarts", 1)
+        note = f" (best of {restarts} inits bold)" if restarts > 1 else ""
+        _finish_axes(ax, f"HW1-1 training loss fitting {target['formula']}{note}", "epoch",
                      "training loss (MSE)", log_y=True)
         out.append(save(fig, figures_dir / f"loss_{fn_name}.png"))
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ax.plot(target["x"], target["y"], color="black", linewidth=2.5, label="ground truth")
-        for run in runs.values():
-            ax.plot(target["x"], run["prediction"], linewidth=1.3,
+        for i, run in enumerate(best.values()):
+            ax.plot(target["x"], run["prediction"], color=f"C{i}", linewidth=1.3,
                     label=f"{_label(run)}, test MSE {run['test_mse']:.2e}")
         _finish_axes(ax, f"HW1-1 predictions vs ground truth: {target['formula']}", "x", "y",
                      log_y=False)

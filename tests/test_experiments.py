@@ -12,15 +12,22 @@ from hw1_tf.experiments import actual_task, simulate_function
 def test_simulate_function_end_to_end(tmp_path):
     config = simulate_function.Config(functions=("sinc", "sign"), depths=(1, 3), target_params=120,
                                       n_train=64, n_test=50, epochs=3, batch_size=32,
-                                      steps_per_execution=4, output_dir=str(tmp_path))
+                                      restarts=2, steps_per_execution=4,
+                                      output_dir=str(tmp_path))
     results = simulate_function.run(config)
     on_disk = json.loads((tmp_path / "results/simulate_function/results.json").read_text())
     assert on_disk["config"]["depths"] == [1, 3] and set(on_disk["runs"]) == {
-        "sinc_dnn_d1", "sinc_dnn_d3", "sign_dnn_d1", "sign_dnn_d3"}
+        f"{fn}_dnn_d{d}_r{r}" for fn in ("sinc", "sign") for d in (1, 3) for r in (0, 1)}
+    for key, name in results["best_runs"].items():  # the best restart has the lowest loss
+        fn, model = key.split("/")
+        finals = {n: r["history"]["epoch"]["train_loss"][-1] for n, r in results["runs"].items()
+                  if r["function"] == fn and r["model"]["name"] == model}
+        assert len(finals) == 2 and finals[name] == min(finals.values())
     for name, run in results["runs"].items():
         assert abs(run["num_params"] - 120) <= 1.2
         it = run["history"]["iteration"]
         assert len(it["loss"]) == len(it["grad_norm"]) == len(it["objective"]) == 3 * 2
+        assert run["restart"] in (0, 1)
         assert len(run["history"]["epoch"]["train_loss"]) == 3
         # the SavedModel reproduces the stored predictions
         loaded = store.load_saved_model(run["saved_model"])

@@ -21,6 +21,7 @@ class Config(common.RunConfig):
     activation: str = "relu"
     n_train: int = 4096
     n_test: int = 1000  # evenly spaced grid for the prediction figure
+    restarts: int = 1  # initialisations (seeds seed, seed+1, ...) per model; the best is kept
     epochs: int = 2000
     batch_size: int = 256
     verbose: int = 0
@@ -42,20 +43,29 @@ def run(config: Config) -> dict:
     specs = model_specs(config)
     common.log_param_table([(s.name, s.describe(), models.param_count(1, s.hidden, 1))
                             for s in specs])
-    runs, targets = {}, {}
+    runs, targets, best = {}, {}, {}
     for fn_name in config.functions:
         splits = data.function_splits(fn_name, config.n_train, config.n_test, seed=config.seed)
         fn = functions.get(fn_name)
         targets[fn_name] = {"formula": fn.formula, "domain": fn.domain,
                             "x": splits.x_test[:, 0], "y": splits.y_test[:, 0]}
         for spec in specs:
-            run_name = f"{fn_name}_{spec.name}"
-            model, record = common.train_run(EXPERIMENT, run_name, spec, splits, settings,
-                                             strategy=strategy, paths=paths,
-                                             save_model=config.save_models,
-                                             evaluate_test=False)  # the grid is scored at the end
-            pred = model.predict(splits.x_test, batch_size=4096, verbose=0)[:, 0]
-            record.update(function=fn_name, prediction=pred,
-                          test_mse=float(np.mean((pred - splits.y_test[:, 0]) ** 2)))
-            runs[run_name] = record
-    return common.finish(EXPERIMENT, config, runs, paths, targets=targets)
+            names = []
+            for restart in range(config.restarts):
+                run_name = f"{fn_name}_{spec.name}"
+                if config.restarts > 1:
+                    run_name += f"_r{restart}"
+                model, record = common.train_run(
+                    EXPERIMENT, run_name, spec, splits,
+                    dataclasses.replace(settings, seed=config.seed + restart), strategy=strategy,
+                    paths=paths, save_model=config.save_models,
+                    evaluate_test=False)  # the grid is scored once, at the end
+                pred = model.predict(splits.x_test, batch_size=4096, verbose=0)[:, 0]
+                record.update(function=fn_name, restart=restart, prediction=pred,
+                              test_mse=float(np.mean((pred - splits.y_test[:, 0]) ** 2)))
+                runs[run_name] = record
+                names.append(run_name)
+            # "tune all models to the best" (slides): keep the lowest final training loss
+            best[f"{fn_name}/{spec.name}"] = min(
+                names, key=lambda n: runs[n]["history"]["epoch"]["train_loss"][-1])
+    return common.finish(EXPERIMENT, config, runs, paths, targets=targets, best_runs=best)
