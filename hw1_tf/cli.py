@@ -15,11 +15,10 @@ from typing import Any, Callable
 
 from absl import app, flags
 
+from hw1_tf import distribute
 from hw1_tf.errors import Hw1Error
 
 FLAGS = flags.FLAGS
-
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 
 flags.DEFINE_string("dataset", None, "mnist | fashion_mnist | cifar10 | digits (experiment "
                     "default when unset).")
@@ -31,7 +30,7 @@ flags.DEFINE_integer("epochs", None, "Training epochs per run.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and subsets.")
 flags.DEFINE_float("learning_rate", None, "Optimizer learning rate.", lower_bound=0.0)
 flags.DEFINE_enum("optimizer", None, ["adam", "sgd", "rmsprop", "adagrad"], "Optimizer.")
-flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy.")
 flags.DEFINE_string("output_dir", None, "Root of results/, figures/ and saved_models/ "
                     "(default: the project root).")
 flags.DEFINE_string("saved_models_dir", None, "Where SavedModels go (default "
@@ -105,8 +104,6 @@ def main(work: Callable[[], Any]) -> None:
 
         tf.get_logger().setLevel("WARNING")  # TF's INFO chatter (SavedModel export, collectives)
         if FLAGS.logical_cpus > 1:
-            from hw1_tf import distribute
-
             distribute.configure_logical_cpus(FLAGS.logical_cpus)
         try:
             work()

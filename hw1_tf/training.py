@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from hw1_tf import distribute
+from hw1_tf import data, distribute
 from hw1_tf.errors import Hw1Error, TrainingDivergedError
 
 OBJECTIVES = ("loss", "grad_norm")
@@ -424,8 +424,6 @@ def train_dataset(model: InstrumentedModel, x, y, batch_size: int, *, shuffle: b
     """The training `tf.data` pipeline `model` expects for `epochs` epochs, and its steps per
     epoch (pass both to `fit`): index chunks into data the model holds on the device when its
     steps are fused, plain (x, y) batches otherwise; the same batches either way."""
-    from hw1_tf import data
-
     if model.chunk_size > 1:
         model.hold_training_data(x, y)
         return (data.index_chunks(len(x), batch_size, model.chunk_size, shuffle=shuffle,
@@ -459,8 +457,6 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
     run's seed. Returns {"num_params", "iteration": {loss, grad_norm, objective},
     "epoch": {train_loss, test_loss, (train_/test_)accuracy}, "epoch_end_iteration", ...}.
     """
-    from hw1_tf import data
-
     log = IterationLog(run_name)
     switch = ObjectiveSwitch(log, settings.switch_grad_norm_below, settings.switch_after_epochs,
                              settings.stop_grad_norm_below, settings.grad_norm_learning_rate)
