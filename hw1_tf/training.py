@@ -20,17 +20,17 @@ and stops training when it falls below a stop threshold.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from hw1_tf import data, distribute
-from hw1_tf.errors import Hw1Error, TrainingDivergedError
+from hw1_tf import distribute, pipeline
+from hw1_tf.callbacks import HistoryTensorBoard, IterationLog, ObjectiveSwitch, ProgressLog
+from hw1_tf.errors import Hw1Error
 
 OBJECTIVES = ("loss", "grad_norm")
 
@@ -94,12 +94,20 @@ def _global_sum(values):
 class InstrumentedModel(keras.Model):
     """A Keras model around `network` whose train step records loss and gradient norm."""
 
-    def __init__(self, network: keras.Model, objective: str = "loss", record: bool = True,
-                 **kwargs):
+    def __init__(self, network: keras.Model, loss: keras.losses.Loss,
+                 metrics: Sequence[keras.metrics.Metric] = (), objective: str = "loss",
+                 record: bool = True, **kwargs):
+        """`loss` gives one value per example (reduction=None): the model reduces it itself,
+        see `compute_loss`. `metrics` are updated with (y, y_pred) every step."""
         super().__init__(**kwargs)
         if objective not in OBJECTIVES:
             raise Hw1Error(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if loss.reduction not in (None, "none"):
+            raise Hw1Error("InstrumentedModel needs a per-example loss (reduction=None)")
         self.network = network
+        self.per_example_loss = loss
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.step_metrics = list(metrics)
         self.objective = objective
         self.record = record  # False: no per-iteration history (to measure what it costs)
         self.recorder: _Recorder | None = None
@@ -123,11 +131,45 @@ class InstrumentedModel(keras.Model):
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
 
+    @property
+    def metrics(self):
+        """Our loss tracker and metrics only (Keras' documented override for models that
+        compute their own loss): Keras' compile() creates a loss tracker of its own, which this
+        model never updates, so it must not be reported or reset."""
+        return [self.loss_tracker, *self.step_metrics]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """This replica's share of the global mean loss: the sum of its examples' losses over
+        the GLOBAL number of examples in the step. Summing the replicas' shares (as the
+        optimizer's all-reduce of their gradients does) gives the global mean exactly, with no
+        reliance on Keras scaling a mean loss by 1/replicas; with one replica it is the mean."""
+        del x, training
+        per_example = self.per_example_loss(y, y_pred, sample_weight)
+        count = tf.cast(tf.size(per_example), per_example.dtype)
+        loss = tf.reduce_sum(per_example) / _global_sum(count)
+        if self.losses:  # regularisers: each replica adds its 1/replicas share
+            ctx = tf.distribute.get_replica_context()
+            replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+            loss += tf.add_n(self.losses) / tf.cast(replicas, loss.dtype)
+        return loss
+
+    def _update_metrics(self, y, y_pred, sample_weight):
+        """Updates the loss tracker with the examples' own losses (the epoch's loss is then
+        their exact mean, across replicas too) and the metrics; returns their results."""
+        self.loss_tracker.update_state(self.per_example_loss(y, y_pred, sample_weight))
+        for metric in self.step_metrics:
+            metric.update_state(y, y_pred, sample_weight)
+        return self.get_metrics_result()
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        return self._update_metrics(y, self(x, training=False), sample_weight)
+
     def compile(self, *args, steps_per_execution: int = 1, jit_compile=False,
                 fused_steps: bool = True, **kwargs):
         """As Keras' compile. With XLA, several steps per execution and no explicit strategy,
         the steps are fused: Keras runs one step per call on a chunk of `steps_per_execution`
-        batches of indices (`hw1_tf.data.index_chunks`) that one XLA program loops over, which
+        batches of indices (`hw1_tf.pipeline.index_chunks`) that one XLA program loops over, which
         removes the per-step dispatch cost of Keras' own multi-step loop (1.5x faster for the
         MNIST MLP at batch 64 here, bench/train_throughput.py)."""
         # Only without an explicit strategy: under any tf.distribute strategy (one_device and
@@ -167,9 +209,7 @@ class InstrumentedModel(keras.Model):
 
     def _loss(self, x, y, sample_weight):
         y_pred = self(x, training=True)
-        loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                  training=True)
-        return y_pred, loss
+        return y_pred, self.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -178,14 +218,14 @@ class InstrumentedModel(keras.Model):
             if self.record:
                 self.recorder.write(loss=loss, grad_norm=grad_norm,
                                     objective=OBJECTIVES.index(self.objective))
-            return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+            return self._update_metrics(y, y_pred, sample_weight)
 
-        # x is a chunk of index rows (data.index_chunks) into the data held on the device.
+        # x is a chunk of index rows (pipeline.index_chunks) into the data held on the device.
         def body(i, losses, norms):  # iteration on batch i of the chunk, in one XLA program
             xi = tf.gather(self.resident_data[0], x[i])
             yi = tf.gather(self.resident_data[1], x[i])
             y_pred, loss, norm = self._one_iteration(xi, yi, None)
-            self.compute_metrics(xi, yi, y_pred, sample_weight=None)
+            self._update_metrics(yi, y_pred, None)
             return (i + 1, tf.tensor_scatter_nd_update(losses, [[i]], [loss]),
                     tf.tensor_scatter_nd_update(norms, [[i]], [norm]))
 
@@ -219,9 +259,6 @@ class InstrumentedModel(keras.Model):
             applied = outer.gradient(surrogate, variables)
         grad_norm = _global_norm(global_grads)
         self.optimizer.apply_gradients(zip(applied, variables))
-
-        batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        self._loss_tracker.update_state(_unscale(loss), sample_weight=batch)
         return y_pred, tf.cast(_global_sum(loss), tf.float32), tf.cast(grad_norm, tf.float32)
 
 
@@ -236,111 +273,6 @@ def _global_norm(tensors):
             tf.reshape(t, [1, -1])
         sums.append(tf.reduce_sum(tf.matmul(tf.square(m), tf.ones([m.shape[-1], 1], m.dtype))))
     return tf.sqrt(tf.add_n(sums))
-
-
-def _unscale(loss):
-    """The replica's share of the loss times the number of replicas (Keras scales it down)."""
-    ctx = tf.distribute.get_replica_context()
-    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-    return loss * tf.cast(replicas, loss.dtype)
-
-
-# ------------------------------------------------------------------------------- callbacks
-
-
-class IterationLog(keras.callbacks.Callback):
-    """Drains the model's per-iteration buffers after each execution; stops on NaN/inf loss."""
-
-    def __init__(self, run_name: str = "run"):
-        super().__init__()
-        self.run_name = run_name
-        self.loss: list[float] = []
-        self.grad_norm: list[float] = []
-        self.objective: list[int] = []
-        self.epoch_end_iteration: list[int] = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        values = self.model.recorder.drain()
-        if values["loss"].size and not np.all(np.isfinite(values["loss"])):
-            bad = len(self.loss) + int(np.argmax(~np.isfinite(values["loss"])))
-            raise TrainingDivergedError(
-                f"{self.run_name}: the loss became {values['loss'][bad - len(self.loss)]} at "
-                f"iteration {bad}; lower --learning_rate or change the optimizer")
-        self.loss.extend(values["loss"].tolist())
-        self.grad_norm.extend(values["grad_norm"].tolist())
-        self.objective.extend(values["objective"].astype(int).tolist())
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch_end_iteration.append(len(self.loss))
-
-    @property
-    def last_grad_norm(self) -> float:
-        return self.grad_norm[-1] if self.grad_norm else math.inf
-
-
-class ObjectiveSwitch(keras.callbacks.Callback):
-    """Loss -> gradient-norm minimisation when ||g|| < `switch_below` or after `switch_after_epochs`
-    epochs; stops once ||g|| < `stop_below` (while minimising the norm, or at once if the switch is
-    disabled). Checked after every execution, on the last recorded iteration."""
-
-    def __init__(self, log: IterationLog, switch_below: float | None = None,
-                 switch_after_epochs: int | None = None, stop_below: float | None = None,
-                 learning_rate: float | None = None):
-        super().__init__()
-        self.log = log
-        self.learning_rate = learning_rate  # of the gradient-norm phase (None: unchanged)
-        self.switch_below = switch_below
-        self.switch_after_epochs = switch_after_epochs
-        self.stop_below = stop_below
-        self.switched_at_iteration: int | None = None
-        self.stopped_at_iteration: int | None = None
-
-    def _switch(self):
-        if self.model.objective != "grad_norm":
-            self.switched_at_iteration = len(self.log.loss)
-            logging.info("%s: switching to gradient-norm minimisation at iteration %d "
-                         "(||g|| = %.3g)", self.log.run_name, self.switched_at_iteration,
-                         self.log.last_grad_norm)
-            self.model.set_objective("grad_norm", learning_rate=self.learning_rate)
-
-    def on_train_batch_end(self, batch, logs=None):
-        norm = self.log.last_grad_norm
-        if self.switch_below is not None and norm < self.switch_below:
-            self._switch()
-        switching = self.switch_below is not None or self.switch_after_epochs is not None
-        if (self.stop_below is not None and norm < self.stop_below
-                and (self.model.objective == "grad_norm" or not switching)):
-            self.stopped_at_iteration = len(self.log.loss)
-            self.model.stop_training = True
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.switch_after_epochs is not None and epoch + 1 >= self.switch_after_epochs:
-            self._switch()
-
-
-class ProgressLog(keras.callbacks.Callback):
-    """One log line per tenth of the run (epoch, loss, last ||g||, elapsed, ETA): progress for
-    long quiet runs (verbose=0), where Keras prints nothing."""
-
-    def __init__(self, log: IterationLog, epochs: int, every: int | None = None):
-        super().__init__()
-        self.log = log
-        self.epochs = epochs
-        self.every = every or max(1, epochs // 10)
-        self.start = time.perf_counter()
-
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        done = epoch + 1
-        if done % self.every and done != self.epochs:
-            return
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (self.epochs - done)
-        logging.info("%s: epoch %d/%d, loss %.4g, ||g|| %.3g, %.0f s elapsed, ETA %.0f s",
-                     self.log.run_name, done, self.epochs, (logs or {}).get("loss", math.nan),
-                     self.log.last_grad_norm, elapsed, eta)
 
 
 # ------------------------------------------------------------------------------------ train
@@ -377,17 +309,25 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
 
 
 def loss_and_metrics(num_classes: int):
-    """Cross-entropy + accuracy for classification, MSE for regression (num_classes == 0)."""
+    """Per-example cross-entropy + accuracy for classification, per-example MSE for regression
+    (num_classes == 0); InstrumentedModel reduces the loss itself."""
     if num_classes:
-        return (keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        return (keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
                 [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    return keras.losses.MeanSquaredError(), []
+    return keras.losses.MeanSquaredError(reduction=None), []
+
+
+def _all_layers(layer: keras.layers.Layer):
+    """`layer` and every layer nested in it (through the public `layers` of models)."""
+    yield layer
+    for sub in getattr(layer, "layers", ()):
+        yield from _all_layers(sub)
 
 
 def _xla_slow_here(network: keras.Model) -> bool:
     """XLA's CPU convolutions are far slower than TF's oneDNN kernels (measured: a 4-conv MNIST
     net took 164 s fused under XLA vs 3.3 s without, 2 cores); on a GPU XLA is fine."""
-    has_conv = any(isinstance(layer, keras.layers.Conv2D) for layer in network._flatten_layers())
+    has_conv = any(isinstance(layer, keras.layers.Conv2D) for layer in _all_layers(network))
     return has_conv and not tf.config.list_logical_devices("GPU")
 
 
@@ -403,19 +343,16 @@ def build_instrumented(network_fn, num_classes: int, settings: TrainSettings, st
             logging.info("%s: XLA disabled (convolutions under XLA on CPU ran 20-50x slower "
                          "here); training without jit_compile", network.name)
             jit = False
-        model = InstrumentedModel(network, objective=settings.objective,
-                                  record=settings.record_history)
         loss, metrics = loss_and_metrics(num_classes)
+        model = InstrumentedModel(network, loss, metrics, objective=settings.objective,
+                                  record=settings.record_history)
         model.compile(optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
-                      loss=loss, metrics=metrics, jit_compile=jit, steps_per_execution=spe,
-                      fused_steps=settings.fused_steps)
-        input_shape = tuple(network.input_shape[1:])
-        model.build((None,) + input_shape)
-        if model.chunk_size > 1:
-            # Build metrics, loss and optimizer state on one plain batch now: Keras would
-            # otherwise build them from the first (chunk-shaped) element of the dataset.
-            y0 = np.zeros((1,), np.int32) if num_classes else np.zeros((1, 1), np.float32)
-            model._symbolic_build(data_batch=(np.zeros((1,) + input_shape, np.float32), y0))
+                      jit_compile=jit, steps_per_execution=spe, fused_steps=settings.fused_steps)
+        model.build((None,) + tuple(network.input_shape[1:]))
+        # All state exists before fit: the metrics create theirs on construction, the optimizer
+        # here. Keras would otherwise build from the first dataset element, which on the fused
+        # path is a chunk of indices, not a batch.
+        model.optimizer.build(model.trainable_variables)
     return model
 
 
@@ -426,11 +363,11 @@ def train_dataset(model: InstrumentedModel, x, y, batch_size: int, *, shuffle: b
     steps are fused, plain (x, y) batches otherwise; the same batches either way."""
     if model.chunk_size > 1:
         model.hold_training_data(x, y)
-        return (data.index_chunks(len(x), batch_size, model.chunk_size, shuffle=shuffle,
+        return (pipeline.index_chunks(len(x), batch_size, model.chunk_size, shuffle=shuffle,
                                   seed=seed, epochs=epochs),
-                data.chunks_per_epoch(len(x), batch_size, model.chunk_size))
-    return (data.to_dataset(x, y, batch_size, shuffle=shuffle, seed=seed, epochs=epochs),
-            data.batches_per_epoch(len(x), batch_size))
+                pipeline.chunks_per_epoch(len(x), batch_size, model.chunk_size))
+    return (pipeline.to_dataset(x, y, batch_size, shuffle=shuffle, seed=seed, epochs=epochs),
+            pipeline.batches_per_epoch(len(x), batch_size))
 
 
 def _align_steps_per_execution(model: InstrumentedModel, steps_per_epoch: int) -> None:
@@ -464,12 +401,12 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
     if settings.verbose == 0:
         all_callbacks.append(ProgressLog(log, settings.epochs))
     if tensorboard_dir is not None:
-        all_callbacks.append(keras.callbacks.TensorBoard(str(tensorboard_dir), profile_batch=0))
+        all_callbacks.append(HistoryTensorBoard(tensorboard_dir, log))
     train_ds, steps = train_dataset(model, *train_xy, settings.batch_size,
                                     shuffle=settings.shuffle, seed=settings.seed,
                                     epochs=settings.epochs)
     _align_steps_per_execution(model, steps)
-    test_ds = data.to_dataset(*test_xy, max(settings.batch_size, 1024)) if test_xy else None
+    test_ds = pipeline.to_dataset(*test_xy, max(settings.batch_size, 1024)) if test_xy else None
     start = time.perf_counter()
     fit = model.fit(train_ds, epochs=settings.epochs, steps_per_epoch=steps,
                     validation_data=test_ds,

@@ -1,0 +1,204 @@
+"""Callbacks of a training run: the core's own (the per-iteration log, the objective switch,
+progress lines) and the ones an experiment adds per run (weight snapshots for trajectories,
+TensorBoard with the per-iteration history). Any `keras.callbacks.Callback`, e.g.
+`keras.callbacks.BackupAndRestore`, can be passed to `hw1_tf.training.train` beside them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from hw1_tf.errors import Hw1Error, TrainingDivergedError
+
+
+class IterationLog(keras.callbacks.Callback):
+    """Drains the model's per-iteration buffers after each execution; stops on NaN/inf loss."""
+
+    def __init__(self, run_name: str = "run"):
+        super().__init__()
+        self.run_name = run_name
+        self.loss: list[float] = []
+        self.grad_norm: list[float] = []
+        self.objective: list[int] = []
+        self.epoch_end_iteration: list[int] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        values = self.model.recorder.drain()
+        if values["loss"].size and not np.all(np.isfinite(values["loss"])):
+            bad = len(self.loss) + int(np.argmax(~np.isfinite(values["loss"])))
+            raise TrainingDivergedError(
+                f"{self.run_name}: the loss became {values['loss'][bad - len(self.loss)]} at "
+                f"iteration {bad}; lower --learning_rate or change the optimizer")
+        self.loss.extend(values["loss"].tolist())
+        self.grad_norm.extend(values["grad_norm"].tolist())
+        self.objective.extend(values["objective"].astype(int).tolist())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_end_iteration.append(len(self.loss))
+
+    @property
+    def last_grad_norm(self) -> float:
+        return self.grad_norm[-1] if self.grad_norm else math.inf
+
+
+class ObjectiveSwitch(keras.callbacks.Callback):
+    """Loss -> gradient-norm minimisation when ||g|| < `switch_below` or after `switch_after_epochs`
+    epochs; stops once ||g|| < `stop_below` (while minimising the norm, or at once if the switch is
+    disabled). Checked after every execution, on the last recorded iteration."""
+
+    def __init__(self, log: IterationLog, switch_below: float | None = None,
+                 switch_after_epochs: int | None = None, stop_below: float | None = None,
+                 learning_rate: float | None = None):
+        super().__init__()
+        self.log = log
+        self.learning_rate = learning_rate  # of the gradient-norm phase (None: unchanged)
+        self.switch_below = switch_below
+        self.switch_after_epochs = switch_after_epochs
+        self.stop_below = stop_below
+        self.switched_at_iteration: int | None = None
+        self.stopped_at_iteration: int | None = None
+
+    def _switch(self):
+        if self.model.objective != "grad_norm":
+            self.switched_at_iteration = len(self.log.loss)
+            logging.info("%s: switching to gradient-norm minimisation at iteration %d "
+                         "(||g|| = %.3g)", self.log.run_name, self.switched_at_iteration,
+                         self.log.last_grad_norm)
+            self.model.set_objective("grad_norm", learning_rate=self.learning_rate)
+
+    def on_train_batch_end(self, batch, logs=None):
+        norm = self.log.last_grad_norm
+        if self.switch_below is not None and norm < self.switch_below:
+            self._switch()
+        switching = self.switch_below is not None or self.switch_after_epochs is not None
+        if (self.stop_below is not None and norm < self.stop_below
+                and (self.model.objective == "grad_norm" or not switching)):
+            self.stopped_at_iteration = len(self.log.loss)
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.switch_after_epochs is not None and epoch + 1 >= self.switch_after_epochs:
+            self._switch()
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """One log line per tenth of the run (epoch, loss, last ||g||, elapsed, ETA): progress for
+    long quiet runs (verbose=0), where Keras prints nothing."""
+
+    def __init__(self, log: IterationLog, epochs: int, every: int | None = None):
+        super().__init__()
+        self.log = log
+        self.epochs = epochs
+        self.every = every or max(1, epochs // 10)
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if done % self.every and done != self.epochs:
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (self.epochs - done)
+        logging.info("%s: epoch %d/%d, loss %.4g, ||g|| %.3g, %.0f s elapsed, ETA %.0f s",
+                     self.log.run_name, done, self.epochs, (logs or {}).get("loss", math.nan),
+                     self.log.last_grad_norm, elapsed, eta)
+
+
+class WeightSnapshots(keras.callbacks.Callback):
+    """The network's weights, flattened, before training and every `every_epochs` epochs (and
+    after the last epoch): the whole model and one layer (`layer`: index among the layers that
+    have weights), for the optimisation-trajectory figures."""
+
+    def __init__(self, every_epochs: int = 3, layer: int = 0):
+        super().__init__()
+        if every_epochs < 1:
+            raise Hw1Error(f"snapshot interval must be >= 1 epoch, got {every_epochs}")
+        self.every_epochs = every_epochs
+        self.layer = layer
+        self.epochs: list[int] = []
+        self.whole: list[np.ndarray] = []
+        self.layer_weights: list[np.ndarray] = []
+
+    def _weighted_layers(self):
+        network = getattr(self.model, "network", self.model)
+        return [layer for layer in network.layers if layer.trainable_weights]
+
+    def _take(self, epoch: int) -> None:
+        network = getattr(self.model, "network", self.model)
+        layers = self._weighted_layers()
+        if not -len(layers) <= self.layer < len(layers):
+            raise Hw1Error(f"layer {self.layer} does not exist: the model has {len(layers)} "
+                           "layers with weights")
+        flat = lambda ws: np.concatenate([np.ravel(w.numpy()) for w in ws])  # noqa: E731
+        self.epochs.append(epoch)
+        self.whole.append(flat(network.trainable_weights))
+        self.layer_weights.append(flat(layers[self.layer].trainable_weights))
+
+    def on_train_begin(self, logs=None):
+        if not self.epochs:
+            self._take(0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if done % self.every_epochs == 0 or done == self.params.get("epochs"):
+            if not self.epochs or self.epochs[-1] != done:
+                self._take(done)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """{"epochs": (k,), "whole": (k, params), "layer": (k, layer params)}."""
+        return {"epochs": np.asarray(self.epochs), "whole": np.stack(self.whole),
+                "layer": np.stack(self.layer_weights)}
+
+
+class HistoryTensorBoard(keras.callbacks.Callback):
+    """TensorBoard logs of what this tool records: every iteration's loss, gradient norm and
+    objective (from `log`, written after each execution), and every epoch's metrics
+    (train_* and test_*). Keras' own TensorBoard callback writes epoch scalars only."""
+
+    def __init__(self, log_dir: str | Path, log: IterationLog):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self.log = log
+        self.written = 0
+        self.writer = None
+
+    def on_train_begin(self, logs=None):
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = tf.summary.create_file_writer(str(self.log_dir))
+        except (OSError, tf.errors.OpError) as e:
+            raise Hw1Error(f"{self.log_dir}: cannot write TensorBoard logs there "
+                           f"({getattr(e, 'message', e)}); choose another --output_dir or pass "
+                           "--notensorboard") from None
+
+    def on_train_batch_end(self, batch, logs=None):
+        n = len(self.log.loss)
+        if n == self.written:
+            return
+        with self.writer.as_default():
+            for i in range(self.written, n):
+                tf.summary.scalar("iteration/loss", self.log.loss[i], step=i)
+                tf.summary.scalar("iteration/grad_norm", self.log.grad_norm[i], step=i)
+                tf.summary.scalar("iteration/objective", self.log.objective[i], step=i)
+        self.written = n
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.writer.as_default():
+            for key, value in (logs or {}).items():
+                name = key[4:] if key.startswith("val_") else key
+                prefix = "test_" if key.startswith("val_") else "train_"
+                tf.summary.scalar(f"epoch/{prefix}{name}", float(value), step=epoch + 1)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.close()
