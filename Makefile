@@ -1,16 +1,17 @@
-# make report [PROFILE=quick]  — install, fetch data, run every experiment, write figures/results
+# make report [PROFILE=quick]  — install, fetch data, run every experiment of the registry
+#                                (hw1_tf/experiments) with flags/$(PROFILE)/, write REPORT.md
 # make test                    — the test suite (what CI runs)
 # make bench                   — throughput benchmarks (installs the `bench` extra: PyTorch)
-# ARGS='--output_dir=/tmp/x'   — extra flags for every experiment binary of `make report`
+# make figures / make report-only — redraw figures / rewrite REPORT.md from results, no training
+# ARGS='--output_dir=/tmp/x'   — flags of bin/run_all (--output_dir, --experiments,
+#                                --extra_flags='...' for every experiment binary)
 PROFILE ?= full
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-# Experiments in the order they run; each reads flags/$(PROFILE)/<name>.flags.
-EXPERIMENTS ?= simulate_function actual_task scratch
 
-.PHONY: install data report test bench figures clean
+.PHONY: install data report report-only test bench figures clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,18 +23,16 @@ install: $(VENV)/.installed
 
 data: install
 	$(PY) bin/fetch_data --datasets=mnist,fashion_mnist
-	-$(PY) bin/fetch_data --dataset=cifar10
+	-$(PY) bin/fetch_data --datasets=cifar10
 
 report: data
-	@set -e; for e in $(EXPERIMENTS); do \
-	  if [ -f flags/$(PROFILE)/$$e.flags ]; then \
-	    echo "== $$e ($(PROFILE))"; \
-	    $(PY) bin/run_$$e --flagfile=flags/$(PROFILE)/$$e.flags $(ARGS); \
-	  fi; \
-	done
+	$(PY) bin/run_all --profile=$(PROFILE) $(ARGS)
+
+report-only: install
+	$(PY) bin/make_report $(ARGS)
 
 figures: install
-	$(PY) bin/make_figures --experiment=$(shell echo $(EXPERIMENTS) | tr ' ' ',') $(ARGS)
+	$(PY) bin/make_figures --skip_missing $(ARGS)
 
 test: install
 	$(PY) -m pytest

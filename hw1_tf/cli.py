@@ -1,66 +1,72 @@
-"""The absl flags every binary shares, and the entry helper that turns errors into one line.
+"""The binaries' entry: flags generated from an experiment's Config, and errors as one line.
 
-A binary in bin/ defines only its own flags, then calls
-    cli.main(lambda: experiment.run(cli.config_from_flags(experiment.Config)))
-Every dataclass field of the config whose name is a defined flag takes that flag's value, so a
-config and its flags cannot drift apart (the remaining fields keep their defaults).
+A binary in bin/ is only
+    cli.run_experiment("<name>")
+which defines one flag per field of the experiment's Config (hw1_tf.config: name, type, default,
+help and bounds all come from the field, so a flag and its config cannot drift apart), parses
+the command line (config default < flag file < command line, as absl reads them in order),
+applies the process-level settings before TensorFlow starts, and runs the experiment.
+
+Errors never show a traceback: a bad flag or config value is one `usage error:` line and exit 2;
+an `Hw1Error` (missing data, missing model, NaN loss ...) is one `error:` line and exit 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from typing import Any, Callable
 
 from absl import app, flags
 
-from hw1_tf import distribute
+from hw1_tf import config as config_lib
+from hw1_tf import console
 from hw1_tf.errors import Hw1Error
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("dataset", None, "mnist | fashion_mnist | cifar10 | digits (experiment "
-                    "default when unset).")
-flags.DEFINE_string("data_dir", None, "Folder with <dataset>/ IDX files and tfds/ "
-                    "(default $HW1_DATA_DIR or <project>/data).")
-flags.DEFINE_integer("batch_size", None, "Global batch size (split across replicas).",
-                     lower_bound=1)
-flags.DEFINE_integer("epochs", None, "Training epochs per run.", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and subsets.")
-flags.DEFINE_float("learning_rate", None, "Optimizer learning rate.", lower_bound=0.0)
-flags.DEFINE_enum("optimizer", None, ["adam", "sgd", "rmsprop", "adagrad"], "Optimizer.")
-flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy.")
-flags.DEFINE_string("output_dir", None, "Root of results/, figures/ and saved_models/ "
-                    "(default: the project root).")
-flags.DEFINE_string("saved_models_dir", None, "Where SavedModels go (default "
-                    "<output_dir>/saved_models).")
-flags.DEFINE_boolean("jit_compile", True, "XLA-compile the train step (one device only).")
-flags.DEFINE_integer("steps_per_execution", 64, "Train steps per tf.function call (one device "
-                     "only); the per-iteration history stays exact.", lower_bound=1)
-flags.DEFINE_enum("objective", None, ["loss", "grad_norm"], "What training minimises at the "
-                  "start: the loss, or the squared gradient norm ||grad L||^2.")
-flags.DEFINE_float("switch_grad_norm_below", None, "Switch from loss to gradient-norm "
-                   "minimisation once ||grad L|| falls below this.", lower_bound=0.0)
-flags.DEFINE_integer("switch_after_epochs", None, "Switch from loss to gradient-norm "
-                     "minimisation after this many epochs.", lower_bound=0)
-flags.DEFINE_float("stop_grad_norm_below", None, "Stop once ||grad L|| falls below this (while "
-                   "minimising the norm when a switch is set).", lower_bound=0.0)
-flags.DEFINE_float("grad_norm_learning_rate", None, "Learning rate after the switch to "
-                   "gradient-norm minimisation (default: --learning_rate).", lower_bound=0.0)
-flags.DEFINE_integer("logical_cpus", 1, "Split the CPU into this many logical devices, so "
-                     "--strategy=mirrored has several replicas without GPUs.", lower_bound=1)
-flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 line per epoch.",
-                     lower_bound=0, upper_bound=2)
+
+def _list_default(value) -> list[str] | None:
+    return None if value is None else [str(v) for v in value]
 
 
-def _coerce(field: dataclasses.Field, value: Any) -> Any:
-    """List flags arrive as lists of strings; a `tuple[int, ...]`/`tuple[float, ...]` field
-    gets numbers (a bad item is a usage error: one line, exit 2)."""
-    if not isinstance(value, list):
+def define_flags(config_cls: type, flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines one flag per field of `config_cls` on `flag_values`."""
+    for field in dataclasses.fields(config_cls):
+        kind = config_lib.field_kind(config_cls, field)
+        meta = field.metadata
+        if "help" not in meta:
+            raise TypeError(f"{config_cls.__name__}.{field.name}: declare it with "
+                            "hw1_tf.config.option(default, help)")
+        default, help_text = field.default, meta["help"]
+        # flags of the program's main module are what --helpshort lists
+        common = {"flag_values": flag_values, "module_name": sys.argv[0]}
+        if kind.is_tuple:
+            flags.DEFINE_list(field.name, _list_default(default), help_text, **common)
+        elif kind.base is bool:
+            flags.DEFINE_boolean(field.name, default, help_text, **common)
+        elif kind.base in (int, float):
+            define = flags.DEFINE_integer if kind.base is int else flags.DEFINE_float
+            define(field.name, default, help_text, lower_bound=meta.get("lower"),
+                   upper_bound=meta.get("upper"), **common)
+        elif meta.get("choices") and not kind.optional:
+            flags.DEFINE_enum(field.name, default, [str(c) for c in meta["choices"]],
+                              help_text, **common)
+        else:
+            flags.DEFINE_string(field.name, default, help_text, **common)
+
+
+def _coerce(config_cls: type, field: dataclasses.Field, value: Any) -> Any:
+    """Flag values to the field's type: lists of strings to tuples of numbers (a bad item is a
+    usage error), '' / 'none' to None for optional fields."""
+    kind = config_lib.field_kind(config_cls, field)
+    if value is None:
+        return None
+    if kind.optional and isinstance(value, str) and value.lower() in ("", "none"):
+        return None
+    if not kind.is_tuple:
         return value
-    kind = str(field.type)
-    cast = int if "tuple[int" in kind else float if "tuple[float" in kind else str
+    cast = kind.base if kind.base in (int, float, str) else str
     try:
         return tuple(cast(v) for v in value)
     except ValueError:
@@ -68,15 +74,15 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
                              f"{cast.__name__}s, got {','.join(value)}") from None
 
 
-def config_from_flags(config_cls: type, **overrides: Any):
-    """Builds `config_cls` from every flag sharing a field's name whose value is not None
-    (the user's, or the flag's own default); `overrides` win."""
+def config_from_flags(config_cls: type, flag_values: flags.FlagValues = FLAGS,
+                      **overrides: Any):
+    """Builds `config_cls` from its parsed flags; `overrides` win."""
     values = {}
     for field in dataclasses.fields(config_cls):
         if field.name in overrides:
             values[field.name] = overrides[field.name]
-        elif field.name in FLAGS and FLAGS[field.name].value is not None:
-            values[field.name] = _coerce(field, FLAGS[field.name].value)
+        else:
+            values[field.name] = _coerce(config_cls, field, flag_values[field.name].value)
     return config_cls(**values)
 
 
@@ -92,22 +98,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _usage_error(str(e))
 
 
-def main(work: Callable[[], Any]) -> None:
-    """Runs `work` as an absl program. A bad flag -> one line, exit 2; Hw1Error -> one line,
-    exit 1; never a traceback for either."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1) -> None:
+    """Runs `work` as an absl program with one-line errors (see the module doc).
+
+    `logical_cpus()` (read after parsing) splits the CPU into that many devices before
+    TensorFlow initialises, so a mirrored strategy has replicas without GPUs."""
 
     def _main(argv):
         if len(argv) > 1:
             _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-        import tensorflow as tf
-
-        tf.get_logger().setLevel("WARNING")  # TF's INFO chatter (SavedModel export, collectives)
-        if FLAGS.logical_cpus > 1:
-            distribute.configure_logical_cpus(FLAGS.logical_cpus)
         try:
+            console.start_tensorflow(logical_cpus())
             work()
-        except app.UsageError as e:
+        except (app.UsageError, config_lib.ConfigError) as e:
             _usage_error(str(e))
         except Hw1Error as e:
             print(f"error: {e}", file=sys.stderr)
@@ -117,3 +120,26 @@ def main(work: Callable[[], Any]) -> None:
             sys.exit(130)
 
     app.run(_main, flags_parser=_parse_flags)
+
+
+def run_command(config_cls: type, work: Callable[[Any], Any]) -> None:
+    """The whole of a binary: flags from `config_cls`, then `work(config)`."""
+    console.import_tensorflow()  # before absl's app.run, whose init callbacks touch CUDA
+    define_flags(config_cls)
+    built = {}
+
+    def config():
+        if "config" not in built:
+            built["config"] = config_from_flags(config_cls)
+        return built["config"]
+
+    main(lambda: work(config()), logical_cpus=lambda: getattr(config(), "logical_cpus", 1))
+
+
+def run_experiment(name: str) -> None:
+    """The whole of `bin/run_<name>`."""
+    from hw1_tf import experiments
+
+    console.import_tensorflow()
+    experiment = experiments.get(name)
+    run_command(experiment.Config, experiment.run)

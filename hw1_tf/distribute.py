@@ -4,7 +4,7 @@
 metrics are built inside `strategy.scope()`; the global batch size is what the flags say, and
 Keras splits it across replicas.
 
-`execution_settings` picks the fast path per strategy. Measured with Keras 3.15 (DESIGN.md):
+`execution_settings` picks the fast path per strategy. Measured with Keras 3.15 on 2 logical CPUs:
 under several replicas `steps_per_execution > 1` fails (keras-team/keras#19246) and
 `jit_compile=True` fails (XLA cannot reach another device's resources), so there the run uses one
 step per execution without XLA, and says so in the log.

@@ -150,7 +150,7 @@ def make_figures(results: dict[str, Any], figures_dir: Path) -> list[Path]:
     return PLOTTERS[experiment](results, Path(figures_dir))
 
 
-# ------------------------------------------------------------------ scratch (HW7 report, issue 4)
+# ------------------------------------------------------------- scratch (fully-connected nets from scratch)
 
 
 def _scratch_curves(ax_loss, ax_acc, run: dict[str, Any], label: str | None = None,

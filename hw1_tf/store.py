@@ -1,7 +1,9 @@
 """Where every experiment's outputs live, and how they are written: atomically, always.
 
 Layout under `output_dir` (default: the project root):
-  results/<experiment>/results.json     config, command, and per run num_params + history
+  results/<experiment>/results.json     config, command, runs and summaries (small, readable)
+  results/<experiment>/arrays-<id>.npz  the results' large numpy arrays (histories, predictions,
+                                        snapshots, spectra), named in results.json
   results/<experiment>/tb/<run>/        TensorBoard logs
   figures/<experiment>/*.png            drawn from results.json only (hw1_tf.plots)
   saved_models/<experiment>/<run>/      SavedModel (`model.export`), loadable without hw1_tf
@@ -18,6 +20,7 @@ import datetime
 import json
 import math
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -134,9 +137,64 @@ def command_line() -> str:
     return " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else ""
 
 
+# ---------------------------------------------------------------------------------- arrays
+
+# Arrays with more elements than this go to the .npz; smaller ones stay readable in the JSON.
+ARRAY_MIN_SIZE = 64
+_ARRAY_REF = "$array"
+
+
+def save_arrays(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Writes `arrays` as one uncompressed .npz at `path`, atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """All arrays of an .npz written by `save_arrays` (one-line error when missing/corrupt)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: arrays file missing; rerun the experiment")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise Hw1Error(f"{path}: not a readable .npz ({e}); rerun the experiment") from None
+
+
+def _extract_arrays(obj: Any, key: str, out: dict[str, np.ndarray]) -> Any:
+    """`obj` with each large ndarray replaced by a reference {"$array": key} into `out`."""
+    if isinstance(obj, np.ndarray) and obj.size > ARRAY_MIN_SIZE:
+        out[key] = obj
+        return {_ARRAY_REF: key, "shape": list(obj.shape), "dtype": str(obj.dtype)}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: _extract_arrays(v, f"{key}/{k}" if key else str(k), out)
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_extract_arrays(v, f"{key}/{i}", out) for i, v in enumerate(obj)]
+    return obj
+
+
+def _restore_arrays(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(obj, dict):
+        if _ARRAY_REF in obj:
+            return arrays[obj[_ARRAY_REF]]
+        return {k: _restore_arrays(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore_arrays(v, arrays) for v in obj]
+    return obj
+
+
 def save_results(paths: Paths, experiment: str, config: Any, runs: dict[str, Any],
                  **extra: Any) -> Path:
-    """Writes results/<experiment>/results.json: config, command, time, runs and extras."""
+    """Writes results/<experiment>/results.json (config, command, time, runs and extras) and
+    its large arrays to a new .npz beside it, then removes the .npz files it replaced. The
+    .npz is written first and has a fresh name, so the JSON never names a missing file."""
     payload = {
         "experiment": experiment,
         "command": command_line(),
@@ -145,11 +203,33 @@ def save_results(paths: Paths, experiment: str, config: Any, runs: dict[str, Any
         "runs": runs,
         **extra,
     }
-    return write_json(paths.results_json(experiment), payload)
+    arrays: dict[str, np.ndarray] = {}
+    payload = _extract_arrays(payload, "", arrays)
+    folder = paths.results_dir(experiment)
+    if arrays:
+        name = f"arrays-{secrets.token_hex(4)}.npz"
+        save_arrays(folder / name, arrays)
+        payload["arrays_file"] = name
+    path = write_json(paths.results_json(experiment), payload)
+    for old in folder.glob("arrays-*.npz"):
+        if old.name != payload.get("arrays_file"):
+            old.unlink()
+    return path
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A results.json with its arrays restored as numpy arrays."""
+    path = Path(path)
+    results = read_json(path)
+    if not isinstance(results, dict):
+        raise Hw1Error(f"{path}: not an experiment's results; rerun the experiment")
+    if results.get("arrays_file"):
+        results = _restore_arrays(results, load_arrays(path.parent / results["arrays_file"]))
+    return results
 
 
 def load_results(paths: Paths, experiment: str) -> dict[str, Any]:
-    return read_json(paths.results_json(experiment))
+    return read_results(paths.results_json(experiment))
 
 
 # ---------------------------------------------------------------------------------- models
@@ -159,8 +239,8 @@ def export_model(model, path: str | Path, *, keras_file: bool = True) -> Path:
     """Exports `model` as a SavedModel at `path` (and `<path>.keras`), replacing atomically.
 
     The SavedModel loads with plain `tf.saved_model.load` and exposes `serve`,
-    `trainable_variables` (in the model's order) and assignable variables, which the
-    interpolation and measure experiments reuse.
+    `trainable_variables` (in the model's order) and assignable variables, so analyses can
+    load a trained model without hw1_tf and evaluate it at other weights.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

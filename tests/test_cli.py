@@ -38,11 +38,11 @@ def test_missing_data_is_one_line_exit_1(tmp_path):
     assert proc.returncode == 1, proc.stderr
     lines = _meaningful(proc.stderr)
     assert lines == [f"error: {tmp_path}/mnist: no mnist data; run bin/fetch_data "
-                     f"--dataset=mnist --data_dir={tmp_path}"]
+                     f"--datasets=mnist --data_dir={tmp_path}"]
 
 
 def test_make_figures_without_results_is_one_line(tmp_path):
-    proc = _run("bin/make_figures", "--experiment=actual_task", f"--output_dir={tmp_path}")
+    proc = _run("bin/make_figures", "--experiments=actual_task", f"--output_dir={tmp_path}")
     assert proc.returncode == 1 and "run the experiment first" in proc.stderr
     assert "Traceback" not in proc.stderr
 

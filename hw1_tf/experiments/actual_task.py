@@ -9,6 +9,7 @@ import dataclasses
 from absl import logging
 
 from hw1_tf import data, models
+from hw1_tf.config import TrainConfig, option
 from hw1_tf.errors import DataError
 from hw1_tf.experiments import common
 
@@ -16,17 +17,22 @@ EXPERIMENT = "actual_task"
 
 
 @dataclasses.dataclass
-class Config(common.RunConfig):
-    datasets: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")
-    dataset: str | None = None  # --dataset: run on this one only
-    models: tuple[str, ...] = models.FAMILIES
-    target_params: int = 50000
-    skip_unavailable: bool = True  # datasets that cannot be loaded (CIFAR-10 offline) are skipped
-    train_size: int | None = None
-    test_size: int | None = None
-    data_dir: str | None = None
-    allow_download: bool = True
-    epochs: int = 20
+class Config(TrainConfig):
+    datasets: tuple[str, ...] = option(("mnist", "fashion_mnist", "cifar10"), "Datasets to train "
+                                       "on.", choices=data.IMAGE_DATASETS)
+    dataset: str | None = option(None, "Run on this dataset only (overrides --datasets).",
+                                 choices=data.IMAGE_DATASETS)
+    models: tuple[str, ...] = option(models.FAMILIES, "Model families.",
+                                     choices=models.FAMILIES)
+    target_params: int = option(50000, "Parameter count each family is sized to.", lower=100)
+    skip_unavailable: bool = option(True, "Skip a dataset that cannot be loaded (CIFAR-10 "
+                                    "offline) and record why, instead of failing.")
+    train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
+    test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
+    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files and tfds/ (default "
+                                  "$HW1_DATA_DIR or <project>/data).")
+    allow_download: bool = option(True, "Let tensorflow-datasets download CIFAR-10.")
+    epochs: int = option(20, "Training epochs per run.", lower=1)
 
 
 def run(config: Config) -> dict:
@@ -53,7 +59,8 @@ def run(config: Config) -> dict:
             run_name = f"{name}_{spec.name}"
             _, record = common.train_run(EXPERIMENT, run_name, spec, splits, settings,
                                          strategy=strategy, paths=paths,
-                                         save_model=config.save_models)
+                                         save_model=config.save_models,
+                                         tensorboard=config.tensorboard)
             record["dataset"] = name
             runs[run_name] = record
             rows.append((run_name, spec.describe(), record["num_params"]))

@@ -1,39 +1,19 @@
 """What every experiment does around the training core: settings from its config, one run
-(build in the strategy scope, train, export), the parameter table, and writing results+figures."""
+(build in the strategy scope, train, export), the parameter table, and writing results+figures
+(`finish`, which every experiment ends with)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
+
+import keras
+import numpy as np
 
 from absl import logging
 
 from hw1_tf import distribute, models, plots, store, training
 from hw1_tf.data import Splits
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """The knobs every training experiment has; an experiment's Config subclasses it (and may
-    redeclare a field to change its default)."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    seed: int = 0
-    strategy: str = "default"
-    jit_compile: bool = True
-    steps_per_execution: int = 64
-    objective: str = "loss"  # or "grad_norm" (minimise ||grad L||^2)
-    switch_grad_norm_below: float | None = None
-    switch_after_epochs: int | None = None
-    stop_grad_norm_below: float | None = None
-    grad_norm_learning_rate: float | None = None  # after the switch (None: learning_rate)
-    verbose: int = 1
-    save_models: bool = True
-    output_dir: str | None = None
-    saved_models_dir: str | None = None
 
 
 def settings_from(config: Any, **overrides: Any) -> training.TrainSettings:
@@ -45,16 +25,18 @@ def settings_from(config: Any, **overrides: Any) -> training.TrainSettings:
 
 
 def paths_from(config: Any) -> store.Paths:
+    """The output folders named by `config` (RunConfig.output_dir, TrainConfig.saved_models_dir)."""
     return store.Paths.create(getattr(config, "output_dir", None),
                               getattr(config, "saved_models_dir", None))
 
 
 def train_run(experiment: str, run_name: str, spec: models.ModelSpec, splits: Splits,
               settings: training.TrainSettings, *, strategy, paths: store.Paths,
-              save_model: bool = True, tensorboard: bool = True,
-              evaluate_test: bool = True) -> tuple[Any, dict[str, Any]]:
+              save_model: bool = True, tensorboard: bool = True, evaluate_test: bool = True,
+              callbacks: Sequence[keras.callbacks.Callback] = ()) -> tuple[Any, dict[str, Any]]:
     """Builds `spec` for `splits`, trains it (evaluating the test split every epoch unless
-    `evaluate_test` is False), exports it; returns (model, record)."""
+    `evaluate_test` is False; `callbacks` join the core's, e.g. weight snapshots or
+    BackupAndRestore), exports it; returns (model, record)."""
     outputs = splits.num_classes or 1
     model = training.build_instrumented(
         lambda: models.build(spec, splits.input_shape, outputs), splits.num_classes, settings,
@@ -64,7 +46,11 @@ def train_run(experiment: str, run_name: str, spec: models.ModelSpec, splits: Sp
     history = training.train(
         model, (splits.x_train, splits.y_train), settings,
         test_xy=(splits.x_test, splits.y_test) if evaluate_test else None, run_name=run_name,
+        callbacks=callbacks,
         tensorboard_dir=paths.tensorboard_dir(experiment, run_name) if tensorboard else None)
+    # per-iteration values as arrays: the store keeps them in the .npz, not in results.json
+    history["iteration"] = {k: np.asarray(v, np.int8 if k == "objective" else np.float32)
+                            for k, v in history["iteration"].items()}
     record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
               "num_params": history.pop("num_params"), "history": history}
     if save_model:
@@ -85,12 +71,14 @@ def log_param_table(rows: list[tuple[str, str, int]]) -> str:
 
 def finish(experiment: str, config: Any, runs: dict[str, Any], paths: store.Paths,
            **extra: Any) -> dict[str, Any]:
-    """Writes results.json and draws the figures from what was written."""
+    """Writes results.json (numpy arrays to the .npz beside it) and draws the figures from
+    what was written, so a redraw (bin/make_figures) sees exactly what this run saw."""
     path = store.save_results(paths, experiment, config, runs, **extra)
-    results = store.read_json(path)
+    results = store.load_results(paths, experiment)
     figures = plots.make_figures(results, paths.figures_dir(experiment))
     logging.info("%s: results in %s, %d figures in %s", experiment, path, len(figures),
                  paths.figures_dir(experiment))
+    results["figures"] = [str(p) for p in figures]
     return results
 
 

@@ -26,122 +26,86 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from hw1_tf import data, plots, store
+from hw1_tf import data
+from hw1_tf.config import ConfigError, RunConfig, option
 from hw1_tf.errors import DataError, Hw1Error, TrainingDivergedError
+from hw1_tf.experiments import common
+from hw1_tf.scratch.optim import UPDATE_RULES
 
 EXPERIMENT = "scratch"
 
 
 @dataclasses.dataclass
-class Config:
+class Config(RunConfig):
     # data
-    dataset: str = "cifar10"
-    fallback_dataset: str = "mnist"
-    data_dir: str | None = None
-    train_size: int | None = None  # training examples kept (None: all), validation included
-    val_size: int = 1000  # held out of the training split for validation accuracy
-    test_size: int | None = None
-    standardize: bool = True
-    seed: int = 0
-    output_dir: str | None = None
-    saved_models_dir: str | None = None
-    jit_compile: bool = True  # the Solver's compiled step (parts 3 and 4) uses XLA
-    print_every: int = 100
+    dataset: str = option("cifar10", "Dataset (CIFAR-10 as in the report; downloaded by "
+                          "tensorflow-datasets when it can be).", choices=data.IMAGE_DATASETS)
+    fallback_dataset: str = option("mnist", "Dataset used when --dataset cannot be loaded nor "
+                                   "downloaded.", choices=data.IMAGE_DATASETS)
+    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files and tfds/ (default "
+                                  "$HW1_DATA_DIR or <project>/data).")
+    train_size: int | None = option(None, "Seeded subset of the training split (validation "
+                                    "included); default all.", lower=2)
+    val_size: int = option(1000, "Training examples held out for validation accuracy.", lower=1)
+    test_size: int | None = option(None, "Seeded subset of the test split; default all.",
+                                   lower=1)
+    standardize: bool = option(True, "Standardise inputs with the training mean and std.")
+    jit_compile: bool = option(True, "XLA-compile the Solver's step (parts 3 and 4).")
+    print_every: int = option(100, "Log the loss every this many iterations.", lower=1)
     # 1. overfit a few examples
-    overfit_samples: int = 50
-    overfit_hidden_dims: tuple[int, ...] = (100, 100)
-    overfit_weight_scale: float = 1e-1
-    overfit_learning_rate: float = 1e-1
-    overfit_epochs: int = 20  # also the search's
-    overfit_batch_size: int = 25  # also the search's
+    overfit_samples: int = option(50, "Part 1: training examples the 3-layer net must fit "
+                                  "perfectly.", lower=1)
+    overfit_hidden_dims: tuple[int, ...] = option((100, 100), "Part 1: hidden layer sizes.",
+                                                  lower=1)
+    overfit_weight_scale: float = option(1e-1, "Part 1: std of the initial weights.", lower=0.0)
+    overfit_learning_rate: float = option(1e-1, "Part 1: SGD learning rate.", lower=0.0)
+    overfit_epochs: int = option(20, "Parts 1 and 2: epochs on the small set.", lower=1)
+    overfit_batch_size: int = option(25, "Parts 1 and 2: batch size on the small set.", lower=1)
     # 2. weight_scale x learning_rate search for a deep net on the same examples
-    search_hidden_dims: tuple[int, ...] = (100, 100, 100, 100)
-    search_weight_scales: tuple[float, ...] = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
-    search_learning_rates: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 3e-1)
+    search_hidden_dims: tuple[int, ...] = option((100, 100, 100, 100), "Part 2: hidden layer "
+                                                 "sizes of the deep net searched.", lower=1)
+    search_weight_scales: tuple[float, ...] = option((1e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+                                                     "Part 2: weight scales of the grid.",
+                                                     lower=0.0)
+    search_learning_rates: tuple[float, ...] = option((1e-3, 1e-2, 1e-1, 3e-1), "Part 2: SGD "
+                                                      "learning rates of the grid.", lower=0.0)
     # 3. update rules
-    update_rules: tuple[str, ...] = ("sgd", "sgd_momentum", "rmsprop", "adam")
-    rule_learning_rates: tuple[float, ...] = (1e-2, 1e-2, 1e-4, 1e-3)
-    rules_train_size: int = 4000
-    rules_hidden_dims: tuple[int, ...] = (100, 100, 100, 100, 100)
-    rules_weight_scale: float = 1e-1  # inside the band the search finds trainable
-    rules_epochs: int = 5
-    rules_batch_size: int = 100
+    update_rules: tuple[str, ...] = option(("sgd", "sgd_momentum", "rmsprop", "adam"),
+                                           "Part 3: update rules compared.",
+                                           choices=tuple(UPDATE_RULES))
+    rule_learning_rates: tuple[float, ...] = option((1e-2, 1e-2, 1e-4, 1e-3), "Part 3: one "
+                                                    "learning rate per update rule.", lower=0.0)
+    rules_train_size: int = option(4000, "Part 3: training examples.", lower=1)
+    rules_hidden_dims: tuple[int, ...] = option((100, 100, 100, 100, 100), "Part 3: hidden "
+                                                "layer sizes.", lower=1)
+    rules_weight_scale: float = option(1e-1, "Part 3: std of the initial weights (inside the "
+                                       "band the search finds trainable).", lower=0.0)
+    rules_epochs: int = option(5, "Part 3: epochs.", lower=1)
+    rules_batch_size: int = option(100, "Part 3: batch size.", lower=1)
     # 4. final net
-    hidden_dims: tuple[int, ...] = (512, 256)
-    weight_scale: float = 5e-2
-    dropout: float = 0.1
-    normalization: str | None = "batchnorm"
-    reg: float = 1e-4
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    lr_decay: float = 0.95
-    batch_size: int = 128
-    epochs: int = 20
+    hidden_dims: tuple[int, ...] = option((512, 256), "Part 4 (final net): hidden layer sizes.",
+                                          lower=1)
+    weight_scale: float = option(5e-2, "Part 4: std of the initial weights.", lower=0.0)
+    dropout: float = option(0.1, "Part 4: dropout probability (0: none).", lower=0.0)
+    normalization: str | None = option("batchnorm", "Part 4: batchnorm or none.",
+                                       choices=("batchnorm",))
+    reg: float = option(1e-4, "Part 4: L2 strength (loss += reg * sum W^2).", lower=0.0)
+    optimizer: str = option("adam", "Part 4: update rule.", choices=tuple(UPDATE_RULES))
+    learning_rate: float = option(1e-3, "Part 4: learning rate.", lower=0.0)
+    lr_decay: float = option(0.95, "Part 4: learning rate factor per epoch.", lower=0.0)
+    batch_size: int = option(128, "Part 4: batch size.", lower=1)
+    epochs: int = option(20, "Part 4: epochs.", lower=1)
 
     def __post_init__(self):
-        try:
-            for name in ("overfit_hidden_dims", "search_hidden_dims", "rules_hidden_dims",
-                         "hidden_dims"):
-                setattr(self, name, tuple(int(v) for v in getattr(self, name)))
-            for name in ("search_weight_scales", "search_learning_rates",
-                         "rule_learning_rates"):
-                setattr(self, name, tuple(float(v) for v in getattr(self, name)))
-        except (TypeError, ValueError) as e:
-            raise Hw1Error(f"scratch config: a list holds a value that is not a number ({e})"
-                           ) from None
-        self.update_rules = tuple(str(v) for v in self.update_rules)
         if self.normalization in ("", "none", "None"):
             self.normalization = None
-        from hw1_tf.scratch import optim, nets
-
-        unknown = [r for r in self.update_rules + (self.optimizer,) if r not in optim.UPDATE_RULES]
-        if unknown:
-            raise Hw1Error(f"unknown update rule(s) {', '.join(unknown)}; choose from "
-                           f"{', '.join(optim.UPDATE_RULES)}")
+        super().__post_init__()
         if len(self.rule_learning_rates) != len(self.update_rules):
-            raise Hw1Error(f"{len(self.update_rules)} update_rules but "
-                           f"{len(self.rule_learning_rates)} rule_learning_rates; give one each")
-        if self.normalization not in nets.NORMALIZATIONS:
-            raise Hw1Error(f"normalization must be batchnorm or none, got {self.normalization!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise Hw1Error(f"dropout={self.dropout} is not in [0, 1)")
-        if self.fallback_dataset not in data.IMAGE_DATASETS:
-            raise Hw1Error(f"unknown fallback_dataset {self.fallback_dataset!r}")
-
-
-# Help text of the Config fields that bin/run_scratch exposes as flags of their own (the others,
-# dataset, seed, learning_rate, optimizer, batch_size, epochs, jit_compile ..., are shared flags).
-FLAG_HELP = {
-    "fallback_dataset": "Dataset used when --dataset (CIFAR-10) cannot be loaded nor downloaded.",
-    "train_size": "Seeded subset of the training split (validation included); default all.",
-    "val_size": "Training examples held out for validation accuracy.",
-    "test_size": "Seeded subset of the test split; default all.",
-    "standardize": "Standardise inputs with the training mean and std.",
-    "print_every": "Log the loss every this many iterations.",
-    "overfit_samples": "Part 1: training examples the 3-layer net must fit perfectly.",
-    "overfit_hidden_dims": "Part 1: hidden layer sizes.",
-    "overfit_weight_scale": "Part 1: std of the initial weights.",
-    "overfit_learning_rate": "Part 1: SGD learning rate.",
-    "overfit_epochs": "Parts 1 and 2: epochs on the small set.",
-    "overfit_batch_size": "Parts 1 and 2: batch size on the small set.",
-    "search_hidden_dims": "Part 2: hidden layer sizes of the deep net searched.",
-    "search_weight_scales": "Part 2: weight scales of the grid.",
-    "search_learning_rates": "Part 2: SGD learning rates of the grid.",
-    "update_rules": "Part 3: update rules compared (sgd, sgd_momentum, nesterov, rmsprop, "
-                    "adagrad, adam).",
-    "rule_learning_rates": "Part 3: one learning rate per update rule.",
-    "rules_train_size": "Part 3: training examples.",
-    "rules_hidden_dims": "Part 3: hidden layer sizes.",
-    "rules_weight_scale": "Part 3: std of the initial weights.",
-    "rules_epochs": "Part 3: epochs.",
-    "rules_batch_size": "Part 3: batch size.",
-    "hidden_dims": "Part 4 (final net): hidden layer sizes.",
-    "weight_scale": "Part 4: std of the initial weights.",
-    "dropout": "Part 4: dropout probability (0: none).",
-    "normalization": "Part 4: batchnorm or none.",
-    "reg": "Part 4: L2 strength (loss += reg * sum W^2).",
-    "lr_decay": "Part 4: learning rate factor per epoch.",
-}
+            raise ConfigError(f"{len(self.update_rules)} update_rules but "
+                              f"{len(self.rule_learning_rates)} rule_learning_rates; give one "
+                              "each")
+        if not self.dropout < 1.0:
+            raise ConfigError(f"--dropout={self.dropout} is not in [0, 1)")
 
 
 # ------------------------------------------------------------------------------------- data
@@ -184,7 +148,7 @@ def _subset(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
 
 def _train(arrays, hidden_dims, *, num_classes, weight_scale, update_rule, learning_rate,
            epochs, batch_size, config: Config, compile: str, name: str, lr_decay=1.0,
-           dropout=0.0, normalization=None, reg=0.0, checkpoint_path=None, verbose=True):
+           dropout=0.0, normalization=None, reg=0.0, checkpoint_path=None, verbose=None):
     from hw1_tf.scratch import FullyConnectedNet, Solver
 
     model = FullyConnectedNet(hidden_dims, arrays["X_train"].shape[1], num_classes,
@@ -194,7 +158,8 @@ def _train(arrays, hidden_dims, *, num_classes, weight_scale, update_rule, learn
                     optim_config={"learning_rate": learning_rate}, lr_decay=lr_decay,
                     batch_size=batch_size, num_epochs=epochs, seed=config.seed,
                     compile=compile, print_every=config.print_every,
-                    checkpoint_path=checkpoint_path, name=name, verbose=verbose)
+                    checkpoint_path=checkpoint_path, name=name,
+                    verbose=config.verbose > 0 if verbose is None else verbose)
     solver.train()
     history = solver.history()
     history.update(hidden_dims=list(hidden_dims), weight_scale=weight_scale,
@@ -204,7 +169,7 @@ def _train(arrays, hidden_dims, *, num_classes, weight_scale, update_rule, learn
 
 
 def run(config: Config) -> dict[str, Any]:
-    paths = store.Paths.create(config.output_dir, config.saved_models_dir)
+    paths = common.paths_from(config)
     started = time.time()
     splits, fallback_reason = load_data(config)
     arrays = split_train_val(splits, config.val_size, config.seed)
@@ -297,15 +262,8 @@ def run(config: Config) -> dict[str, Any]:
         "test_accuracy": test_acc,
         "seconds": time.time() - started,
     }
-    store.save_results(paths, EXPERIMENT, config, runs,
-                       **{k: v for k, v in results.items() if k != "experiment"})
-    results = store.load_results(paths, EXPERIMENT)  # exactly what the figures are drawn from
-    results["figures"] = [str(p) for p in plots.PLOTTERS[EXPERIMENT](
-        results, paths.figures_dir(EXPERIMENT))]
-    logging.info("scratch: results in %s, figures in %s (%.1f s)",
-                 paths.results_json(EXPERIMENT), paths.figures_dir(EXPERIMENT),
-                 time.time() - started)
-    return results
+    return common.finish(EXPERIMENT, config, runs, paths,
+                         **{k: v for k, v in results.items() if k != "experiment"})
 
 
 def _best_cell(acc: np.ndarray, loss: np.ndarray) -> tuple[int, int]:

@@ -8,23 +8,29 @@ import dataclasses
 import numpy as np
 
 from hw1_tf import data, functions, models
+from hw1_tf.config import TrainConfig, option
 from hw1_tf.experiments import common
 
 EXPERIMENT = "simulate_function"
 
 
 @dataclasses.dataclass
-class Config(common.RunConfig):
-    functions: tuple[str, ...] = ("sinc", "sign")
-    depths: tuple[int, ...] = (1, 4, 7)  # hidden layers of each model
-    target_params: int = 571  # the slides' models have 571-572 parameters
-    activation: str = "relu"
-    n_train: int = 4096
-    n_test: int = 1000  # evenly spaced grid for the prediction figure
-    restarts: int = 1  # initialisations (seeds seed, seed+1, ...) per model; the best is kept
-    epochs: int = 2000
-    batch_size: int = 256
-    verbose: int = 0
+class Config(TrainConfig):
+    functions: tuple[str, ...] = option(("sinc", "sign"), "Target functions.",
+                                        choices=tuple(functions.names()))
+    depths: tuple[int, ...] = option((1, 4, 7), "Hidden layers of each model.", lower=1)
+    target_params: int = option(571, "Parameter count every model is solved to (the slides' "
+                                "models have 571-572).", lower=10)
+    activation: str = option("relu", "Hidden activation (any Keras name).")
+    n_train: int = option(4096, "Training points sampled from the domain.", lower=8)
+    n_test: int = option(1000, "Evenly spaced points of the prediction figure and test MSE.",
+                         lower=2)
+    restarts: int = option(1, "Initialisations per model (seeds seed, seed+1, ...); the one "
+                           "with the lowest final training loss is the model's result.", lower=1)
+    epochs: int = option(2000, "Training epochs per run.", lower=1)
+    batch_size: int = option(256, "Global batch size (split across replicas).", lower=1)
+    verbose: int = option(0, "Progress output: 0 log lines with ETA, 1 Keras bar, 2 a line per "
+                          "epoch.", lower=0, upper=2)
 
 
 def model_specs(config: Config) -> list[models.ModelSpec]:
@@ -59,6 +65,7 @@ def run(config: Config) -> dict:
                     EXPERIMENT, run_name, spec, splits,
                     dataclasses.replace(settings, seed=config.seed + restart), strategy=strategy,
                     paths=paths, save_model=config.save_models,
+                    tensorboard=config.tensorboard,
                     evaluate_test=False)  # the grid is scored once, at the end
                 pred = model.predict(splits.x_test, batch_size=4096, verbose=0)[:, 0]
                 record.update(function=fn_name, restart=restart, prediction=pred,
