@@ -1,4 +1,5 @@
 # make report [PROFILE=quick]  — install, fetch data, run every experiment, write figures/results
+#                                and REPORT.md
 # make test                    — the test suite (what CI runs)
 # make bench                   — throughput benchmarks (installs the `bench` extra: PyTorch)
 # ARGS='--output_dir=/tmp/x'   — extra flags for every experiment binary of `make report`
@@ -31,6 +32,7 @@ report: data
 	    $(PY) bin/run_$$e --flagfile=flags/$(PROFILE)/$$e.flags $(ARGS); \
 	  fi; \
 	done
+	$(PY) bin/make_report --profile=$(PROFILE) $(ARGS)
 
 figures: install
 	$(PY) bin/make_figures --experiment=$(shell echo $(EXPERIMENTS) | tr ' ' ',') $(ARGS)
