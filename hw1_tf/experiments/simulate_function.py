@@ -177,8 +177,8 @@ def _function_comment(fn: str, final: dict, test: dict, late: dict, epochs: int)
         text += f" It also has the lowest test MSE ({report.fmt(test_low)})."
     else:
         text += (f" On the test grid {test_winner} is best instead ({report.fmt(test_low)} vs "
-                 f"{report.fmt(test[winner])}), so the lowest training loss did not generalise "
-                 "best.")
+                 f"{report.fmt(test[winner])}, {report.pct(1 - test_low / test[winner])} lower)"
+                 ", so the lowest training loss did not generalise best.")
     moving = {m: v for m, v in late.items() if np.isfinite(v) and v > 0.05}
     tail = max(1, epochs // 10)
     if moving:
