@@ -87,7 +87,7 @@ def run_all(config: RunAllConfig) -> None:
         cmd = [sys.executable, str(root / "bin" / f"run_{name}"), f"--flagfile={flagfile}", *extra]
         if subprocess.run(cmd).returncode != 0:
             failed.append(name)
-    make_report(ReportConfig(output_dir=config.output_dir))
+    make_report(ReportConfig(output_dir=config.output_dir, profile=config.profile))
     if failed:
         raise Hw1Error(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (their "
                        "errors are above; the others' results and REPORT.md are written)")
@@ -97,11 +97,13 @@ def run_all(config: RunAllConfig) -> None:
 class ReportConfig:
     output_dir: str | None = option(None, "Root of results/ and figures/; REPORT.md is written "
                                     "there (default: the project root).")
+    profile: str = option("full", "Flag files named in the commands the report suggests for "
+                          "missing results.", choices=("quick", "full"))
 
 
 def make_report(config: ReportConfig) -> None:
     """Writes REPORT.md from the results.json files present (never retrains)."""
     from hw1_tf import report
 
-    path = report.write_report(store.Paths.create(config.output_dir))
+    path = report.write_report(store.Paths.create(config.output_dir), config.profile)
     logging.info("report: %s", path)

@@ -134,7 +134,16 @@ class Paths:
 
 
 def command_line() -> str:
-    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else ""
+    """The command as run: the program relative to the project root when inside it
+    (`bin/run_x --flagfile=...`), else its name."""
+    if not sys.argv:
+        return ""
+    program = Path(sys.argv[0]).resolve()
+    try:
+        program = program.relative_to(project_root())
+    except ValueError:
+        program = Path(program.name)
+    return " ".join([program.as_posix()] + sys.argv[1:])
 
 
 # ---------------------------------------------------------------------------------- arrays
