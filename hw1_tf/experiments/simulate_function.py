@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from hw1_tf import data, functions, models
+from hw1_tf import data, functions, models, population
 from hw1_tf.experiments import common
 
 EXPERIMENT = "simulate_function"
@@ -36,6 +36,13 @@ def model_specs(config: Config) -> list[models.ModelSpec]:
     return specs
 
 
+def _final_loss(run: dict) -> float:
+    history = run["history"]
+    if history["failed_at_iteration"] is not None or not history["epoch"]["train_loss"]:
+        return float("inf")
+    return history["epoch"]["train_loss"][-1]
+
+
 def run(config: Config) -> dict:
     paths = common.paths_from(config)
     strategy = common.strategy_from(config)
@@ -50,22 +57,29 @@ def run(config: Config) -> dict:
         targets[fn_name] = {"formula": fn.formula, "domain": fn.domain,
                             "x": splits.x_test[:, 0], "y": splits.y_test[:, 0]}
         for spec in specs:
-            names = []
-            for restart in range(config.restarts):
-                run_name = f"{fn_name}_{spec.name}"
-                if config.restarts > 1:
-                    run_name += f"_r{restart}"
-                model, record = common.train_run(
-                    EXPERIMENT, run_name, spec, splits,
-                    dataclasses.replace(settings, seed=config.seed + restart), strategy=strategy,
-                    paths=paths, save_model=config.save_models,
-                    evaluate_test=False)  # the grid is scored once, at the end
-                pred = model.predict(splits.x_test, batch_size=4096, verbose=0)[:, 0]
-                record.update(function=fn_name, restart=restart, prediction=pred,
-                              test_mse=float(np.mean((pred - splits.y_test[:, 0]) ** 2)))
-                runs[run_name] = record
-                names.append(run_name)
+            # the restarts of a model train as one population (one batched computation);
+            # member r is exactly the run seeded config.seed + r
+            seeds = [config.seed + r for r in range(config.restarts)]
+            names = [f"{fn_name}_{spec.name}" + (f"_r{r}" if config.restarts > 1 else "")
+                     for r in range(config.restarts)]
+            pop, histories = population.train_population(
+                spec, splits, population.PopulationSettings(
+                    **dataclasses.asdict(settings), evaluate_test=False),  # grid scored below
+                seeds, strategy=strategy, run_name=f"{fn_name}_{spec.name}")
+            predictions = pop.predict(splits.x_test)[:, :, 0]
+            if config.save_models:
+                saved = population.export_members(
+                    pop, lambda r: paths.saved_model(EXPERIMENT, names[r]))
+            for restart, (run_name, history) in enumerate(zip(names, histories)):
+                pred = predictions[restart]
+                runs[run_name] = {
+                    "model": dataclasses.asdict(spec), "description": spec.describe(),
+                    "num_params": history.pop("num_params"), "history": history,
+                    "function": fn_name, "restart": restart, "prediction": pred,
+                    "test_mse": float(np.mean((pred - splits.y_test[:, 0]) ** 2))}
+                if config.save_models:
+                    runs[run_name]["saved_model"] = str(saved[restart])
             # "tune all models to the best" (slides): keep the lowest final training loss
-            best[f"{fn_name}/{spec.name}"] = min(
-                names, key=lambda n: runs[n]["history"]["epoch"]["train_loss"][-1])
+            # (a member that diverged is never the best while another finished)
+            best[f"{fn_name}/{spec.name}"] = min(names, key=lambda n: _final_loss(runs[n]))
     return common.finish(EXPERIMENT, config, runs, paths, targets=targets, best_runs=best)
