@@ -192,12 +192,15 @@ class Population:
         return h
 
     def predict(self, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-        """Every member's outputs on `x`: (N, len(x), outputs)."""
-        parts = [self._predict(tf.constant(x[i:i + batch_size]))
-                 for i in range(0, len(x), batch_size)]
+        """Every member's outputs on `x` (B, *input_shape), or member i's on x[i] when `x` is
+        (N, B, *input_shape): (N, B, outputs)."""
+        axis = 0 if x.ndim == len(self.input_shape) + 1 else 1
+        parts = [self._predict(tf.constant(np.take(x, range(i, min(i + batch_size,
+                                                                    x.shape[axis])), axis)))
+                 for i in range(0, x.shape[axis], batch_size)]
         return np.concatenate([p.numpy() for p in parts], axis=1)
 
-    @tf.function
+    @tf.function(autograph=False)
     def _predict(self, x):
         return self.logits(x)
 
@@ -245,10 +248,12 @@ class _Trainer:
             self.active = tf.Variable(tf.ones([n], tf.bool), trainable=False, name="active")
         self.x_train = tf.constant(train_xy[0])
         self.y_train = tf.constant(train_xy[1])
+        self.data_per_member = self.x_train.shape.rank == len(population.input_shape) + 2
         self.replicas = population.strategy.num_replicas_in_sync
-        self.run_chunk = tf.function(self._run_chunk, jit_compile=jit_compile)
-        self.run_replicated = tf.function(self._run_replicated)
-        self.eval_sums = tf.function(self._eval_sums, jit_compile=jit_compile)
+        # explicit tf.while_loop / tf.cond only: AutoGraph converting the step took 5 s a trace
+        self.run_chunk = tf.function(self._run_chunk, jit_compile=jit_compile, autograph=False)
+        self.run_replicated = tf.function(self._run_replicated, autograph=False)
+        self.eval_sums = tf.function(self._eval_sums, jit_compile=jit_compile, autograph=False)
 
     # ---- one iteration
 
@@ -319,7 +324,14 @@ class _Trainer:
         return norms, objective, still
 
     def _batch(self, idx):
-        return tf.gather(self.x_train, idx), tf.gather(self.y_train, idx)
+        """Rows `idx` ((B,) shared or (N, B) per member) of the training data, which is shared
+        (n, ...) or one set per member (N, n, ...)."""
+        if not self.data_per_member:
+            return tf.gather(self.x_train, idx), tf.gather(self.y_train, idx)
+        if idx.shape.rank == 1:
+            return tf.gather(self.x_train, idx, axis=1), tf.gather(self.y_train, idx, axis=1)
+        return (tf.gather(self.x_train, idx, batch_dims=1),
+                tf.gather(self.y_train, idx, batch_dims=1))
 
     def _iteration(self, idx):
         """One iteration on one device: idx (B,) shared or (N, B) per member."""
@@ -397,15 +409,18 @@ class _Trainer:
         return losses, correct
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-member mean loss and accuracy on (x, y)."""
+        """Per-member mean loss and accuracy on (x, y), shared or one set per member."""
+        axis = 1 if self.data_per_member else 0
+        n = x.shape[axis]
         loss = np.zeros(self.pop.size)
         correct = np.zeros(self.pop.size)
-        for i in range(0, len(x), EVAL_BATCH):
-            l, c = self.eval_sums(tf.constant(x[i:i + EVAL_BATCH]),
-                                  tf.constant(y[i:i + EVAL_BATCH]))
+        for i in range(0, n, EVAL_BATCH):
+            rows = range(i, min(i + EVAL_BATCH, n))
+            l, c = self.eval_sums(tf.constant(np.take(x, rows, axis)),
+                                  tf.constant(np.take(y, rows, axis)))
             loss += l.numpy()
             correct += c.numpy()
-        return loss / len(x), correct / len(x)
+        return loss / n, correct / n
 
 
 # ------------------------------------------------------------------------------- training
@@ -455,32 +470,56 @@ def _member_history(i: int, columns: dict[str, np.ndarray], batch_sizes: np.ndar
     }
 
 
-def train_population(spec: models.ModelSpec, splits: data.Splits, settings: PopulationSettings,
+def stack_splits(splits: Sequence[data.Splits]) -> data.Splits:
+    """One Splits whose arrays carry a leading member axis: member i trains on splits[i]."""
+    first = splits[0]
+    for s in splits[1:]:
+        if (s.x_train.shape, s.x_test.shape, s.num_classes) != \
+                (first.x_train.shape, first.x_test.shape, first.num_classes):
+            raise Hw1Error(f"population members need data of one shape: {s.name} has "
+                           f"{s.x_train.shape}/{s.x_test.shape}, {first.name} "
+                           f"{first.x_train.shape}/{first.x_test.shape}")
+    return data.Splits("+".join(dict.fromkeys(s.name for s in splits)),
+                       *(np.stack([getattr(s, k) for s in splits])
+                         for k in ("x_train", "y_train", "x_test", "y_test")),
+                       num_classes=first.num_classes)
+
+
+def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data.Splits],
+                     settings: PopulationSettings,
                      seeds: Sequence[int], *, strategy=None, run_name: str = "population",
                      callbacks: Sequence[Callable[[int, Population], None]] = ()
                      ) -> tuple[Population, list[dict[str, Any]]]:
-    """Trains one member per seed of `spec` on `splits`; returns (population, histories).
+    """Trains one member per seed of `spec` on `splits` (shared, or a sequence with one
+    Splits per member, all of one shape); returns (population, histories).
 
     histories[i] has the keys of `training.train`'s history (plus `failed_at_iteration`,
     `population_size`; `seconds` is the whole population's time). `callbacks` are called as
     fn(epoch, population) after every epoch.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    if not isinstance(splits, data.Splits):
+        if len(splits) != len(seeds):
+            raise Hw1Error(f"{len(splits)} datasets for {len(seeds)} members; give one each")
+        splits = stack_splits(splits)
+        input_shape = splits.input_shape[1:]
+    else:
+        input_shape = splits.input_shape
     jit, spe = distribute.execution_settings(strategy, settings.jit_compile,
                                              settings.steps_per_execution)
     chunk = spe if strategy.num_replicas_in_sync == 1 else 1
     outputs = splits.num_classes or 1
-    population = Population(spec, splits.input_shape, outputs, seeds, strategy)
+    population = Population(spec, input_shape, outputs, seeds, strategy)
     trainer = _Trainer(population, settings, splits.num_classes,
                        (splits.x_train, splits.y_train), jit, chunk)
     logging.info("%s: %d members of %s, %d parameters each, %d epochs", run_name,
                  population.size, spec.describe(), population.num_params, settings.epochs)
-    n = len(splits.x_train)
+    n = splits.x_train.shape[1 if trainer.data_per_member else 0]
     chunks = iter(_index_chunks(n, settings, population.seeds, chunk))
     per_epoch = data.chunks_per_epoch(n, settings.batch_size, chunk)
     size = population.size
     blocks, batch_sizes, epoch_ends = [], [], []
-    evaluate_test = settings.evaluate_test and splits.x_test is not None and len(splits.x_test)
+    evaluate_test = settings.evaluate_test and splits.x_test is not None and splits.x_test.size
     test = {"test_loss": [], **({"test_accuracy": []} if splits.num_classes else {})}
     switched_at = np.full(size, -1)
     switched_at[trainer.objective.numpy() == 1] = -2  # minimised the norm from the start

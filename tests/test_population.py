@@ -154,3 +154,21 @@ def test_shared_order_gives_every_member_the_batches_of_the_settings_seed():
     pred = net.predict(SPLITS.x_train[first], verbose=0)
     expected = np.mean((pred - SPLITS.y_train[first]) ** 2)
     assert records[1]["iteration"]["loss"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_members_on_different_data_equal_their_own_core_runs():
+    """One dataset per member (here two target functions): member i trains on its own."""
+    sign = data.function_splits("sign", 64, 20, seed=0)
+    st = population.PopulationSettings(**BASE, optimizer="adam", steps_per_execution=4)
+    pop, records = population.train_population(SPEC, [SPLITS, sign, sign], st, (0, 0, 1))
+    for i, (splits, seed) in enumerate([(SPLITS, 0), (sign, 0), (sign, 1)]):
+        single = training.TrainSettings(**BASE, optimizer="adam", seed=seed,
+                                        steps_per_execution=1, jit_compile=False)
+        model = training.build_instrumented(lambda: models.build(SPEC, (1,), 1), 0, single)
+        history = training.train(model, (splits.x_train, splits.y_train), single,
+                                 test_xy=(splits.x_test, splits.y_test))
+        _assert_same_run(pop, i, records[i], model, history, 1e-5)
+    grids = np.stack([SPLITS.x_test, sign.x_test, sign.x_test])
+    np.testing.assert_allclose(pop.predict(grids)[1], pop.member(1).predict(sign.x_test,
+                                                                             verbose=0),
+                               rtol=1e-5, atol=1e-6)

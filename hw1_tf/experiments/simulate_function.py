@@ -51,35 +51,47 @@ def run(config: Config) -> dict:
     common.log_param_table([(s.name, s.describe(), models.param_count(1, s.hidden, 1))
                             for s in specs])
     runs, targets, best = {}, {}, {}
-    for fn_name in config.functions:
-        splits = data.function_splits(fn_name, config.n_train, config.n_test, seed=config.seed)
+    all_splits = {fn_name: data.function_splits(fn_name, config.n_train, config.n_test,
+                                                seed=config.seed)
+                  for fn_name in config.functions}
+    for fn_name, splits in all_splits.items():
         fn = functions.get(fn_name)
         targets[fn_name] = {"formula": fn.formula, "domain": fn.domain,
                             "x": splits.x_test[:, 0], "y": splits.y_test[:, 0]}
-        for spec in specs:
-            # the restarts of a model train as one population (one batched computation);
-            # member r is exactly the run seeded config.seed + r
-            seeds = [config.seed + r for r in range(config.restarts)]
-            names = [f"{fn_name}_{spec.name}" + (f"_r{r}" if config.restarts > 1 else "")
-                     for r in range(config.restarts)]
-            pop, histories = population.train_population(
-                spec, splits, population.PopulationSettings(
-                    **dataclasses.asdict(settings), evaluate_test=False),  # grid scored below
-                seeds, strategy=strategy, run_name=f"{fn_name}_{spec.name}")
-            predictions = pop.predict(splits.x_test)[:, :, 0]
+    # Every (function, restart) of a model is one member of one population (one batched
+    # computation), on that function's data with seed config.seed + restart: exactly the run
+    # the single-model core would make with that seed.
+    members = [(fn_name, r) for fn_name in config.functions for r in range(config.restarts)]
+    pop_settings = population.PopulationSettings(**dataclasses.asdict(settings),
+                                                 evaluate_test=False)  # grid scored below
+    for spec in specs:
+        names = [f"{fn_name}_{spec.name}" + (f"_r{r}" if config.restarts > 1 else "")
+                 for fn_name, r in members]
+        pop, histories = population.train_population(
+            spec, [all_splits[fn_name] for fn_name, _ in members], pop_settings,
+            [config.seed + r for _, r in members], strategy=strategy, run_name=spec.name)
+        predictions = pop.predict(np.stack([all_splits[fn_name].x_test
+                                            for fn_name, _ in members]))[:, :, 0]
+        if config.save_models:
+            saved = population.export_members(
+                pop, lambda i: paths.saved_model(EXPERIMENT, names[i]))
+        for i, ((fn_name, restart), run_name, history) in enumerate(
+                zip(members, names, histories)):
+            pred = predictions[i]
+            runs[run_name] = {
+                "model": dataclasses.asdict(spec), "description": spec.describe(),
+                "num_params": history.pop("num_params"), "history": history,
+                "function": fn_name, "restart": restart, "prediction": pred,
+                "test_mse": float(np.mean((pred - all_splits[fn_name].y_test[:, 0]) ** 2))}
             if config.save_models:
-                saved = population.export_members(
-                    pop, lambda r: paths.saved_model(EXPERIMENT, names[r]))
-            for restart, (run_name, history) in enumerate(zip(names, histories)):
-                pred = predictions[restart]
-                runs[run_name] = {
-                    "model": dataclasses.asdict(spec), "description": spec.describe(),
-                    "num_params": history.pop("num_params"), "history": history,
-                    "function": fn_name, "restart": restart, "prediction": pred,
-                    "test_mse": float(np.mean((pred - splits.y_test[:, 0]) ** 2))}
-                if config.save_models:
-                    runs[run_name]["saved_model"] = str(saved[restart])
-            # "tune all models to the best" (slides): keep the lowest final training loss
-            # (a member that diverged is never the best while another finished)
-            best[f"{fn_name}/{spec.name}"] = min(names, key=lambda n: _final_loss(runs[n]))
+                runs[run_name]["saved_model"] = str(saved[i])
+        # "tune all models to the best" (slides): keep the lowest final training loss (a
+        # member that diverged is never the best while another finished)
+        for fn_name in config.functions:
+            own = [n for n, (f, _) in zip(names, members) if f == fn_name]
+            best[f"{fn_name}/{spec.name}"] = min(own, key=lambda n: _final_loss(runs[n]))
+    order = [(f, s.name) for f in config.functions for s in specs]  # function, then model
+    runs = dict(sorted(runs.items(), key=lambda kv: (
+        order.index((kv[1]["function"], kv[1]["model"]["name"])), kv[1]["restart"])))
+    best = {f"{f}/{m}": best[f"{f}/{m}"] for f, m in order}
     return common.finish(EXPERIMENT, config, runs, paths, targets=targets, best_runs=best)
