@@ -21,6 +21,10 @@ becomes NaN/inf is frozen at its last finite weights and marked failed; the othe
 `training.train`'s, so experiments and figures treat a member like any run; `Population.member(i)`
 is an ordinary Keras model and `export_members` writes members as SavedModels.
 
+It pays where a member is too small to keep the cores busy (the HW1-1 function nets: several
+times faster per member, bench/population.py); members with large matmuls (an MNIST MLP) gain
+nothing from batching and are better trained one by one.
+
 Keras' `fit` is not used: its metrics and callbacks are scalars per model, while everything here
 is a vector over members. The loop mirrors the core's: several iterations per XLA call on index
 chunks into data held on the device, one iteration per call without XLA under several replicas.
