@@ -249,3 +249,22 @@ def plot_scratch(results: dict[str, Any], figures_dir: Path) -> list[Path]:
                  f"{dataset}: test accuracy {final['test_accuracy']:.2%}")
     paths.append(save(fig, figures_dir / "final.png"))
     return paths
+
+
+# ------------------------------------------------------------------------- benchmarks
+
+
+def plot_population_scaling(bench: dict[str, Any], path: Path) -> Path:
+    """Time per member-step against population size (log-log), with training the members one
+    by one as the reference line. `bench`: sizes, member_step_seconds, single_step_seconds,
+    title."""
+    sizes = np.asarray(bench["sizes"])
+    ms = 1e3 * np.asarray(bench["member_step_seconds"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(sizes, ms, "o-", label="population (one batched XLA computation)")
+    ax.axhline(1e3 * bench["single_step_seconds"], color="C3", linestyle="--",
+               label="one by one (fused XLA core)")
+    ax.set_xscale("log")
+    _finish_axes(ax, f"Population training: {bench['title']}", "members N (log scale)",
+                 "time per member-step (ms)", log_y=True)
+    return save(fig, Path(path))

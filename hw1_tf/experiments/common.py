@@ -48,15 +48,20 @@ def train_run(experiment: str, run_name: str, spec: models.ModelSpec, splits: Sp
         test_xy=(splits.x_test, splits.y_test) if evaluate_test else None, run_name=run_name,
         callbacks=callbacks,
         tensorboard_dir=paths.tensorboard_dir(experiment, run_name) if tensorboard else None)
-    # per-iteration values as arrays: the store keeps them in the .npz, not in results.json
-    history["iteration"] = {k: np.asarray(v, np.int8 if k == "objective" else np.float32)
-                            for k, v in history["iteration"].items()}
     record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
-              "num_params": history.pop("num_params"), "history": history}
+              "num_params": history.pop("num_params"), "history": history_arrays(history)}
     if save_model:
         path = store.export_model(model.network, paths.saved_model(experiment, run_name))
         record["saved_model"] = str(path)
     return model, record
+
+
+def history_arrays(history: dict[str, Any]) -> dict[str, Any]:
+    """`history` with its per-iteration values as arrays, which the store keeps in the .npz
+    rather than in results.json."""
+    history["iteration"] = {k: np.asarray(v, np.int8 if k == "objective" else np.float32)
+                            for k, v in history["iteration"].items()}
+    return history
 
 
 def log_param_table(rows: list[tuple[str, str, int]]) -> str:

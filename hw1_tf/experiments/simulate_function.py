@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from hw1_tf import data, functions, models, report
+from hw1_tf import data, functions, models, population, report
 from hw1_tf.config import TrainConfig, option
 from hw1_tf.experiments import common
 
@@ -42,6 +42,13 @@ def model_specs(config: Config) -> list[models.ModelSpec]:
     return specs
 
 
+def _final_loss(run: dict) -> float:
+    history = run["history"]
+    if history["failed_at_iteration"] is not None or not history["epoch"]["train_loss"]:
+        return float("inf")
+    return history["epoch"]["train_loss"][-1]
+
+
 def run(config: Config) -> dict:
     paths = common.paths_from(config)
     strategy = common.strategy_from(config)
@@ -50,31 +57,50 @@ def run(config: Config) -> dict:
     common.log_param_table([(s.name, s.describe(), models.param_count(1, s.hidden, 1))
                             for s in specs])
     runs, targets, best = {}, {}, {}
-    for fn_name in config.functions:
-        splits = data.function_splits(fn_name, config.n_train, config.n_test, seed=config.seed)
+    all_splits = {fn_name: data.function_splits(fn_name, config.n_train, config.n_test,
+                                                seed=config.seed)
+                  for fn_name in config.functions}
+    for fn_name, splits in all_splits.items():
         fn = functions.get(fn_name)
         targets[fn_name] = {"formula": fn.formula, "domain": fn.domain,
                             "x": splits.x_test[:, 0], "y": splits.y_test[:, 0]}
-        for spec in specs:
-            names = []
-            for restart in range(config.restarts):
-                run_name = f"{fn_name}_{spec.name}"
-                if config.restarts > 1:
-                    run_name += f"_r{restart}"
-                model, record = common.train_run(
-                    EXPERIMENT, run_name, spec, splits,
-                    dataclasses.replace(settings, seed=config.seed + restart), strategy=strategy,
-                    paths=paths, save_model=config.save_models,
-                    tensorboard=config.tensorboard,
-                    evaluate_test=False)  # the grid is scored once, at the end
-                pred = model.predict(splits.x_test, batch_size=4096, verbose=0)[:, 0]
-                record.update(function=fn_name, restart=restart, prediction=pred,
-                              test_mse=float(np.mean((pred - splits.y_test[:, 0]) ** 2)))
-                runs[run_name] = record
-                names.append(run_name)
-            # "tune all models to the best" (slides): keep the lowest final training loss
-            best[f"{fn_name}/{spec.name}"] = min(
-                names, key=lambda n: runs[n]["history"]["epoch"]["train_loss"][-1])
+    # Every (function, restart) of a model is one member of one population (one batched
+    # computation), on that function's data with seed config.seed + restart: exactly the run
+    # the single-model core would make with that seed.
+    members = [(fn_name, r) for fn_name in config.functions for r in range(config.restarts)]
+    pop_settings = population.PopulationSettings(**dataclasses.asdict(settings),
+                                                 evaluate_test=False)  # grid scored below
+    for spec in specs:
+        names = [f"{fn_name}_{spec.name}" + (f"_r{r}" if config.restarts > 1 else "")
+                 for fn_name, r in members]
+        pop, histories = population.train_population(
+            spec, [all_splits[fn_name] for fn_name, _ in members], pop_settings,
+            [config.seed + r for _, r in members], strategy=strategy, run_name=spec.name)
+        predictions = pop.predict(np.stack([all_splits[fn_name].x_test
+                                            for fn_name, _ in members]))[:, :, 0]
+        if config.save_models:
+            saved = population.export_members(
+                pop, lambda i: paths.saved_model(EXPERIMENT, names[i]))
+        for i, ((fn_name, restart), run_name, history) in enumerate(
+                zip(members, names, histories)):
+            pred = predictions[i]
+            runs[run_name] = {
+                "model": dataclasses.asdict(spec), "description": spec.describe(),
+                "num_params": history.pop("num_params"),
+                "history": common.history_arrays(history),
+                "function": fn_name, "restart": restart, "prediction": pred,
+                "test_mse": float(np.mean((pred - all_splits[fn_name].y_test[:, 0]) ** 2))}
+            if config.save_models:
+                runs[run_name]["saved_model"] = str(saved[i])
+        # "tune all models to the best" (slides): keep the lowest final training loss (a
+        # member that diverged is never the best while another finished)
+        for fn_name in config.functions:
+            own = [n for n, (f, _) in zip(names, members) if f == fn_name]
+            best[f"{fn_name}/{spec.name}"] = min(own, key=lambda n: _final_loss(runs[n]))
+    order = [(f, s.name) for f in config.functions for s in specs]  # function, then model
+    runs = dict(sorted(runs.items(), key=lambda kv: (
+        order.index((kv[1]["function"], kv[1]["model"]["name"])), kv[1]["restart"])))
+    best = {f"{f}/{m}": best[f"{f}/{m}"] for f, m in order}
     return common.finish(EXPERIMENT, config, runs, paths, targets=targets, best_runs=best)
 
 

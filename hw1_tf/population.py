@@ -1,0 +1,611 @@
+"""N independent members of one dense architecture trained as one computation.
+
+Every weight carries a leading member axis (kernels (N, in, out), biases (N, out)), so N small
+matmuls become one batched matmul. The population minimises the SUM of the members' mean
+losses: member i's gradient is exactly the gradient of its own loss, and the update rules below
+(Adam, SGD, RMSprop, Adagrad, written on the stacked variables, one step counter per member) are
+Keras' own, element by element. So member i follows the same numbers as the single-model core
+(`hw1_tf.training`) trained with seed i:
+  * initial weights: `models.build(spec)` right after `keras.utils.set_random_seed(seed_i)`;
+  * data order: `pipeline.index_chunks` seeded with seed_i (or one shared order);
+  * per-iteration record: loss, ||grad L_i|| (member i's parameters only) and objective,
+    returned from the device once per execution, as `callbacks.IterationLog` keeps them;
+  * objective switch to ||grad L||^2 (its gradient 2 H g) when the member's own norm falls below
+    a threshold or after N epochs, with that member's optimizer state restarted, and the stop
+    threshold freezing the member; all by masks inside the compiled step.
+The threshold checks run after every iteration (the core checks after every execution, so the
+two agree exactly when the core runs one step per execution). A member whose loss or gradient
+becomes NaN/inf is frozen at its last finite weights and marked failed; the others go on.
+
+`train_population` returns the population and one history per member with the structure of
+`training.train`'s, so experiments and figures treat a member like any run; `Population.member(i)`
+is an ordinary Keras model and `export_members` writes members as SavedModels.
+
+It pays where a member is too small to keep the cores busy (the HW1-1 function nets: several
+times faster per member, bench/population.py); members with large matmuls (an MNIST MLP) gain
+nothing from batching and are better trained one by one.
+
+Keras' `fit` is not used: its metrics and callbacks are scalars per model, while everything here
+is a vector over members. The loop mirrors the core's: several iterations per XLA call on index
+chunks into data held on the device, one iteration per call without XLA under several replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from hw1_tf import data, distribute, models, pipeline, store, training
+from hw1_tf.errors import Hw1Error
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
+EVAL_BATCH = 4096
+# per-iteration columns: loss, ||grad L_i||, objective used, correct predictions (classification),
+# member still active after the iteration (False from its stop or failure on)
+RECORD = ("loss", "grad_norm", "objective", "correct", "active")
+
+
+@dataclasses.dataclass
+class PopulationSettings(training.TrainSettings):
+    """TrainSettings for every member (`seed` seeds the shared order only; members take their
+    seeds from `train_population`'s `seeds`)."""
+
+    shared_order: bool = False  # every member sees the batches of `seed`
+    evaluate_test: bool = True  # test loss/accuracy per epoch (when the splits have a test set)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _per_member(mask, like):
+    """(N,) -> broadcastable against a stacked tensor `like` of shape (N, ...)."""
+    return tf.reshape(mask, [-1] + [1] * (like.shape.rank - 1))
+
+
+def _member_sq_norms(tensors):
+    """(N,) sums of squares over each member's slice of all `tensors`; as (squares) @ ones, the
+    form XLA on CPU vectorises (see `training._global_norm`)."""
+    total = 0.0
+    for t in tensors:
+        m = tf.reshape(tf.square(t), [tf.shape(t)[0], -1])
+        total += tf.matmul(m, tf.ones([m.shape[-1], 1], m.dtype))[:, 0]
+    return total
+
+
+def initial_weights(spec: models.ModelSpec, input_shape: tuple[int, ...], outputs: int,
+                    seed: int) -> list[np.ndarray]:
+    """The weights `training.build_instrumented` starts a run with seed `seed` from."""
+    keras.utils.set_random_seed(seed)
+    network = models.build(spec, input_shape, outputs)
+    return [v.numpy() for v in network.trainable_variables]
+
+
+# ---------------------------------------------------------------------------- optimizer
+
+
+class _StackedOptimizer:
+    """Keras' update rules on stacked variables, with a per-member step counter, learning rate
+    and restart, applied only where a member mask is set."""
+
+    def __init__(self, name: str, params: list[tf.Variable], learning_rate: float):
+        if name not in OPTIMIZERS:
+            raise Hw1Error(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+        self.name = name
+        size = params[0].shape[0]
+        self.learning_rate = tf.Variable(tf.fill([size], tf.constant(learning_rate, tf.float32)),
+                                         trainable=False, name="learning_rate")
+        self.steps = tf.Variable(tf.zeros([size]), trainable=False, name="steps")
+        self.initial_slot = 0.1 if name == "adagrad" else 0.0  # Adagrad's accumulator start
+        count = {"adam": 2, "sgd": 0, "rmsprop": 1, "adagrad": 1}[name]
+        self.slots = [[tf.Variable(tf.fill(p.shape, self.initial_slot), trainable=False)
+                       for p in params] for _ in range(count)]
+
+    def restart(self, mask, learning_rate=None) -> None:
+        """Fresh state for the members in `mask` (a new optimizer, as `set_objective` makes)."""
+        self.steps.assign(tf.where(mask, 0.0, self.steps))
+        if learning_rate is not None:
+            self.learning_rate.assign(tf.where(mask, learning_rate, self.learning_rate))
+        for slots in self.slots:
+            for s in slots:
+                s.assign(tf.where(_per_member(mask, s), self.initial_slot, s))
+
+    def apply(self, grads, params, mask) -> None:
+        steps = self.steps + 1.0
+        if self.name == "adam":
+            b1, b2, eps = 0.9, 0.999, 1e-7
+            alpha = self.learning_rate * tf.sqrt(1 - tf.pow(b2, steps)) / (1 - tf.pow(b1, steps))
+        for j, (g, p) in enumerate(zip(grads, params)):
+            keep = _per_member(mask, p)
+            lr = _per_member(self.learning_rate, p)
+            if self.name == "sgd":
+                new = p - g * lr
+            elif self.name == "adam":
+                m, v = self.slots[0][j], self.slots[1][j]
+                m_new = m + (g - m) * (1 - b1)
+                v_new = v + (tf.square(g) - v) * (1 - b2)
+                new = p - (m_new * _per_member(alpha, p)) / (tf.sqrt(v_new) + eps)
+                m.assign(tf.where(keep, m_new, m))
+                v.assign(tf.where(keep, v_new, v))
+            elif self.name == "rmsprop":
+                rho, eps = 0.9, 1e-7
+                vel = self.slots[0][j]
+                vel_new = rho * vel + (1 - rho) * tf.square(g)
+                new = p - (lr * g) / tf.sqrt(vel_new + eps)
+                vel.assign(tf.where(keep, vel_new, vel))
+            else:  # adagrad
+                acc = self.slots[0][j]
+                acc_new = acc + tf.square(g)
+                new = p - (lr * g) / tf.sqrt(acc_new + 1e-7)
+                acc.assign(tf.where(keep, acc_new, acc))
+            p.assign(tf.where(keep, new, p))
+        self.steps.assign(tf.where(mask, steps, self.steps))
+
+
+# ---------------------------------------------------------------------------- population
+
+
+class Population:
+    """N members of one dense `spec`, weights stacked along a leading member axis."""
+
+    def __init__(self, spec: models.ModelSpec, input_shape: tuple[int, ...], outputs: int,
+                 seeds: Sequence[int], strategy=None):
+        if spec.kind != "dense":
+            raise Hw1Error(f"model {spec.name}: populations are dense only, got {spec.kind!r}")
+        if not len(seeds):
+            raise Hw1Error("a population needs at least one seed")
+        self.spec = spec
+        self.input_shape = tuple(input_shape)
+        self.outputs = outputs
+        self.seeds = [int(s) for s in seeds]
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.activation = keras.activations.get(spec.activation)
+        per_member = [initial_weights(spec, self.input_shape, outputs, s) for s in self.seeds]
+        with self.strategy.scope():
+            self.params = [tf.Variable(np.stack([w[j] for w in per_member]), name=f"stacked_{j}")
+                           for j in range(len(per_member[0]))]
+        self.num_params = int(sum(np.prod(p.shape[1:]) for p in self.params))
+
+    @property
+    def size(self) -> int:
+        return len(self.seeds)
+
+    def logits(self, x):
+        """Outputs (N, B, outputs) for inputs shared by all members (B, *input_shape) or one
+        batch per member (N, B, *input_shape)."""
+        flat = math.prod(self.input_shape)
+        shared = x.shape.rank == len(self.input_shape) + 1
+        h = tf.reshape(x, [-1, flat] if shared else [self.size, -1, flat])
+        layers = len(self.params) // 2
+        for j in range(layers):
+            kernel, bias = self.params[2 * j], self.params[2 * j + 1]
+            if h.shape.rank == 2:
+                h = tf.einsum("bi,nio->nbo", h, kernel)
+            else:
+                h = tf.matmul(h, kernel)
+            h = h + bias[:, None, :]
+            if j < layers - 1:
+                h = self.activation(h)
+        return h
+
+    def predict(self, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
+        """Every member's outputs on `x` (B, *input_shape), or member i's on x[i] when `x` is
+        (N, B, *input_shape): (N, B, outputs)."""
+        axis = 0 if x.ndim == len(self.input_shape) + 1 else 1
+        parts = [self._predict(tf.constant(np.take(x, range(i, min(i + batch_size,
+                                                                    x.shape[axis])), axis)))
+                 for i in range(0, x.shape[axis], batch_size)]
+        return np.concatenate([p.numpy() for p in parts], axis=1)
+
+    @tf.function(autograph=False)
+    def _predict(self, x):
+        return self.logits(x)
+
+    def member_weights(self, i: int) -> list[np.ndarray]:
+        return [p.numpy()[i] for p in self.params]
+
+    def member(self, i: int) -> keras.Model:
+        """Member i as an ordinary Keras model (`models.build(spec)`) holding its weights."""
+        network = models.build(self.spec, self.input_shape, self.outputs)
+        network.set_weights(self.member_weights(i))
+        return network
+
+
+def export_members(population: Population, path_of: Callable[[int], str | Path],
+                   members: Sequence[int] | None = None) -> list[Path]:
+    """Exports members (all by default) as SavedModels at `path_of(i)` (`store.export_model`)."""
+    chosen = range(population.size) if members is None else members
+    return [store.export_model(population.member(i), path_of(i)) for i in chosen]
+
+
+# ------------------------------------------------------------------------------- trainer
+
+
+class _Trainer:
+    """The compiled steps and the per-member state (objective, active, failed) of one run."""
+
+    def __init__(self, population: Population, settings: PopulationSettings, num_classes: int,
+                 train_xy, jit_compile: bool, chunk: int):
+        self.pop = population
+        self.settings = settings
+        self.num_classes = num_classes
+        self.chunk = chunk
+        self.switching = (settings.switch_grad_norm_below is not None
+                          or settings.switch_after_epochs is not None)
+        self.may_minimise_norm = self.switching or settings.objective == "grad_norm"
+        if settings.objective not in training.OBJECTIVES:
+            raise Hw1Error(f"objective must be one of {training.OBJECTIVES}, "
+                           f"got {settings.objective!r}")
+        n = population.size
+        with population.strategy.scope():
+            self.optimizer = _StackedOptimizer(settings.optimizer, population.params,
+                                               settings.learning_rate)
+            start = training.OBJECTIVES.index(settings.objective)
+            self.objective = tf.Variable(tf.fill([n], start), trainable=False, name="objective")
+            self.active = tf.Variable(tf.ones([n], tf.bool), trainable=False, name="active")
+        self.x_train = tf.constant(train_xy[0])
+        self.y_train = tf.constant(train_xy[1])
+        self.data_per_member = self.x_train.shape.rank == len(population.input_shape) + 2
+        self.replicas = population.strategy.num_replicas_in_sync
+        # explicit tf.while_loop / tf.cond only: AutoGraph converting the step took 5 s a trace
+        self.run_chunk = tf.function(self._run_chunk, jit_compile=jit_compile, autograph=False)
+        self.run_replicated = tf.function(self._run_replicated, autograph=False)
+        self.eval_sums = tf.function(self._eval_sums, jit_compile=jit_compile, autograph=False)
+
+    # ---- one iteration
+
+    def _losses(self, x, y, global_batch):
+        """Per-member summed loss / global batch (the mean once replicas are summed) and the
+        number of correct predictions."""
+        logits = self.pop.logits(x)
+        n = self.pop.size
+        if self.num_classes:
+            labels = tf.broadcast_to(tf.cast(y, tf.int32), tf.shape(logits)[:2])
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
+                           tf.float32)
+            correct = tf.reduce_sum(hits, axis=1)
+        else:
+            per_example = tf.reduce_mean(tf.square(y - logits), axis=-1)
+            correct = tf.zeros([n])
+        return tf.reduce_sum(per_example, axis=1) / tf.cast(global_batch, tf.float32), correct
+
+    def _gradients(self, x, y, global_batch, hvp: bool):
+        """(losses, correct, global grads, applied grads) of one batch in replica context (or
+        none). `applied` is 2 H_i g_i for the members minimising ||grad L||^2 (`hvp` True)."""
+        params = self.pop.params
+        if not hvp:
+            with tf.GradientTape() as tape:
+                losses, correct = self._losses(x, y, global_batch)
+                total = tf.reduce_sum(losses)
+            grads = training._global_sum(tape.gradient(total, params))
+            applied = grads
+        else:
+            on_norm = tf.equal(self.objective, 1)
+            with tf.GradientTape() as outer:
+                with tf.GradientTape() as inner:
+                    losses, correct = self._losses(x, y, global_batch)
+                    total = tf.reduce_sum(losses)
+                local = inner.gradient(total, params)
+                grads = training._global_sum(local)
+                # d/dθ Σ_r <g_r, stop(g)> = H g per member (members on the loss: masked out)
+                surrogate = 2.0 * tf.add_n([
+                    tf.reduce_sum(tf.where(_per_member(on_norm, g), g * tf.stop_gradient(G), 0.))
+                    for g, G in zip(local, grads)])
+            hv = training._global_sum(outer.gradient(surrogate, params))
+            applied = [tf.where(_per_member(on_norm, G), h, G) for h, G in zip(hv, grads)]
+        losses, correct = training._global_sum((losses, correct))
+        return losses, correct, grads, applied
+
+    def _update(self, losses, grads, applied):
+        """Applies one iteration for the active members; the switch, stop and failure masks.
+        Returns (grad norms, objective used) of the iteration."""
+        s = self.settings
+        norms = tf.sqrt(_member_sq_norms(grads))
+        objective = self.objective.read_value()
+        active = self.active.read_value()
+        finite = tf.math.is_finite(losses) & tf.math.is_finite(norms)
+        stepping = active & finite
+        self.optimizer.apply(applied, self.pop.params, stepping)
+        new_objective = objective
+        if s.switch_grad_norm_below is not None:
+            switch = stepping & tf.equal(objective, 0) & (norms < s.switch_grad_norm_below)
+            self.optimizer.restart(switch, s.grad_norm_learning_rate)
+            new_objective = tf.where(switch, 1, objective)
+            self.objective.assign(new_objective)
+        still = stepping
+        if s.stop_grad_norm_below is not None:
+            may_stop = tf.equal(new_objective, 1) if self.switching else tf.ones_like(stepping)
+            still = stepping & ~(may_stop & (norms < s.stop_grad_norm_below))
+        self.active.assign(still)
+        return norms, objective, still
+
+    def _batch(self, idx):
+        """Rows `idx` ((B,) shared or (N, B) per member) of the training data, which is shared
+        (n, ...) or one set per member (N, n, ...)."""
+        if not self.data_per_member:
+            return tf.gather(self.x_train, idx), tf.gather(self.y_train, idx)
+        if idx.shape.rank == 1:
+            return tf.gather(self.x_train, idx, axis=1), tf.gather(self.y_train, idx, axis=1)
+        return (tf.gather(self.x_train, idx, batch_dims=1),
+                tf.gather(self.y_train, idx, batch_dims=1))
+
+    def _iteration(self, idx):
+        """One iteration on one device: idx (B,) shared or (N, B) per member."""
+        x, y = self._batch(idx)
+        batch = tf.shape(idx)[-1]
+        if not self.may_minimise_norm:  # no second-order branch to compile
+            losses, correct, grads, applied = self._gradients(x, y, batch, False)
+            norms, objective, active = self._update(losses, grads, applied)
+            return losses, norms, objective, correct, active
+        any_on_norm = tf.reduce_any(tf.equal(self.objective, 1) & self.active)
+        losses, correct, grads, applied = tf.cond(
+            any_on_norm, lambda: self._gradients(x, y, batch, True),
+            lambda: self._gradients(x, y, batch, False))
+        norms, objective, active = self._update(losses, grads, applied)
+        return losses, norms, objective, correct, active
+
+    def _run_chunk(self, chunk):
+        """Iterations on each batch of `chunk` (k, [N,] B) in one (XLA) program; returns the
+        (k, N) record columns and the batch sizes."""
+        k = tf.shape(chunk)[0]
+        n = self.pop.size
+
+        def body(i, *columns):
+            values = self._iteration(chunk[i])
+            return (i + 1,) + tuple(
+                tf.tensor_scatter_nd_update(col, [[i]], [tf.cast(v, col.dtype)])
+                for col, v in zip(columns, values))
+
+        zeros = tf.zeros([k, n])
+        columns = (zeros, zeros, tf.zeros([k, n], tf.int32), zeros, tf.zeros([k, n], tf.bool))
+        _, *columns = tf.while_loop(lambda i, *_: i < k, body, (tf.constant(0), *columns))
+        return dict(zip(RECORD, columns))
+
+    def _run_replicated(self, idx, hvp: bool):
+        """One iteration under several replicas: each takes its slice of the global batch,
+        gradients are all-reduced, the update runs once in cross-replica context (mirrored
+        variables take it on every replica)."""
+        strategy = self.pop.strategy
+        batch = tf.shape(idx)[-1]
+
+        def replica_step(idx):
+            ctx = tf.distribute.get_replica_context()
+            share = (batch + self.replicas - 1) // self.replicas
+            start = tf.minimum(share * ctx.replica_id_in_sync_group, batch)
+            local = idx[..., start:tf.minimum(start + share, batch)]
+            x, y = self._batch(local)
+            return self._gradients(x, y, batch, hvp)
+
+        out = strategy.run(replica_step, args=(idx,))
+        losses, correct, grads, applied = tf.nest.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0], out)
+        norms, objective, active = self._update(losses, grads, applied)
+        values = (losses, norms, objective, correct, active)
+        return {key: v[None] for key, v in zip(RECORD, values)}
+
+    def step_block(self, chunk: tf.Tensor) -> dict[str, np.ndarray]:
+        """Runs one execution; the record columns back on the host."""
+        if self.replicas > 1:
+            hvp = bool(np.any((self.objective.numpy() == 1) & self.active.numpy()))
+            out = self.run_replicated(chunk[0], hvp)
+        else:
+            out = self.run_chunk(chunk)
+        return {k: v.numpy() for k, v in out.items()}
+
+    def switch(self, mask: np.ndarray) -> None:
+        """Host-side switch (after N epochs) for the members in `mask`."""
+        mask = tf.constant(mask) & tf.equal(self.objective, 0)
+        self.optimizer.restart(mask, self.settings.grad_norm_learning_rate)
+        self.objective.assign(tf.where(mask, 1, self.objective))
+
+    # ---- evaluation
+
+    def _eval_sums(self, x, y):
+        losses, correct = self._losses(x, y, 1)
+        return losses, correct
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-member mean loss and accuracy on (x, y), shared or one set per member."""
+        axis = 1 if self.data_per_member else 0
+        n = x.shape[axis]
+        loss = np.zeros(self.pop.size)
+        correct = np.zeros(self.pop.size)
+        for i in range(0, n, EVAL_BATCH):
+            rows = range(i, min(i + EVAL_BATCH, n))
+            l, c = self.eval_sums(tf.constant(np.take(x, rows, axis)),
+                                  tf.constant(np.take(y, rows, axis)))
+            loss += l.numpy()
+            correct += c.numpy()
+        return loss / n, correct / n
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def _index_chunks(n: int, settings: PopulationSettings, seeds: Sequence[int], chunk: int):
+    """Chunks (k, N, B) of per-member batch indices (each member's `pipeline.index_chunks`
+    with its own seed, so its batches are those of a single run with that seed), or (k, B)
+    shared."""
+    def chunks(seed):
+        return pipeline.index_chunks(n, settings.batch_size, chunk, shuffle=settings.shuffle,
+                                     seed=seed, epochs=settings.epochs)
+
+    if settings.shared_order or not settings.shuffle:
+        return chunks(settings.seed)
+    return tf.data.Dataset.zip(tuple(chunks(s) for s in seeds)).map(
+        lambda *members: tf.stack(members, axis=1)).prefetch(2)
+
+
+def _member_history(i: int, columns: dict[str, np.ndarray], batch_sizes: np.ndarray,
+                    epoch_ends: list[int], end: int, test: dict[str, np.ndarray],
+                    num_classes: int, switched_at: int | None, stopped: bool,
+                    failed: bool) -> dict[str, Any]:
+    """Member i's history in the structure of `training.train`'s, cut where it stopped."""
+    starts = [0] + epoch_ends[:-1]
+    kept = [e for e, s in enumerate(starts) if s < end]
+    epoch = {"train_loss": [], **({"train_accuracy": []} if num_classes else {})}
+    for e in kept:
+        lo, hi = starts[e], min(epoch_ends[e], end)
+        weights = batch_sizes[lo:hi]
+        epoch["train_loss"].append(
+            float(np.sum(columns["loss"][lo:hi, i] * weights) / np.sum(weights)))
+        if num_classes:
+            epoch["train_accuracy"].append(
+                float(np.sum(columns["correct"][lo:hi, i]) / np.sum(weights)))
+    for key, values in test.items():
+        epoch[key] = [float(v) for v in values[kept, i]]
+    return {
+        "iteration": {"loss": columns["loss"][:end, i].tolist(),
+                      "grad_norm": columns["grad_norm"][:end, i].tolist(),
+                      "objective": columns["objective"][:end, i].astype(int).tolist()},
+        "objective_names": list(training.OBJECTIVES),
+        "epoch": epoch,
+        "epoch_end_iteration": [min(epoch_ends[e], end) for e in kept],
+        "switched_at_iteration": switched_at,
+        "stopped_at_iteration": end if stopped else None,
+        "failed_at_iteration": end if failed else None,
+    }
+
+
+def stack_splits(splits: Sequence[data.Splits]) -> data.Splits:
+    """One Splits whose arrays carry a leading member axis: member i trains on splits[i]."""
+    first = splits[0]
+    for s in splits[1:]:
+        if (s.x_train.shape, s.x_test.shape, s.num_classes) != \
+                (first.x_train.shape, first.x_test.shape, first.num_classes):
+            raise Hw1Error(f"population members need data of one shape: {s.name} has "
+                           f"{s.x_train.shape}/{s.x_test.shape}, {first.name} "
+                           f"{first.x_train.shape}/{first.x_test.shape}")
+    return data.Splits("+".join(dict.fromkeys(s.name for s in splits)),
+                       *(np.stack([getattr(s, k) for s in splits])
+                         for k in ("x_train", "y_train", "x_test", "y_test")),
+                       num_classes=first.num_classes)
+
+
+def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data.Splits],
+                     settings: PopulationSettings,
+                     seeds: Sequence[int], *, strategy=None, run_name: str = "population",
+                     callbacks: Sequence[Callable[[int, Population], None]] = ()
+                     ) -> tuple[Population, list[dict[str, Any]]]:
+    """Trains one member per seed of `spec` on `splits` (shared, or a sequence with one
+    Splits per member, all of one shape); returns (population, histories).
+
+    histories[i] has the keys of `training.train`'s history (plus `failed_at_iteration`,
+    `population_size`; `seconds` is the whole population's time). `callbacks` are called as
+    fn(epoch, population) after every epoch.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if not isinstance(splits, data.Splits):
+        if len(splits) != len(seeds):
+            raise Hw1Error(f"{len(splits)} datasets for {len(seeds)} members; give one each")
+        splits = stack_splits(splits)
+        input_shape = splits.input_shape[1:]
+    else:
+        input_shape = splits.input_shape
+    jit, spe = distribute.execution_settings(strategy, settings.jit_compile,
+                                             settings.steps_per_execution)
+    chunk = spe if strategy.num_replicas_in_sync == 1 else 1
+    outputs = splits.num_classes or 1
+    population = Population(spec, input_shape, outputs, seeds, strategy)
+    trainer = _Trainer(population, settings, splits.num_classes,
+                       (splits.x_train, splits.y_train), jit, chunk)
+    logging.info("%s: %d members of %s, %d parameters each, %d epochs", run_name,
+                 population.size, spec.describe(), population.num_params, settings.epochs)
+    n = splits.x_train.shape[1 if trainer.data_per_member else 0]
+    chunks = iter(_index_chunks(n, settings, population.seeds, chunk))
+    per_epoch = pipeline.chunks_per_epoch(n, settings.batch_size, chunk)
+    size = population.size
+    blocks, batch_sizes, epoch_ends = [], [], []
+    evaluate_test = settings.evaluate_test and splits.x_test is not None and splits.x_test.size
+    test = {"test_loss": [], **({"test_accuracy": []} if splits.num_classes else {})}
+    switched_at = np.full(size, -1)
+    switched_at[trainer.objective.numpy() == 1] = -2  # minimised the norm from the start
+    iterations = 0
+    start = time.perf_counter()
+    for epoch in range(settings.epochs):
+        for _ in range(per_epoch):
+            idx = next(chunks)
+            block = trainer.step_block(idx)
+            k = block["loss"].shape[0]
+            first_on_norm = np.where(block["objective"].any(axis=0),
+                                     block["objective"].argmax(axis=0), k)
+            blocks.append(block)
+            batch_sizes += [idx.shape[-1]] * k
+            iterations += k
+            _note_switches(switched_at, trainer.objective.numpy(), iterations - k + first_on_norm,
+                           iterations)
+        epoch_ends.append(iterations)
+        if settings.switch_after_epochs is not None and epoch + 1 >= settings.switch_after_epochs:
+            trainer.switch(trainer.active.numpy())
+            _note_switches(switched_at, trainer.objective.numpy(), np.full(size, iterations),
+                           iterations)
+        if evaluate_test:
+            loss, accuracy = trainer.evaluate(splits.x_test, splits.y_test)
+            test["test_loss"].append(loss)
+            if splits.num_classes:
+                test["test_accuracy"].append(accuracy)
+        for fn in callbacks:
+            fn(epoch, population)
+        active = trainer.active.numpy()
+        _log_progress(run_name, epoch, settings, blocks[-1], active, start)
+        if not active.any():
+            break
+    seconds = time.perf_counter() - start
+    columns = {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}
+    return population, _histories(population, columns, np.asarray(batch_sizes), epoch_ends,
+                                  {k: np.asarray(v) for k, v in test.items() if v},
+                                  splits.num_classes, switched_at, seconds, run_name)
+
+
+def _note_switches(switched_at: np.ndarray, objective: np.ndarray, first_on_norm: np.ndarray,
+                   iterations: int) -> None:
+    """Remembers, for members newly minimising the norm, the iteration they switched at: their
+    first iteration on the norm in the block, else (switched at its end) the iteration count."""
+    new = (objective == 1) & (switched_at == -1)
+    switched_at[new] = np.minimum(first_on_norm[new], iterations)
+
+
+def _log_progress(run_name, epoch, settings, block, active, start) -> None:
+    done = epoch + 1
+    every = max(1, settings.epochs // 10)
+    if settings.verbose == 0 and done % every and done != settings.epochs:
+        return
+    elapsed = time.perf_counter() - start
+    losses = block["loss"][-1][active] if active.any() else block["loss"][-1]
+    logging.info("%s: epoch %d/%d, %d/%d members active, median loss %.4g, %.0f s elapsed, "
+                 "ETA %.0f s", run_name, done, settings.epochs, int(active.sum()), active.size,
+                 float(np.median(losses)), elapsed, elapsed / done * (settings.epochs - done))
+
+
+def _histories(population, columns, batch_sizes, epoch_ends, test, num_classes, switched_at,
+               seconds, run_name) -> list[dict[str, Any]]:
+    total = len(batch_sizes)
+    finite = np.isfinite(columns["loss"]) & np.isfinite(columns["grad_norm"])
+    out = []
+    for i in range(population.size):
+        # the member is frozen from its first inactive iteration on: later records are not its
+        # own. That iteration stopped it (its update applied) or failed it (not applied).
+        inactive = np.flatnonzero(~columns["active"][:, i])
+        stopped = inactive.size > 0 and bool(finite[inactive[0], i])
+        failed = inactive.size > 0 and not stopped
+        end = total if not inactive.size else int(inactive[0]) + (1 if stopped else 0)
+        if failed:
+            logging.warning("%s member %d (seed %d): the loss became %s at iteration %d; marked "
+                            "failed, weights kept from before", run_name, i, population.seeds[i],
+                            columns["loss"][end, i], end)
+        switched = int(switched_at[i]) if switched_at[i] >= 0 else None
+        history = _member_history(i, columns, batch_sizes, epoch_ends, end, test, num_classes,
+                                  switched if switched is None or switched <= end else None,
+                                  stopped, failed)
+        history.update(num_params=population.num_params, seconds=seconds,
+                       population_size=population.size)
+        out.append(history)
+    return out
