@@ -64,7 +64,10 @@ def _as_float64_model(model: keras.Model) -> keras.Model:
     def clone(layer):
         return layer.__class__.from_config({**layer.get_config(), "dtype": "float64"})
 
-    copy = keras.models.clone_model(model, clone_function=clone)
+    # float64 inputs too: a float32 Input layer would round the data before the first layer
+    inputs = [keras.Input(tuple(t.shape[1:]), dtype="float64") for t in model.inputs]
+    copy = keras.models.clone_model(model, input_tensors=inputs[0] if len(inputs) == 1 else
+                                    inputs, clone_function=clone)
     for target, source in zip(copy.variables, model.variables):
         target.assign(np.asarray(source.numpy(), np.float64))
     return copy
