@@ -283,3 +283,39 @@ def test_saved_model_weights_are_the_ones_analysed(tmp_path):
     path.with_suffix(".keras").unlink()
     with pytest.raises(hessian.Hw1Error, match="no net.keras beside it"):
         hessian.keras_model_for_saved_model(path)
+
+
+# ------------------------------------------------------------------------------ experiment
+
+
+def test_hessian_spectrum_end_to_end_on_a_saved_model(tmp_path):
+    from hw1_tf.experiments import hessian_spectrum
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(4, activation="relu"), keras.layers.Dense(10)])
+    store.export_model(model, tmp_path / "saved_models" / "actual_task" / "digits_tiny")
+    config = hessian_spectrum.Config(experiment="actual_task", run="digits_tiny",
+                                     dataset="digits", num_examples=120, top_k=3, probes=12,
+                                     lanczos_steps=15, perturbation_samples=64, verbose=0,
+                                     hvp_mode="forward_over_reverse", jit_compile=False,
+                                     dtype="float64", output_dir=str(tmp_path))
+    results = hessian_spectrum.run(config)
+    run = results["runs"]["digits_tiny"]
+    exact = np.asarray(run["eigenvalues"])
+    assert run["num_params"] == len(exact) == 64 * 4 + 4 + 4 * 10 + 10
+    np.testing.assert_allclose(run["top_eigenvalues"], exact[::-1][:3], rtol=1e-4)
+    np.testing.assert_allclose(run["bottom_eigenvalues"], exact[:3], rtol=1e-3, atol=1e-6)
+    assert abs(run["trace"] - exact.sum()) <= 3 * run["trace_standard_error"]
+    assert run["minimal_ratio"] == pytest.approx(np.mean(exact > 1e-6))
+    assert run["blocks"]["spectral_norm"] <= np.abs(exact).max() * (1 + 1e-9)
+    assert 0 <= run["perturbation_ratio"] <= 1
+    assert run["num_hvps"] >= 2 * 12 + 15
+    assert json_ok(tmp_path / "results/hessian_spectrum/results.json")
+    assert (tmp_path / "figures/hessian_spectrum/density_digits_tiny.png").is_file()
+
+
+def json_ok(path):
+    import json
+
+    return json.loads(path.read_text())["experiment"] == "hessian_spectrum"
