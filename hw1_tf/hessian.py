@@ -468,9 +468,11 @@ def keras_model_for_saved_model(path: str | Path, spec: models.ModelSpec | None 
 
 
 def top_eigenvalues(op, k: int, which: str = "LA", *, tol: float = 1e-4,
-                    maxiter: int | None = None, seed: int = 0) -> tuple[np.ndarray, int]:
+                    maxiter: int | None = None, ncv: int | None = None,
+                    seed: int = 0) -> tuple[np.ndarray, int]:
     """The k largest ("LA") or smallest ("SA") algebraic eigenvalues of a symmetric operator
     with ARPACK's implicitly restarted Lanczos (`eigsh`); sorted from the extreme inwards.
+    `ncv`: Lanczos basis size (ARPACK's default max(2k+1, 20) when None).
 
     Returns (eigenvalues, products used). If ARPACK stops before all k converge, the
     converged ones are returned (and logged).
@@ -493,7 +495,8 @@ def top_eigenvalues(op, k: int, which: str = "LA", *, tol: float = 1e-4,
     else:
         try:
             values = scipy.sparse.linalg.eigsh(counted, k=k, which=which, tol=tol, v0=v0,
-                                               maxiter=maxiter, return_eigenvectors=False)
+                                               maxiter=maxiter, ncv=ncv,
+                                               return_eigenvectors=False)
         except scipy.sparse.linalg.ArpackNoConvergence as e:
             logging.warning("eigsh: %d of %d eigenvalues converged", len(e.eigenvalues), k)
             values = e.eigenvalues
