@@ -268,3 +268,64 @@ def plot_population_scaling(bench: dict[str, Any], path: Path) -> Path:
     _finish_axes(ax, f"Population training: {bench['title']}", "members N (log scale)",
                  "time per member-step (ms)", log_y=True)
     return save(fig, Path(path))
+
+
+# ---------------------------------------------------------------------- curvature (Hessian)
+
+
+@plotter("hessian_spectrum")
+def plot_hessian_spectrum(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """Per run: the Hessian's spectral density by stochastic Lanczos quadrature (log density,
+    since the bulk near zero dwarfs the outliers), with the top eigenvalues and the trace in the
+    legend and the exact eigenvalues (when computed) as a rug."""
+    out = []
+    for name, run in results["runs"].items():
+        grid = np.asarray(run["density_grid"], float)
+        density = np.asarray(run["density"], float)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        floor = max(density.max() * 1e-8, 1e-300)
+        ax.plot(grid, np.maximum(density, floor), color="C0",
+                label=f"SLQ density ({len(run['slq_nodes'][0])} Lanczos steps, "
+                      f"{len(run['slq_nodes'])} probe(s))")
+        top = np.asarray(run["top_eigenvalues"], float)
+        for i, value in enumerate(top):
+            ax.axvline(value, color="C3", lw=0.8, alpha=0.8,
+                       label=f"top {len(top)}: " + ", ".join(f"{v:.3g}" for v in top)
+                       if i == 0 else None)
+        bottom = np.asarray(run["bottom_eigenvalues"], float)
+        ax.axvline(bottom[0], color="C2", lw=0.8, ls="--",
+                   label=f"smallest: {bottom[0]:.3g}")
+        if "eigenvalues" in run:
+            ax.plot(np.asarray(run["eigenvalues"], float),
+                    np.full(len(run["eigenvalues"]), floor), "|", color="k", ms=8,
+                    label=f"exact eigenvalues ({len(run['eigenvalues'])})")
+        ax.plot([], [], " ", label=f"trace {run['trace']:.4g} +- {run['trace_standard_error']:.2g}"
+                                   f" (Hutchinson), {run['hutchpp_trace']:.4g} (Hutch++)")
+        ax.set_yscale("log")
+        ax.set_title(f"Hessian spectrum of {name} ({run['num_params']} params, "
+                     f"{run['num_examples']} {run.get('dataset', '')} examples)")
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("spectral density (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        out.append(save(fig, figures_dir / f"density_{name}.png"))
+    return out
+
+
+def plot_hvp_scaling(rows: list[dict[str, Any]], path: Path) -> Path:
+    """bench/hessian.py: seconds per Hessian-vector product against the parameter count, one
+    line per tool, log-log."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, tool in enumerate(sorted({r["tool"] for r in rows})):
+        mine = sorted((r for r in rows if r["tool"] == tool), key=lambda r: r["params"])
+        ax.plot([r["params"] for r in mine], [r["seconds"] for r in mine], "o-", color=f"C{i}",
+                label=tool)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    examples = rows[0].get("examples", "?") if rows else "?"
+    ax.set_title(f"One Hessian-vector product over {examples} examples (min of rounds)")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("seconds per HVP (log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return save(fig, path)

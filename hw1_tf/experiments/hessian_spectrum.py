@@ -1,0 +1,155 @@
+"""Curvature of a trained model: top eigenvalues (both ends), Hutchinson / Hutch++ trace, the
+spectral density by stochastic Lanczos quadrature, the block-diagonal norm of the slides, and
+both minimal ratios; from any SavedModel the store exported (`--saved_model=PATH`, or
+`--experiment=X --run=NAME`). When the full Hessian fits `max_full_hessian_mb`, its exact
+eigenvalues are stored too and the eigenvalue minimal ratio is taken from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from hw1_tf import data, functions, hessian, models, store
+from hw1_tf.config import option
+from hw1_tf.errors import Hw1Error
+from hw1_tf.experiments import common
+
+EXPERIMENT = "hessian_spectrum"
+
+
+@dataclasses.dataclass
+class Config(common.RunConfig):
+    saved_model: str | None = option(None, "SavedModel to analyse (a store export).")
+    experiment: str | None = option(None, "Experiment whose run to analyse (with --run).")
+    run: str | None = option(None, "Run name under saved_models/<experiment>/ (with "
+                                   "--experiment).")
+    dataset: str | None = option(None, "Dataset of the loss: an image dataset or a 1-D target "
+                                       "function (default: the run's own, else mnist).")
+    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files.")
+    num_examples: int = option(1000, "Training examples in the loss (seeded subset).",
+                               lower=1)
+    batch_size: int = option(4096, "Examples per batch of the loss sums (memory only).",
+                             lower=1)
+    top_k: int = option(5, "Largest and smallest algebraic eigenvalues to compute.", lower=1)
+    eigen_tolerance: float = option(1e-4, "Relative tolerance of eigsh.", lower=0.0)
+    probes: int = option(30, "Rademacher probes of the Hutchinson trace (and HVPs of "
+                             "Hutch++).", lower=2)
+    lanczos_steps: int = option(100, "Lanczos steps of the spectral density.", lower=2)
+    slq_probes: int = option(1, "Probes (Lanczos runs) of the spectral density.", lower=1)
+    max_full_hessian_mb: float = option(256.0, "Build the exact Hessian when it needs at most "
+                                               "this many MB.", lower=0.0)
+    max_block_mb: float = option(1024.0, "tf.hessians blocks up to this size; larger blocks "
+                                         "come from HVPs.", lower=0.0)
+    block_diagonal: bool = option(True, "Compute the block-diagonal Hessian norm of the slides.")
+    ratio_tolerance: float = option(1e-6, "Eigenvalues above this count as positive in the "
+                                          "minimal ratio.", lower=0.0)
+    perturbation_radius: float = option(1e-3, "Radius of the random perturbations of the "
+                                              "sampled minimal ratio.", lower=0.0)
+    perturbation_samples: int = option(1000, "Random perturbations of the sampled minimal "
+                                             "ratio.", lower=1)
+    hvp_mode: str = option("auto", "Hessian-vector products: measured choice or a fixed "
+                                   "mode.", choices=hessian.HVP_MODES)
+    dtype: str = option("float32", "Precision of the products.",
+                        choices=("float32", "float64"))
+    jit_compile: bool | None = option(None, "XLA for the products (default: measured).")
+
+
+def _source(config: Config, paths: store.Paths) -> tuple[str, Path, dict]:
+    """(run name, SavedModel path, the run's record in its results.json or {})."""
+    if config.saved_model:
+        path = Path(config.saved_model)
+        return path.name, path, {}
+    if not (config.experiment and config.run):
+        raise Hw1Error("give --saved_model=PATH or both --experiment and --run")
+    path = paths.saved_model(config.experiment, config.run)
+    record = {}
+    results_json = paths.results_json(config.experiment)
+    if results_json.is_file():
+        record = store.read_json(results_json).get("runs", {}).get(config.run, {})
+    return config.run, path, record
+
+
+def _examples(config: Config, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    if dataset in data.IMAGE_DATASETS:
+        splits = data.load(dataset, config.data_dir, train_size=config.num_examples,
+                           seed=config.seed)
+    elif dataset in functions.names():
+        splits = data.function_splits(dataset, config.num_examples, 2, seed=config.seed)
+    else:
+        raise Hw1Error(f"unknown dataset {dataset!r}: not an image dataset "
+                       f"({', '.join(data.IMAGE_DATASETS)}) nor a function "
+                       f"({', '.join(functions.names())})")
+    return splits.x_train, splits.y_train
+
+
+def analyse(flat: hessian.FlatLoss, config: Config) -> dict:
+    """Every curvature measure of `flat` at its weights; arrays as numpy."""
+    started = time.perf_counter()
+    op = flat.operator()
+    out = {"num_params": flat.num_params, "num_examples": flat.num_examples,
+           "loss": flat.loss(), "grad_norm": float(np.linalg.norm(flat.gradient()))}
+    top, n_top = hessian.top_eigenvalues(op, config.top_k, "LA", tol=config.eigen_tolerance,
+                                         seed=config.seed)
+    bottom, n_bottom = hessian.top_eigenvalues(op, config.top_k, "SA",
+                                               tol=config.eigen_tolerance, seed=config.seed)
+    out.update(top_eigenvalues=top, bottom_eigenvalues=bottom, eigsh_hvps=n_top + n_bottom,
+               hvp_timings=flat.hvp_timings)
+    trace = hessian.hutchinson_trace(op, config.probes, seed=config.seed)
+    pp = hessian.hutchpp_trace(op, config.probes, seed=config.seed)
+    out.update(trace=trace.trace, trace_standard_error=trace.standard_error,
+               trace_samples=trace.samples, hutchpp_trace=pp.trace,
+               hutchpp_standard_error=pp.standard_error)
+    density = hessian.slq(op, config.lanczos_steps, config.slq_probes, seed=config.seed)
+    grid, values = hessian.slq_density(density)
+    out.update(slq_nodes=density.nodes, slq_weights=density.weights, density_grid=grid,
+               density=values, slq_hvps=density.num_matvecs)
+    if hessian._mb(2 * hessian.hessian_bytes(flat.num_params, flat.dtype.size)) \
+            <= config.max_full_hessian_mb:
+        eigenvalues = np.linalg.eigvalsh(flat.full_hessian(max_mb=config.max_full_hessian_mb))
+        out["eigenvalues"] = eigenvalues
+        out.update(hessian.eigenvalue_ratio(eigenvalues, config.ratio_tolerance))
+        out["minimal_ratio_from"] = "exact eigenvalues"
+    else:
+        # only the extremes are known: the ratio of the computed ones (said so in the record)
+        out.update(hessian.eigenvalue_ratio(np.concatenate([top, bottom]),
+                                            config.ratio_tolerance))
+        out["minimal_ratio_from"] = f"top and bottom {config.top_k} eigenvalues"
+    out["perturbation_ratio"] = hessian.perturbation_ratio(
+        flat.batched_loss, flat.theta0, config.perturbation_radius,
+        config.perturbation_samples, seed=config.seed)
+    if config.block_diagonal:
+        blocks = flat.block_diagonal_hessian(max_block_mb=config.max_block_mb)
+        out["blocks"] = {"names": blocks.names, "routes": blocks.routes, "norms": blocks.norms,
+                         "spectral_norm": blocks.spectral_norm, "seconds": blocks.seconds}
+    out["num_hvps"] = flat.num_hvps
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+def run(config: Config) -> dict:
+    paths = common.paths_from(config)
+    strategy = common.strategy_from(config)
+    name, path, record = _source(config, paths)
+    dataset = config.dataset or record.get("dataset") or record.get("function") or "mnist"
+    x, y = _examples(config, dataset)
+    spec = models.ModelSpec(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in record["model"].items()}) if "model" in record else None
+    outputs = int(y.max()) + 1 if np.issubdtype(y.dtype, np.integer) else y.shape[-1]
+    model = hessian.keras_model_for_saved_model(path, spec, x.shape[1:], outputs)
+    flat = hessian.FlatLoss(model, x, y, batch_size=config.batch_size,
+                            dtype=None if config.dtype == "float32" else config.dtype,
+                            strategy=strategy, hvp_mode=config.hvp_mode,
+                            jit_compile=config.jit_compile)
+    logging.info("%s: %d parameters, loss over %d %s examples", name, flat.num_params, len(x),
+                 dataset)
+    result = analyse(flat, config)
+    result.update(saved_model=str(path), dataset=dataset)
+    logging.info("%s: top eigenvalues %s, bottom %s, trace %.4g +- %.2g, %d HVPs in %.1f s",
+                 name, np.round(result["top_eigenvalues"], 5),
+                 np.round(result["bottom_eigenvalues"], 5), result["trace"],
+                 result["trace_standard_error"], result["num_hvps"], result["seconds"])
+    return common.finish(EXPERIMENT, config, {name: result}, paths)

@@ -1,0 +1,649 @@
+"""Curvature of a Keras model's loss: exact and block-diagonal Hessians, Hessian-vector products,
+top eigenvalues, trace, spectral density, and both minimal ratios of the slides.
+
+Everything starts from `FlatLoss`: the loss as a function of one flat parameter vector `theta`,
+evaluated with Keras 3 `model.stateless_call` (the model's own variables are never touched), as
+the exact mean over a whole dataset (or a fixed subset) accumulated over fixed-size batches.
+The last batch is padded with zero-weight examples, so every batch has the same shape (one
+trace, XLA-friendly) and the mean is exact.
+
+Routes (each checked against the others and against closed forms in tests/test_hessian.py):
+  * `FlatLoss.full_hessian`: the whole matrix (small nets), a Jacobian of the gradient;
+    refuses with `HessianTooLargeError` above a memory limit.
+  * `FlatLoss.block_diagonal_hessian`: one block per weight tensor, via `tf.hessians` (graph
+    mode, w.r.t. tensors); a block above the memory limit comes from HVPs restricted to it.
+  * `FlatLoss.hvp`: Hessian-vector products over the whole dataset, forward-over-reverse or
+    double backprop (whichever measures faster), XLA when it pays, sharded and all-reduced
+    under a tf.distribute strategy.
+  * spectrum tools on any symmetric operator (`HessianOperator`, a scipy LinearOperator):
+    `top_eigenvalues` (ARPACK Lanczos via `eigsh`), `hutchinson_trace`, `hutchpp_trace`,
+    `slq` + `slq_density` (stochastic Lanczos quadrature).
+  * `eigenvalue_ratio` and `perturbation_ratio`: the two minimal-ratio definitions.
+
+SavedModels: `flat_loss_from_saved_model` builds the Keras model from the `.keras` file that
+`store.export_model` writes beside the SavedModel (or from a `models.ModelSpec`), then assigns
+the SavedModel's `trainable_variables` to it, so the weights analysed are the SavedModel's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import scipy.sparse.linalg
+import tensorflow as tf
+from absl import logging
+
+from hw1_tf import models, store, training
+from hw1_tf.errors import Hw1Error, ModelNotFoundError
+
+HVP_MODES = ("auto", "forward_over_reverse", "double_backprop")
+
+
+class HessianTooLargeError(Hw1Error):
+    """A Hessian (or block) would not fit in the memory limit."""
+
+
+def hessian_bytes(num_params: int, itemsize: int = 8) -> int:
+    """Bytes of a dense num_params x num_params Hessian."""
+    return num_params * num_params * itemsize
+
+
+def _mb(num_bytes: float) -> float:
+    return num_bytes / 2**20
+
+
+def _as_float64_model(model: keras.Model) -> keras.Model:
+    """A float64 copy of `model` (stateless_call casts values to each variable's dtype, so a
+    float32 model cannot be evaluated in float64 as it is)."""
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float64"})
+
+    # float64 inputs too: a float32 Input layer would round the data before the first layer
+    inputs = [keras.Input(tuple(t.shape[1:]), dtype="float64") for t in model.inputs]
+    copy = keras.models.clone_model(model, input_tensors=inputs[0] if len(inputs) == 1 else
+                                    inputs, clone_function=clone)
+    for target, source in zip(copy.variables, model.variables):
+        target.assign(np.asarray(source.numpy(), np.float64))
+    return copy
+
+
+@dataclasses.dataclass
+class BlockHessian:
+    """Block-diagonal Hessian: one block per weight tensor.
+
+    `blocks[i]` is the dense (size_i, size_i) block, or None when it came from HVPs
+    (`routes[i] == "hvp"`): then only its extreme eigenvalues are known. `norms[i]` is the
+    block's spectral norm either way.
+    """
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    blocks: list[np.ndarray | None]
+    routes: list[str]
+    norms: list[float]
+    seconds: float
+
+    @property
+    def spectral_norm(self) -> float:
+        # ||H||_2 estimated as the largest block norm: every diagonal block H_ii = P_i^T H P_i
+        # is a compression of H, so ||H_ii||_2 <= ||H||_2, and the block-diagonal matrix's
+        # norm is exactly max_i ||H_ii||_2. The estimate is thus a lower bound of ||H||_2,
+        # tight when the cross-layer blocks are weak, and needs no off-diagonal block.
+        return float(max(self.norms))
+
+
+class FlatLoss:
+    """The mean loss of a Keras model over a dataset, as a function of a flat parameter vector.
+
+    Args:
+      model: a built Keras model.
+      x, y: the examples (numpy); the loss is the exact mean over all of them.
+      loss: a Keras loss object whose `.call` gives per-example losses; default: the training
+        core's (cross-entropy from logits for integer labels, MSE otherwise).
+      batch_size: examples per batch (memory, not the result).
+      dtype: None (the model's) or "float64" (a float64 copy of the model).
+      strategy: a tf.distribute strategy; with several replicas the data is sharded across
+        them and the sums all-reduced.
+      hvp_mode: "auto" measures both HVP modes (and XLA on/off) on first use and keeps the
+        faster; or "forward_over_reverse" / "double_backprop".
+      jit_compile: None decides by measurement (never under several replicas, nor for
+        convolutions on CPU); True / False forces it.
+    """
+
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss=None,
+                 batch_size: int = 4096, dtype: str | None = None, strategy=None,
+                 hvp_mode: str = "auto", jit_compile: bool | None = None):
+        if hvp_mode not in HVP_MODES:
+            raise Hw1Error(f"unknown hvp_mode {hvp_mode!r}; choose from {', '.join(HVP_MODES)}")
+        if len(x) == 0 or len(x) != len(y):
+            raise Hw1Error(f"need as many labels as examples, got {len(x)} and {len(y)}")
+        self.model = _as_float64_model(model) if dtype == "float64" else model
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        variables = self.model.trainable_variables
+        self.names = [v.path for v in variables]
+        self.shapes = [tuple(v.shape) for v in variables]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.num_params = int(sum(self.sizes))
+        self.dtype = tf.as_dtype(variables[0].dtype)
+        self.np_dtype = self.dtype.as_numpy_dtype
+        self.theta0 = np.concatenate([np.ravel(v.numpy()) for v in variables]).astype(
+            self.np_dtype)
+        self._non_trainable = [tf.convert_to_tensor(v.value)
+                               for v in self.model.non_trainable_variables]
+        if loss is None:
+            integer_labels = np.issubdtype(np.asarray(y).dtype, np.integer)
+            loss = training.loss_and_metrics(1 if integer_labels else 0)[0]
+        self.loss_object = loss
+        self.num_examples = len(x)
+        self.batch_size = int(min(batch_size, -(-len(x) // self.replicas)))
+        self._data = self._shard(np.asarray(x), np.asarray(y))
+        self.hvp_mode = hvp_mode
+        slow_xla = training._xla_slow_here(self.model)
+        if self.replicas > 1 or slow_xla:
+            jit_compile = False
+        self.jit_compile = jit_compile
+        self._functions: dict[tuple, Callable] = {}
+        self.hvp_timings: dict[str, float] = {}
+        self.num_hvps = 0
+
+    # ------------------------------------------------------------------------------ data
+
+    def _shard(self, x: np.ndarray, y: np.ndarray):
+        """(x, y, w) stacked as (batches, batch_size, ...) per replica; w = 1/N for real
+        examples and 0 for padding, so sum_i w_i loss_i is the exact mean."""
+        n, b, r = len(x), self.batch_size, self.replicas
+        per_replica = -(-n // r)
+        batches = -(-per_replica // b)
+        total = r * batches * b
+        pad = total - n
+        w = np.concatenate([np.full(n, 1.0 / n), np.zeros(pad)]).astype(self.np_dtype)
+        xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+        yp = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)])
+        if np.issubdtype(xp.dtype, np.floating):
+            xp = xp.astype(self.np_dtype)
+        if np.issubdtype(yp.dtype, np.floating):
+            yp = yp.astype(self.np_dtype)
+        # contiguous shards: replica k holds examples [k*per, (k+1)*per) (+ padding at the end)
+        shape = lambda a: a.reshape((r, batches, b) + a.shape[1:])  # noqa: E731
+        arrays = (shape(xp), shape(yp), shape(w))
+        self.num_batches = batches
+        if r == 1:
+            return tuple(tf.constant(a[0]) for a in arrays)
+        return tuple(self.strategy.experimental_distribute_values_from_function(
+            lambda ctx, a=a: tf.constant(a[ctx.replica_id_in_sync_group])) for a in arrays)
+
+    # ------------------------------------------------------------------------- functions
+
+    def unflatten(self, theta):
+        parts = tf.split(theta, self.sizes)
+        return [tf.reshape(p, s) for p, s in zip(parts, self.shapes)]
+
+    def _batch_loss(self, params, xb, yb, wb):
+        out, _ = self.model.stateless_call(params, self._non_trainable, xb, training=False)
+        per_example = self.loss_object.call(yb, out)
+        return tf.reduce_sum(tf.cast(per_example, self.dtype) * wb)
+
+    def _loss_of_theta(self, theta, xb, yb, wb):
+        return self._batch_loss(self.unflatten(theta), xb, yb, wb)
+
+    def _grad(self, theta, xb, yb, wb):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            loss = self._loss_of_theta(theta, xb, yb, wb)
+        return tape.gradient(loss, theta)
+
+    def _hvp_forward_over_reverse(self, theta, v, xb, yb, wb):
+        with tf.autodiff.ForwardAccumulator(theta, v) as acc:
+            g = self._grad(theta, xb, yb, wb)
+        return acc.jvp(g)
+
+    def _hvp_double_backprop(self, theta, v, xb, yb, wb):
+        with tf.GradientTape() as outer:
+            outer.watch(theta)
+            gv = tf.reduce_sum(self._grad(theta, xb, yb, wb) * tf.stop_gradient(v))
+        return outer.gradient(gv, theta)
+
+    def _batched_losses(self, thetas, xb, yb, wb):
+        return tf.vectorized_map(lambda t: self._loss_of_theta(t, xb, yb, wb), thetas)
+
+    def _summed(self, per_batch: Callable, jit: bool) -> Callable:
+        """tf.function summing `per_batch(*args, xb, yb, wb)` over the batches (and replicas)."""
+
+        def over_batches(args, xs, ys, ws):
+            def body(i, acc):
+                return i + 1, acc + per_batch(*args, xs[i], ys[i], ws[i])
+
+            first = per_batch(*args, xs[0], ys[0], ws[0])
+            if self.num_batches == 1:
+                return first
+            return tf.while_loop(lambda i, acc: i < self.num_batches, body,
+                                 (tf.constant(1), first))[1]
+
+        if self.replicas == 1:
+            return tf.function(lambda *args: over_batches(args, *self._data),
+                               jit_compile=bool(jit), reduce_retracing=True)
+
+        def distributed(*args):
+            per_replica = self.strategy.run(over_batches, args=(args,) + tuple(self._data))
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        return tf.function(distributed, reduce_retracing=True)
+
+    def _function(self, name: str, jit: bool | None = None) -> Callable:
+        jit = bool(self.jit_compile) if jit is None else jit
+        key = (name, jit)
+        if key not in self._functions:
+            per_batch = {"loss": self._loss_of_theta, "grad": self._grad,
+                         "forward_over_reverse": self._hvp_forward_over_reverse,
+                         "double_backprop": self._hvp_double_backprop,
+                         "batched_losses": self._batched_losses}[name]
+            self._functions[key] = self._summed(per_batch, jit)
+        return self._functions[key]
+
+    def _tensor(self, value) -> tf.Tensor:
+        return tf.convert_to_tensor(np.asarray(value, self.np_dtype))
+
+    def loss(self, theta=None) -> float:
+        theta = self.theta0 if theta is None else theta
+        return float(self._function("loss")(self._tensor(theta)))
+
+    def gradient(self, theta=None) -> np.ndarray:
+        theta = self.theta0 if theta is None else theta
+        return self._function("grad")(self._tensor(theta)).numpy()
+
+    def batched_loss(self, thetas) -> np.ndarray:
+        """Losses at many parameter vectors (S, n) at once (vectorised over S)."""
+        return self._function("batched_losses")(self._tensor(thetas)).numpy()
+
+    # ------------------------------------------------------------------------------- HVP
+
+    def _choose_hvp(self) -> tuple[str, bool]:
+        """Measures forward-over-reverse vs double backprop (and XLA on/off when undecided) at
+        theta0 and keeps the fastest; logs the timings."""
+        modes = (("forward_over_reverse", "double_backprop") if self.hvp_mode == "auto"
+                 else (self.hvp_mode,))
+        jits = (False, True) if self.jit_compile is None else (bool(self.jit_compile),)
+        candidates = [(m, j) for m in modes for j in jits]
+        if len(candidates) == 1:
+            return candidates[0]
+        theta = self._tensor(self.theta0)
+        v = self._tensor(np.random.RandomState(0).standard_normal(self.num_params))
+        best = {}
+        for candidate in candidates:
+            fn = self._function(*candidate)
+            fn(theta, v).numpy()  # trace / compile
+        for _ in range(3):  # interleaved rounds, min of each: other processes share the CPU
+            for candidate in candidates:
+                fn = self._function(*candidate)
+                start = time.perf_counter()
+                fn(theta, v).numpy()
+                elapsed = time.perf_counter() - start
+                best[candidate] = min(best.get(candidate, math.inf), elapsed)
+        self.hvp_timings = {f"{m}{' xla' if j else ''}": t for (m, j), t in best.items()}
+        choice = min(best, key=best.get)
+        logging.info("HVP timings (s): %s; using %s%s", {k: round(t, 5) for k, t in
+                                                         self.hvp_timings.items()},
+                     choice[0], " with XLA" if choice[1] else "")
+        return choice
+
+    def hvp_function(self) -> Callable:
+        """The chosen tf.function (theta, v) -> H(theta) v."""
+        if not hasattr(self, "_hvp_choice"):
+            self._hvp_choice = self._choose_hvp()
+        return self._function(*self._hvp_choice)
+
+    def hvp(self, v, theta=None) -> np.ndarray:
+        """H(theta) v over the whole dataset (numpy in, numpy out, the model's dtype)."""
+        theta = self.theta0 if theta is None else theta
+        self.num_hvps += 1
+        return self.hvp_function()(self._tensor(theta), self._tensor(v)).numpy()
+
+    def operator(self, theta=None) -> "HessianOperator":
+        return HessianOperator(self, self.theta0 if theta is None else theta)
+
+    # ----------------------------------------------------------------------- full Hessian
+
+    def full_hessian(self, theta=None, *, max_mb: float = 1024.0) -> np.ndarray:
+        """The exact n x n Hessian (float64 numpy; computed in the model's dtype).
+
+        Memory: the result plus one per-batch Jacobian of the gradient, 2 n^2 * itemsize
+        bytes (the Jacobian's vectorised intermediates are chunked to stay below that);
+        raises HessianTooLargeError above `max_mb`.
+        """
+        need = 2 * hessian_bytes(self.num_params, self.dtype.size)
+        if _mb(need) > max_mb:
+            raise HessianTooLargeError(
+                f"full Hessian of {self.num_params} parameters needs {_mb(need):.1f} MB, "
+                f"above the limit of {max_mb:g} MB; use the block-diagonal or HVP routes")
+        theta = self._tensor(self.theta0 if theta is None else theta)
+        return self._function_jacobian()(theta).numpy().astype(np.float64)
+
+    def _function_jacobian(self) -> Callable:
+        if "jacobian" not in self._functions:
+            def per_batch(theta, xb, yb, wb):
+                with tf.GradientTape() as tape:
+                    tape.watch(theta)
+                    g = self._grad(theta, xb, yb, wb)
+                return tape.jacobian(g, theta, experimental_use_pfor=True)
+
+            self._functions["jacobian"] = self._summed(per_batch, False)
+        return self._functions["jacobian"]
+
+    # -------------------------------------------------------------- block-diagonal Hessian
+
+    def block_diagonal_hessian(self, theta=None, *, max_block_mb: float = 1024.0,
+                               tol: float = 1e-6) -> BlockHessian:
+        """One Hessian block per weight tensor, via `tf.hessians` inside a tf.function w.r.t.
+        the parameter tensors (tf.hessians needs graph mode and tensors, not variables).
+
+        A block whose `tf.hessians` computation would need more than `max_block_mb`
+        (2 size^2 * itemsize: the block and its row accumulator) is not built: its spectral
+        norm comes from `eigsh` on HVPs restricted to that block (route "hvp").
+        """
+        start = time.perf_counter()
+        theta_np = np.asarray(self.theta0 if theta is None else theta, self.np_dtype)
+        dense = [_mb(2 * hessian_bytes(s, self.dtype.size)) <= max_block_mb for s in self.sizes]
+        blocks: list[np.ndarray | None] = [None] * len(self.sizes)
+        if any(dense):
+            wanted = [i for i, d in enumerate(dense) if d]
+            fn = self._function_hessians(tuple(wanted))
+            results = fn(self._tensor(theta_np))
+            for i, block in zip(wanted, results):
+                blocks[i] = block.numpy().reshape(self.sizes[i], self.sizes[i]).astype(
+                    np.float64)
+        offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+        routes, norms = [], []
+        for i, size in enumerate(self.sizes):
+            if blocks[i] is not None:
+                routes.append("tf.hessians")
+                norms.append(float(np.max(np.abs(np.linalg.eigvalsh(blocks[i])))))
+                continue
+            routes.append("hvp")
+            lo, hi = offsets[i], offsets[i + 1]
+
+            def block_matvec(u, lo=lo, hi=hi):
+                v = np.zeros(self.num_params, self.np_dtype)
+                v[lo:hi] = np.ravel(u)
+                return self.hvp(v, theta_np)[lo:hi].astype(np.float64)
+
+            op = scipy.sparse.linalg.LinearOperator((size, size), matvec=block_matvec,
+                                                    dtype=np.float64)
+            if size == 1:
+                norms.append(abs(float(block_matvec(np.ones(1))[0])))
+            else:
+                top = scipy.sparse.linalg.eigsh(op, k=1, which="LM", tol=tol,
+                                                return_eigenvectors=False)
+                norms.append(float(abs(top[0])))
+            logging.info("block %s (%d parameters): %.1f MB over the %g MB limit, norm %.4g "
+                         "from HVPs", self.names[i], size,
+                         _mb(2 * hessian_bytes(size, self.dtype.size)), max_block_mb,
+                         norms[-1])
+        return BlockHessian(self.names, self.shapes, blocks, routes, norms,
+                            time.perf_counter() - start)
+
+    def _function_hessians(self, wanted: tuple[int, ...]) -> Callable:
+        key = ("hessians", wanted)
+        if key not in self._functions:
+            def per_batch(theta, xb, yb, wb):
+                params = self.unflatten(theta)
+                loss = self._batch_loss(params, xb, yb, wb)
+                hessians = tf.hessians(loss, [params[i] for i in wanted])
+                return tf.concat([tf.reshape(h, [-1]) for h in hessians], 0)
+
+            summed = self._summed(per_batch, False)
+            lengths = [self.sizes[i] ** 2 for i in wanted]
+
+            def blocks(theta):
+                flat = tf.reshape(summed(theta), [-1])
+                return tf.split(flat, lengths)
+
+            self._functions[key] = blocks
+        return self._functions[key]
+
+
+class HessianOperator(scipy.sparse.linalg.LinearOperator):
+    """H(theta) of a FlatLoss as a float64 scipy LinearOperator that counts its products."""
+
+    def __init__(self, flat_loss: FlatLoss, theta):
+        super().__init__(np.float64, (flat_loss.num_params, flat_loss.num_params))
+        self.flat_loss = flat_loss
+        self.theta = np.asarray(theta, flat_loss.np_dtype)
+        self.num_matvecs = 0
+
+    def _matvec(self, v):
+        self.num_matvecs += 1
+        return self.flat_loss.hvp(np.ravel(v), self.theta).astype(np.float64)
+
+    def _rmatvec(self, v):
+        return self._matvec(v)  # symmetric
+
+
+def matrix_operator(matrix: np.ndarray) -> scipy.sparse.linalg.LinearOperator:
+    """A symmetric matrix as an operator (for the spectrum tools' tests and small nets)."""
+    matrix = np.asarray(matrix, np.float64)
+    return scipy.sparse.linalg.aslinearoperator(matrix)
+
+
+# ---------------------------------------------------------------------------- SavedModels
+
+
+def keras_model_for_saved_model(path: str | Path, spec: models.ModelSpec | None = None,
+                                input_shape: tuple[int, ...] | None = None,
+                                outputs: int | None = None) -> keras.Model:
+    """A Keras model carrying the weights of the SavedModel at `path`.
+
+    The architecture comes from `<path>.keras` (written by `store.export_model`), else from
+    `spec` (with `input_shape` and `outputs`); the SavedModel's `trainable_variables` are then
+    assigned to it (checked shape by shape), so the weights are the SavedModel's.
+    """
+    path = Path(path)
+    loaded = store.load_saved_model(path)
+    keras_file = path.with_suffix(".keras")
+    if keras_file.is_file():
+        model = keras.models.load_model(str(keras_file), compile=False)
+    elif spec is not None and input_shape is not None and outputs is not None:
+        model = models.build(spec, tuple(input_shape), outputs)
+    else:
+        raise ModelNotFoundError(f"{path}: no {keras_file.name} beside it and no model spec; "
+                                 "the Hessian tools need the architecture (re-export it with "
+                                 "hw1_tf.store.export_model)")
+    source = list(loaded.trainable_variables)
+    target = model.trainable_variables
+    if [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
+        raise Hw1Error(f"{path}: SavedModel variables {[tuple(v.shape) for v in source]} do not "
+                       f"match the architecture's {[tuple(v.shape) for v in target]}")
+    for t, s in zip(target, source):
+        t.assign(s.numpy())
+    return model
+
+
+# ------------------------------------------------------------------------- spectrum tools
+
+
+def top_eigenvalues(op, k: int, which: str = "LA", *, tol: float = 1e-4,
+                    maxiter: int | None = None, ncv: int | None = None,
+                    seed: int = 0) -> tuple[np.ndarray, int]:
+    """The k largest ("LA") or smallest ("SA") algebraic eigenvalues of a symmetric operator
+    with ARPACK's implicitly restarted Lanczos (`eigsh`); sorted from the extreme inwards.
+    `ncv`: Lanczos basis size (ARPACK's default max(2k+1, 20) when None).
+
+    Returns (eigenvalues, products used). If ARPACK stops before all k converge, the
+    converged ones are returned (and logged).
+    """
+    n = op.shape[0]
+    if which not in ("LA", "SA"):
+        raise Hw1Error(f"which must be LA or SA, got {which!r}")
+    k = min(k, n)
+    count = [0]
+
+    def matvec(v):
+        count[0] += 1
+        return op.matvec(np.ravel(v))
+
+    counted = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    v0 = np.random.RandomState(seed).standard_normal(n)
+    if k >= n - 1:  # ARPACK needs k < n: small problems take the dense route
+        dense = np.column_stack([counted.matvec(e) for e in np.eye(n)])
+        values = np.linalg.eigvalsh((dense + dense.T) / 2)
+    else:
+        try:
+            values = scipy.sparse.linalg.eigsh(counted, k=k, which=which, tol=tol, v0=v0,
+                                               maxiter=maxiter, ncv=ncv,
+                                               return_eigenvectors=False)
+        except scipy.sparse.linalg.ArpackNoConvergence as e:
+            logging.warning("eigsh: %d of %d eigenvalues converged", len(e.eigenvalues), k)
+            values = e.eigenvalues
+    values = np.sort(np.asarray(values, np.float64))
+    values = values[::-1][:k] if which == "LA" else values[:k]
+    return values, count[0]
+
+
+def rademacher(n: int, count: int, seed: int) -> np.ndarray:
+    """(count, n) Rademacher (+-1) probes, seeded."""
+    return np.random.RandomState(seed).randint(0, 2, size=(count, n)).astype(np.float64) * 2 - 1
+
+
+@dataclasses.dataclass
+class TraceEstimate:
+    trace: float
+    standard_error: float
+    num_matvecs: int
+    samples: np.ndarray  # per-probe estimates (Hutchinson) or residual samples (Hutch++)
+
+
+def hutchinson_trace(op, probes: int | np.ndarray = 32, seed: int = 0) -> TraceEstimate:
+    """Hutchinson's estimator: mean of v^T H v over Rademacher probes, with its standard error
+    (sample std / sqrt(probes)). `probes` may be the (m, n) probe matrix itself."""
+    n = op.shape[0]
+    vs = rademacher(n, probes, seed) if np.isscalar(probes) else np.asarray(probes, np.float64)
+    samples = np.array([v @ op.matvec(v) for v in vs])
+    se = samples.std(ddof=1) / math.sqrt(len(samples)) if len(samples) > 1 else math.nan
+    return TraceEstimate(float(samples.mean()), float(se), len(vs), samples)
+
+
+def hutchpp_trace(op, matvecs: int = 30, seed: int = 0) -> TraceEstimate:
+    """Hutch++ (Meyer, Musco, Musco, Woodruff 2021): the trace of a low-rank sketch exactly
+    plus Hutchinson on the deflated rest; `matvecs` products in all (a third each for the
+    sketch, its projection and the residual probes). Standard error of the residual part."""
+    n = op.shape[0]
+    k = max(1, matvecs // 3)
+    rng_s, rng_g = rademacher(n, k, seed), rademacher(n, matvecs - 2 * k, seed + 1)
+    hs = np.column_stack([op.matvec(s) for s in rng_s])
+    q, _ = np.linalg.qr(hs)
+    hq = np.column_stack([op.matvec(c) for c in q.T])
+    low_rank = float(np.trace(q.T @ hq))
+    g = rng_g.T - q @ (q.T @ rng_g.T)  # probes deflated against the sketch
+    samples = np.array([g[:, j] @ op.matvec(g[:, j]) for j in range(g.shape[1])])
+    se = samples.std(ddof=1) / math.sqrt(len(samples)) if len(samples) > 1 else math.nan
+    return TraceEstimate(low_rank + float(samples.mean()), float(se),
+                         2 * k + g.shape[1], samples)
+
+
+def lanczos(op, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """`steps` Lanczos steps with full reorthogonalisation from v0: the tridiagonal's
+    eigenvalues (nodes) and the squared first components of its eigenvectors (weights,
+    summing to 1). Stops early on an invariant subspace."""
+    n = op.shape[0]
+    steps = min(steps, n)
+    basis = np.zeros((steps, n))
+    alpha, beta = [], []
+    v = v0 / np.linalg.norm(v0)
+    for j in range(steps):
+        basis[j] = v
+        w = op.matvec(v)
+        a = float(w @ v)
+        alpha.append(a)
+        # full reorthogonalisation, twice (classical Gram-Schmidt needs two passes)
+        for _ in range(2):
+            w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
+        b = float(np.linalg.norm(w))
+        if j == steps - 1 or b < 1e-10 * max(1.0, abs(a)):
+            break
+        beta.append(b)
+        v = w / b
+    t = np.diag(alpha) + np.diag(beta[:len(alpha) - 1], 1) + np.diag(beta[:len(alpha) - 1], -1)
+    nodes, vectors = np.linalg.eigh(t)
+    return nodes, vectors[0] ** 2
+
+
+@dataclasses.dataclass
+class SLQResult:
+    nodes: np.ndarray  # (probes, steps) Ritz values (NaN-padded when a run stopped early)
+    weights: np.ndarray  # (probes, steps) quadrature weights, each row sums to 1
+    num_matvecs: int
+
+    def moment(self, k: int) -> float:
+        """Estimate of the k-th spectral moment, tr(H^k) / n."""
+        return float(np.nanmean(np.nansum(self.weights * self.nodes ** k, axis=1)))
+
+
+def slq(op, steps: int = 100, probes: int = 1, seed: int = 0) -> SLQResult:
+    """Stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao 2019; PyHessian's density):
+    one Lanczos run per Rademacher probe."""
+    n = op.shape[0]
+    steps = min(steps, n)
+    nodes = np.full((probes, steps), np.nan)
+    weights = np.zeros((probes, steps))
+    used = 0
+    for p, v in enumerate(rademacher(n, probes, seed)):
+        theta, tau = lanczos(op, v, steps)
+        nodes[p, :len(theta)], weights[p, :len(theta)] = theta, tau
+        used += len(theta)
+    return SLQResult(nodes, weights, used)
+
+
+def slq_density(result: SLQResult, grid: np.ndarray | None = None, sigma: float | None = None,
+                num_points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """The spectral density on `grid`: each node a Gaussian of width `sigma` carrying its
+    weight, averaged over probes (integrates to 1). Default sigma: 1% of the node range, a
+    little wider than PyHessian's sqrt(1e-5) so a grid of 1000 points resolves it."""
+    finite = result.nodes[np.isfinite(result.nodes)]
+    lo, hi = float(finite.min()), float(finite.max())
+    width = max(hi - lo, 1e-12)
+    sigma = 0.01 * width if sigma is None else sigma
+    if grid is None:
+        grid = np.linspace(lo - 0.05 * width - 3 * sigma, hi + 0.05 * width + 3 * sigma,
+                           num_points)
+    nodes = np.nan_to_num(result.nodes, nan=0.0)
+    gauss = np.exp(-((grid[:, None, None] - nodes[None]) ** 2) / (2 * sigma ** 2))
+    density = (gauss * result.weights[None]).sum(axis=2).mean(axis=1)
+    return grid, density / (sigma * math.sqrt(2 * math.pi))
+
+
+# -------------------------------------------------------------------------- minimal ratio
+
+
+def eigenvalue_ratio(eigenvalues, tolerance: float = 1e-6) -> dict[str, float]:
+    """Minimal ratio of the slides: the share of eigenvalues above `tolerance` (positive
+    curvature), and the share within +-tolerance (flat directions)."""
+    e = np.asarray(eigenvalues, np.float64)
+    return {"minimal_ratio": float(np.mean(e > tolerance)),
+            "near_zero_ratio": float(np.mean(np.abs(e) <= tolerance))}
+
+
+def sphere_samples(n: int, count: int, radius: float, seed: int) -> np.ndarray:
+    """(count, n) points uniform on the sphere of `radius` (normalised Gaussians)."""
+    g = np.random.RandomState(seed).standard_normal((count, n))
+    return radius * g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+def perturbation_ratio(batched_loss: Callable[[np.ndarray], np.ndarray], theta, radius: float,
+                       samples: int = 1000, seed: int = 0, chunk: int = 256) -> float:
+    """Minimal ratio by sampling: the share of random perturbations u (uniform on the sphere of
+    `radius`) with loss(theta + u) > loss(theta). `batched_loss` maps (S, n) -> (S,), so the
+    samples are evaluated `chunk` at a time, vectorised."""
+    theta = np.asarray(theta)
+    centre = float(np.ravel(batched_loss(theta[None]))[0])
+    u = sphere_samples(theta.size, samples, radius, seed).astype(theta.dtype)
+    higher = 0
+    for start in range(0, samples, chunk):
+        losses = np.asarray(batched_loss(theta[None] + u[start:start + chunk]))
+        higher += int(np.sum(losses > centre))
+    return higher / samples
