@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from hw1_tf import data, functions, hessian, models, store
-from hw1_tf.config import option
+from hw1_tf.config import RunConfig, option
 from hw1_tf.errors import Hw1Error
 from hw1_tf.experiments import common
 
@@ -22,7 +22,7 @@ EXPERIMENT = "hessian_spectrum"
 
 
 @dataclasses.dataclass
-class Config(common.RunConfig):
+class Config(RunConfig):
     saved_model: str | None = option(None, "SavedModel to analyse (a store export).")
     experiment: str | None = option(None, "Experiment whose run to analyse (with --run).")
     run: str | None = option(None, "Run name under saved_models/<experiment>/ (with "
