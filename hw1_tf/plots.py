@@ -302,7 +302,7 @@ def plot_hessian_spectrum(results: dict[str, Any], figures_dir: Path) -> list[Pa
         ax.plot([], [], " ", label=f"trace {run['trace']:.4g} +- {run['trace_standard_error']:.2g}"
                                    f" (Hutchinson), {run['hutchpp_trace']:.4g} (Hutch++)")
         ax.set_yscale("log")
-        ax.set_title(f"Hessian spectrum of {name} ({run['num_params']} params, "
+        ax.set_title(f"Hessian spectrum of {name}\n({run['num_params']} parameters, loss over "
                      f"{run['num_examples']} {run.get('dataset', '')} examples)")
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("spectral density (log scale)")
