@@ -329,3 +329,52 @@ def plot_hvp_scaling(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return save(fig, path)
+
+
+# ------------------------------------------------------------------ HW1-2 optimization
+
+
+def running_median(values, window: int) -> np.ndarray:
+    """Median of each `window` consecutive values (centred; shorter at the ends): a trend
+    through noisy per-iteration mini-batch values that one outlier batch cannot drag."""
+    values = np.asarray(values, float)
+    if window <= 1 or values.size <= 2:
+        return values
+    half = window // 2
+    return np.array([np.nanmedian(values[max(0, i - half):i + half + 1])
+                     for i in range(values.size)])
+
+
+def _iteration_panel(ax, values, color: str, label: str, title: str, ylabel: str) -> None:
+    """Per-iteration values (faint) with their running median (bold), log y when they span
+    decades."""
+    values = np.asarray(values, float)
+    iterations = np.arange(1, values.size + 1)
+    window = max(5, values.size // 100) | 1 if values.size >= 50 else 1
+    ax.plot(iterations, values, color=color, lw=0.5, alpha=0.35, label=f"{label} (every iteration)")
+    if window > 1:
+        ax.plot(iterations, running_median(values, window), color=color, lw=1.5,
+                label=f"running median over {window} iterations")
+    _finish_axes(ax, title, "iteration", ylabel, values=values)
+
+
+@plotter("grad_norm")
+def plot_grad_norm(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """One figure per task: ||grad L|| (top) and the loss (bottom) of every iteration, on a
+    shared iteration axis."""
+    out = []
+    for name, run in results["runs"].items():
+        it = run["history"]["iteration"]
+        fig, (ax_norm, ax_loss) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+        loss_name = "cross-entropy" if run["task"] != "function" else "MSE"
+        _iteration_panel(ax_norm, it["grad_norm"], "C0", "||grad L||",
+                         f"HW1-2 {name}: {run['description']}, {run['num_params']} params",
+                         "gradient norm ||grad L||")
+        _iteration_panel(ax_loss, it["loss"], "C3", "mini-batch loss",
+                         "training loss of the same iterations", f"loss ({loss_name})")
+        ax_norm.set_xlabel("")  # shared with the loss panel below
+        switch = run["history"].get("switched_at_iteration")
+        for ax in (ax_norm, ax_loss) if switch is not None else ():
+            ax.axvline(switch, color="k", ls=":", lw=1, label="switch to ||g||^2")
+        out.append(save(fig, figures_dir / f"{name}.png"))
+    return out

@@ -16,7 +16,8 @@ import importlib
 
 from hw1_tf.errors import Hw1Error
 
-ORDER = ("simulate_function", "actual_task", "scratch")
+ORDER = ("simulate_function", "actual_task", "trajectory", "grad_norm", "error_surface",
+         "scratch")
 
 
 def get(name: str):
