@@ -378,3 +378,43 @@ def plot_grad_norm(results: dict[str, Any], figures_dir: Path) -> list[Path]:
             ax.axvline(switch, color="k", ls=":", lw=1, label="switch to ||g||^2")
         out.append(save(fig, figures_dir / f"{name}.png"))
     return out
+
+
+@plotter("trajectory")
+def plot_trajectory(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """The slides' figure: one layer (left) and the whole model (right) after PCA, one colour
+    per run, each snapshot annotated with its training accuracy (or loss), the explained
+    variance on the axes."""
+    runs = results["runs"]
+    classes = results["num_classes"]
+    metric = "accuracy" if classes else "loss"
+    epochs = np.asarray(results["snapshot_epochs"])
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6.2))
+    for ax, part, title in ((axes[0], "layer", f"dense layer {results['layer_index']}"),
+                            (axes[1], "whole", "whole model")):
+        coords = np.asarray(results["pca"][part]["coords"])
+        ev = np.asarray(results["pca"][part]["explained_variance_ratio"])
+        for i, (name, run) in enumerate(runs.items()):
+            xy = coords[i]
+            values = np.asarray(run["snapshots"][metric], float)
+            color = f"C{i % 10}"
+            ax.plot(xy[:, 0], xy[:, 1], "-", color=color, lw=0.9, alpha=0.7)
+            ax.plot(xy[:, 0], xy[:, 1], "o", color=color, ms=3.5,
+                    label=f"{name} (seed {run['seed']}): final {metric} {values[-1]:.3g}")
+            ax.plot(xy[0, 0], xy[0, 1], "s", mfc="none", color=color, ms=8)
+            ax.plot(xy[-1, 0], xy[-1, 1], "*", color=color, ms=11)
+            for (px, py), v in zip(xy, values):
+                ax.annotate(f"{v:.2f}" if classes else f"{v:.1e}", (px, py),
+                            textcoords="offset points", xytext=(3, 3), fontsize=5.5,
+                            color=color)
+        ax.plot([], [], "s", mfc="none", color="gray", label="initialisation (epoch 0)")
+        ax.plot([], [], "*", color="gray", ms=10, label=f"end (epoch {int(epochs[-1])})")
+        ax.set_title(f"{title} ({results['pca'][part]['num_weights']} weights)")
+        ax.set_xlabel(f"PC 1 ({100 * ev[0]:.1f}% of variance)")
+        ax.set_ylabel(f"PC 2 ({100 * ev[1]:.1f}% of variance)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle(f"HW1-2 weight trajectories of {len(runs)} runs on {results['task']}: PCA of "
+                 f"weights every {results['config']['snapshot_every']} epochs, "
+                 f"points annotated with training {metric}")
+    return [save(fig, figures_dir / "trajectory.png")]

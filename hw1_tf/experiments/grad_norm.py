@@ -8,34 +8,21 @@ import dataclasses
 
 import numpy as np
 
-from hw1_tf import data, functions, models, report
-from hw1_tf.config import TrainConfig, option
+from hw1_tf import report
+from hw1_tf.config import option
 from hw1_tf.experiments import common
 
 EXPERIMENT = "grad_norm"
-TASKS = ("function", "mnist")
+
+
+TASKS = ("function", "image")
 
 
 @dataclasses.dataclass
-class Config(TrainConfig):
-    tasks: tuple[str, ...] = option(TASKS, "Tasks, one model and one figure each.",
-                                    choices=TASKS)
-    function: str = option("sinc", "Target of the function task.",
-                           choices=tuple(functions.names()))
-    function_depth: int = option(4, "Hidden layers of the function net.", lower=1)
-    function_params: int = option(571, "Parameter count the function net is solved to.",
-                                  lower=10)
-    function_activation: str = option("relu", "Hidden activation of the function net.")
-    n_train: int = option(4096, "Training points of the function task.", lower=8)
+class Config(common.TaskConfig):
+    tasks: tuple[str, ...] = option(TASKS, "Tasks, one model and one figure each: the 1-D "
+                                    "function and the image dataset (--dataset).", choices=TASKS)
     function_epochs: int = option(300, "Training epochs of the function task.", lower=1)
-    dataset: str = option("mnist", "Dataset of the image task (digits: tiny, for tests).",
-                          choices=data.IMAGE_DATASETS)
-    hidden: tuple[int, ...] = option((128,), "Hidden widths of the image task's dense net.",
-                                     lower=1)
-    train_size: int | None = option(None, "Seeded subset of the image training set.", lower=1)
-    test_size: int | None = option(None, "Seeded subset of the image test set.", lower=1)
-    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
-                                  "$HW1_DATA_DIR or <project>/data).")
     epochs: int = option(10, "Training epochs of the image task.", lower=1)
     save_models: bool = option(False, "Export each trained model as a SavedModel (and .keras).")
 
@@ -45,25 +32,14 @@ def run(config: Config) -> dict:
     strategy = common.strategy_from(config)
     runs = {}
     for task in config.tasks:
-        if task == "function":
-            splits = data.function_splits(config.function, config.n_train, 1000, seed=config.seed)
-            hidden = models.solve_dense_widths(config.function_depth, config.function_params, 1, 1)
-            spec = models.ModelSpec(f"dnn_d{config.function_depth}", "dense", hidden=hidden,
-                                    activation=config.function_activation)
-            settings = common.settings_from(config, epochs=config.function_epochs)
-            name = f"function_{config.function}"
-        else:
-            splits = data.load(config.dataset, config.data_dir, train_size=config.train_size,
-                               test_size=config.test_size, seed=config.seed)
-            spec = models.ModelSpec("dnn", "dense", hidden=tuple(config.hidden))
-            settings = common.settings_from(config)
-            name = config.dataset
+        name, splits, spec = common.task_setup(config, task)
+        epochs = config.function_epochs if task == "function" else config.epochs
+        settings = common.settings_from(config, epochs=epochs)
         _, record = common.train_run(EXPERIMENT, name, spec, splits, settings,
                                      strategy=strategy, paths=paths,
                                      save_model=config.save_models,
                                      tensorboard=config.tensorboard)
-        record.update(task=task, dataset=splits.name, num_train=int(len(splits.x_train)),
-                      iterations_per_epoch=int(np.ceil(len(splits.x_train) / config.batch_size)))
+        record.update(task=task, dataset=splits.name, num_train=int(len(splits.x_train)))
         runs[name] = record
     return common.finish(EXPERIMENT, config, runs, paths)
 
