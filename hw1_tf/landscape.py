@@ -15,7 +15,7 @@
   Biases get a zero direction (Li et al.'s `--xignore=biasbn`): they stay at their trained value.
 * `trajectory_directions`: the top-2 PCA directions of a training trajectory around its end
   point, and the trajectory's coordinates along them.
-* `surface_losses`: the loss at many points theta + sum_k c_k d_k in one batched computation:
+* `SurfaceEvaluator`: the loss at many points theta + sum_k c_k d_k in one batched computation:
   each chunk of grid points is a stack of weight sets evaluated with `population.stacked_logits`
   (one batched matmul per layer), not one call per point.
 """
@@ -199,45 +199,59 @@ def trajectory_directions(trajectory: np.ndarray, end: np.ndarray, seed: int = 0
 def _chunk_size(num_params: int, examples: int, widest: int, budget: float = 2 ** 26) -> int:
     """Grid points per call: weights (chunk, P) and activations (chunk, examples, widest)
     within `budget` floats."""
-    return int(max(1, min(1024, budget // max(num_params + examples * widest, 1))))
+    return int(max(1, min(128, budget // max(num_params + examples * widest, 1))))
 
 
-def surface_losses(weights: Sequence[np.ndarray], directions: np.ndarray, coefficients: np.ndarray,
-                   x: np.ndarray, y: np.ndarray, num_classes: int, activation: str = "relu",
-                   chunk: int | None = None) -> np.ndarray:
+class SurfaceEvaluator:
     """The mean loss on (x, y) of the dense net with weights `weights` moved to
-    theta + coefficients[g] @ directions, for every grid point g (G, D) at once: chunks of
-    grid points are stacked weight sets run through `population.stacked_logits`."""
-    shapes = [w.shape for w in weights]
-    theta = flatten(weights).astype(np.float32)
-    directions = np.asarray(directions, np.float32).reshape(-1, theta.size)
-    coefficients = np.asarray(coefficients, np.float32).reshape(-1, len(directions))
-    widest = max(s[-1] for s in shapes)
-    chunk = chunk or _chunk_size(theta.size, len(x), widest)
-    act = keras.activations.get(activation)
-    input_shape = tuple(x.shape[1:])
-    x_t = tf.constant(x, tf.float32)
-    y_t = tf.constant(y)
+    theta + coefficients[g] @ directions, for many grid points g at once: each chunk of grid
+    points is a stack of weight sets run through `population.stacked_logits` (one batched
+    matmul per layer). One compiled function serves every call (directions are padded to
+    `max_directions` rows and chunks to one size), so there is one trace and one compilation."""
 
-    @tf.function(jit_compile=True, autograph=False)
-    def losses(coeffs):
-        flat = theta[None] + tf.matmul(coeffs, directions)  # (chunk, P)
-        params = unflatten_tf(flat, shapes)
-        logits = population.stacked_logits(params, x_t, act, input_shape)  # (chunk, B, out)
-        if num_classes:
-            labels = tf.broadcast_to(tf.cast(y_t, tf.int32), tf.shape(logits)[:2])
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        else:
-            per_example = tf.reduce_mean(tf.square(tf.cast(y_t, tf.float32) - logits), -1)
-        return tf.reduce_mean(per_example, axis=1)
+    def __init__(self, weights: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray,
+                 num_classes: int, activation: str = "relu", chunk: int | None = None,
+                 max_directions: int = 2):
+        self.shapes = [tuple(w.shape) for w in weights]
+        self.theta = flatten(weights).astype(np.float32)
+        self.max_directions = max_directions
+        self.chunk = chunk or _chunk_size(self.theta.size, len(x),
+                                          max(s[-1] for s in self.shapes))
+        act = keras.activations.get(activation)
+        input_shape = tuple(x.shape[1:])
+        theta, shapes = tf.constant(self.theta), self.shapes
+        x_t, y_t = tf.constant(x, tf.float32), tf.constant(y)
 
-    out = []
-    for start in range(0, len(coefficients), chunk):
-        block = coefficients[start:start + chunk]
-        padded = np.zeros((chunk, block.shape[1]), np.float32)  # one shape: one compilation
-        padded[:len(block)] = block
-        out.append(losses(tf.constant(padded)).numpy()[:len(block)])
-    return np.concatenate(out).astype(np.float64)
+        def losses(coeffs, directions):
+            flat = theta[None] + tf.matmul(coeffs, directions)  # (chunk, P)
+            logits = population.stacked_logits(unflatten_tf(flat, shapes), x_t, act,
+                                               input_shape)  # (chunk, B, outputs)
+            if num_classes:
+                labels = tf.broadcast_to(tf.cast(y_t, tf.int32), tf.shape(logits)[:2])
+                per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            else:
+                per_example = tf.reduce_mean(tf.square(tf.cast(y_t, tf.float32) - logits), -1)
+            return tf.reduce_mean(per_example, axis=1)
+
+        self._losses = tf.function(losses, jit_compile=True, autograph=False)
+
+    def __call__(self, directions: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        """Losses (G,) at theta + coefficients (G, D) @ directions (D, P), D <= max_directions."""
+        directions = np.asarray(directions, np.float32).reshape(-1, self.theta.size)
+        d = len(directions)
+        if d > self.max_directions:
+            raise Hw1Error(f"{d} directions; this evaluator takes at most {self.max_directions}")
+        coefficients = np.asarray(coefficients, np.float32).reshape(-1, d)
+        padded_dirs = np.zeros((self.max_directions, self.theta.size), np.float32)
+        padded_dirs[:d] = directions
+        padded_dirs = tf.constant(padded_dirs)
+        out = []
+        for start in range(0, len(coefficients), self.chunk):
+            block = coefficients[start:start + self.chunk]
+            padded = np.zeros((self.chunk, self.max_directions), np.float32)
+            padded[:len(block), :d] = block
+            out.append(self._losses(tf.constant(padded), padded_dirs).numpy()[:len(block)])
+        return np.concatenate(out).astype(np.float64)
 
 
 def unflatten_tf(flat, shapes: Sequence[tuple[int, ...]]) -> list:

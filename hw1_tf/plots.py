@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import matplotlib
+import matplotlib.colors
 import matplotlib.ticker
 
 matplotlib.use("Agg")
@@ -418,3 +419,97 @@ def plot_trajectory(results: dict[str, Any], figures_dir: Path) -> list[Path]:
                  f"weights every {results['config']['snapshot_every']} epochs, "
                  f"points annotated with training {metric}")
     return [save(fig, figures_dir / "trajectory.png")]
+
+
+def _surface_levels(losses: np.ndarray, count: int = 25) -> tuple[np.ndarray, Any]:
+    """Contour levels (geometric where the losses span decades) and the matching norm."""
+    finite = losses[np.isfinite(losses)]
+    low, high = finite.min(), finite.max()
+    if low > 0 and spans_decades(finite, 1.0):
+        return (np.geomspace(low, high, count),
+                matplotlib.colors.LogNorm(vmin=low, vmax=high))
+    return np.linspace(low, high, count), None
+
+
+def _contour(ax, xs, ys, losses, title: str, xlabel: str, ylabel: str, loss_label: str):
+    levels, norm = _surface_levels(losses)
+    filled = ax.contourf(xs, ys, losses.T, levels=levels, norm=norm, cmap="viridis")
+    ax.contour(xs, ys, losses.T, levels=levels[::3], colors="white", linewidths=0.4,
+               norm=norm)
+    cbar = ax.figure.colorbar(filled, ax=ax, format=matplotlib.ticker.FormatStrFormatter("%.3g"))
+    cbar.set_label(loss_label + (" (log scale)" if norm is not None else ""))
+    ax.plot(0, 0, "r*", ms=12, label="trained weights θ")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+
+
+def _surface3d(xs, ys, losses, title: str, xlabel: str, ylabel: str, loss_label: str, path):
+    fig = plt.figure(figsize=(7.5, 6))
+    ax = fig.add_subplot(projection="3d")
+    gx, gy = np.meshgrid(xs, ys, indexing="ij")
+    log = spans_decades(losses, 1.0) and np.nanmin(losses) > 0
+    z = np.log10(losses) if log else losses
+    ax.plot_surface(gx, gy, z, cmap="viridis", linewidth=0, antialiased=True, alpha=0.95)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel,
+           zlabel=f"log10 {loss_label}" if log else loss_label)
+    return save(fig, path)
+
+
+@plotter("error_surface")
+def plot_error_surface(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """1-D curves (random directions, the trajectory's first PC, initial-to-trained line),
+    contours (random plane; PCA plane with the projected trajectory) and 3-D surfaces."""
+    out = []
+    loss_label = "training loss (" + ("cross-entropy" if results["num_classes"] else "MSE") + ")"
+    rnd, pca, interp = results["random"], results["pca"], results["interpolation"]
+    task = results["task"]
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    line_losses = np.asarray(rnd["line_losses"])
+    for k in range(len(line_losses)):
+        axes[0].plot(rnd["line"], line_losses[k], color=f"C{k}",
+                     label=f"filter-normalised random direction d{k + 1}")
+    _finish_axes(axes[0], f"{task}: 1-D along random directions", "step a (in units of the "
+                 "filter norms of θ)", loss_label, values=line_losses)
+    axes[1].plot(pca["line"], pca["line_losses"], color="C2", label="first PCA direction")
+    _finish_axes(axes[1], "1-D along the trajectory's first PC", "step along PC 1 (weight-space "
+                 "distance)", loss_label, values=pca["line_losses"])
+    axes[2].plot(interp["alpha"], interp["losses"], color="C3",
+                 label="(1-α) θ_initial + α θ_trained")
+    for a, text in ((0, "initial"), (1, "trained")):
+        axes[2].axvline(a, color="gray", ls=":", lw=1)
+    _finish_axes(axes[2], "straight line initial → trained", "α (0: initial, 1: trained)",
+                 loss_label, values=interp["losses"])
+    out.append(save(fig, figures_dir / "lines.png"))
+
+    losses = np.asarray(rnd["losses"])
+    fig, ax = plt.subplots(figsize=(7, 5.8))
+    _contour(ax, rnd["axis"], rnd["axis"], losses,
+             f"{task}: loss on two orthogonal filter-normalised random directions",
+             "a (along d1)", "b (along d2)", loss_label)
+    ax.legend(fontsize=8)
+    out.append(save(fig, figures_dir / "contour_random.png"))
+    out.append(_surface3d(rnd["axis"], rnd["axis"], losses,
+                          f"{task}: loss surface, random directions", "a (d1)", "b (d2)",
+                          loss_label, figures_dir / "surface_random.png"))
+
+    losses = np.asarray(pca["losses"])
+    ev = np.asarray(pca["explained_variance_ratio"])
+    fig, ax = plt.subplots(figsize=(7, 5.8))
+    xlabel = f"PC 1 ({100 * ev[0]:.1f}% of the trajectory's variance)"
+    ylabel = f"PC 2 ({100 * ev[1]:.1f}%)"
+    _contour(ax, pca["axis_x"], pca["axis_y"], losses,
+             f"{task}: loss on the training trajectory's PCA plane", xlabel, ylabel, loss_label)
+    traj = np.asarray(pca["trajectory"])
+    ax.plot(traj[:, 0], traj[:, 1], "o-", color="C3", ms=3.5, lw=1.2,
+            label="training trajectory (projected), one point per epoch")
+    ax.plot(traj[0, 0], traj[0, 1], "s", color="C3", ms=8, mfc="none", label="initialisation")
+    for (px, py), e in zip(traj, pca["trajectory_epochs"]):
+        if e % max(1, len(traj) // 6) == 0:
+            ax.annotate(f"ep {int(e)}", (px, py), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color="white")
+    ax.legend(fontsize=7, loc="best")
+    out.append(save(fig, figures_dir / "contour_pca.png"))
+    out.append(_surface3d(pca["axis_x"], pca["axis_y"], losses,
+                          f"{task}: loss surface, trajectory PCA plane", "PC 1", "PC 2",
+                          loss_label, figures_dir / "surface_pca.png"))
+    return out

@@ -107,7 +107,8 @@ def report_section(results: dict, ctx: report.Context) -> str:
     layer = results["layer_index"]
     out = ["### Settings", "",
            f"- Task: {results['task']}; model {first['description']}, {first['num_params']} "
-           f"parameters; {len(runs)} runs with seeds {first['seed']}..{first['seed'] + len(runs)}"
+           f"parameters; {len(runs)} runs with seeds {first['seed']}.."
+           f"{first['seed'] + len(runs) - 1}"
            " (initialisation and batch order), trained together as one population.",
            f"- Optimizer {config['optimizer']}, learning rate {config['learning_rate']:g}, batch "
            f"{config['batch_size']}, {config['epochs']} epochs.",
