@@ -352,7 +352,8 @@ def _iteration_panel(ax, values, color: str, label: str, title: str, ylabel: str
     values = np.asarray(values, float)
     iterations = np.arange(1, values.size + 1)
     window = max(5, values.size // 100) | 1 if values.size >= 50 else 1
-    ax.plot(iterations, values, color=color, lw=0.5, alpha=0.35, label=f"{label} (every iteration)")
+    ax.plot(iterations, values, color=color, lw=0.5, alpha=0.35,
+            label=f"{label} (every iteration)")
     if window > 1:
         ax.plot(iterations, running_median(values, window), color=color, lw=1.5,
                 label=f"running median over {window} iterations")

@@ -114,7 +114,8 @@ def run(config: Config) -> dict:
 
     history = histories[0]
     run_record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
-                  "num_params": history.pop("num_params"), "history": common.history_arrays(history),
+                  "num_params": history.pop("num_params"),
+                  "history": common.history_arrays(history),
                   "seed": config.seed, "trajectory": trajectory, "weights": theta}
     if config.save_models:
         run_record["saved_model"] = str(population.export_members(
@@ -190,7 +191,8 @@ def report_section(results: dict, ctx: report.Context) -> str:
         i, j = np.unravel_index(np.nanargmin(losses), losses.shape)
         c = losses.shape[0] // 2
         out.append(f"- {label}: loss from {report.fmt(finite.min())} to "
-                   f"{report.fmt(finite.max())} ({report.times(finite.max() / max(finite.min(), 1e-30))} range); "
+                   f"{report.fmt(finite.max())} "
+                   f"({report.times(finite.max() / max(finite.min(), 1e-30))} range); "
                    + ("the minimum of the grid is at its centre: θ sits in a basin."
                       if (i, j) == (c, c) else
                       f"the grid's minimum is off-centre at grid cell ({i}, {j}) vs centre "

@@ -81,7 +81,7 @@ def report_section(results: dict, ctx: report.Context) -> str:
     config, runs = results["config"], results["runs"]
     out = [f"One model per task, trained by the instrumented core ({config['optimizer']}, "
            f"learning rate {config['learning_rate']:g}, batch {config['batch_size']}); the loss "
-           "and ||grad L|| of the mini-batch of EVERY iteration come from the run's exact "
+           "and ‖∇L‖ of the mini-batch of EVERY iteration come from the run's exact "
            "per-iteration history (not per-epoch means).", ""]
     rows, comments = [], []
     for name, run in runs.items():
@@ -104,7 +104,7 @@ def _comment(name: str, s: dict) -> str:
     loss_drop = s["loss_start"] / s["loss_end"] if s["loss_end"] > 0 else float("inf")
     norm_drop = s["norm_peak"] / s["norm_end"] if s["norm_end"] > 0 else float("inf")
     text = (f"**{name}**: the loss fell {report.times(loss_drop)} over {s['iterations']} "
-            f"iterations; ||grad L|| peaked at {report.fmt(s['norm_peak'])} at iteration "
+            f"iterations; ‖∇L‖ peaked at {report.fmt(s['norm_peak'])} at iteration "
             f"{s['norm_peak_iteration']} ")
     if s["norm_peak_iteration"] > 0.02 * s["iterations"]:
         text += "(it first ROSE while the loss fell: the net left its flat initial region) "
