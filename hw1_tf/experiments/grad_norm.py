@@ -91,9 +91,10 @@ def report_section(results: dict, ctx: report.Context) -> str:
                      s["loss_start"], s["loss_end"], s["norm_start"], s["norm_peak"],
                      s["norm_peak_iteration"], s["norm_end"], s["spearman"]))
         comments.append(_comment(name, s))
-    out += ["", report.table(("task", "model", "parameters", "iterations", "loss start",
-                              "loss end", "‖∇L‖ start", "‖∇L‖ peak", "peak at iteration",
-                              "‖∇L‖ end", "Spearman(‖∇L‖, loss)"), rows),
+    header = ("task", "model", "parameters", "iterations", "loss start", "loss end",
+              "‖∇L‖ start", "‖∇L‖ peak", "peak at iteration", "‖∇L‖ end",
+              "Spearman(‖∇L‖, loss)")
+    out += ["", report.table(header, rows),
             "", "Start and end are medians over the first and last 5% of iterations.", "",
             "### Comment", ""]
     out += [f"- {c}" for c in comments]
