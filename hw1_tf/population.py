@@ -80,6 +80,26 @@ def _member_sq_norms(tensors):
     return total
 
 
+def stacked_logits(params, x, activation, input_shape: tuple[int, ...]):
+    """Outputs (N, B, outputs) of the N dense nets whose weights are `params` (kernels
+    (N, in, out) and biases (N, out), alternating) for inputs shared by all of them
+    (B, *input_shape) or one batch each (N, B, *input_shape)."""
+    flat = math.prod(input_shape)
+    shared = x.shape.rank == len(input_shape) + 1
+    h = tf.reshape(x, [-1, flat] if shared else [tf.shape(params[0])[0], -1, flat])
+    layers = len(params) // 2
+    for j in range(layers):
+        kernel, bias = params[2 * j], params[2 * j + 1]
+        if h.shape.rank == 2:
+            h = tf.einsum("bi,nio->nbo", h, kernel)
+        else:
+            h = tf.matmul(h, kernel)
+        h = h + bias[:, None, :]
+        if j < layers - 1:
+            h = activation(h)
+    return h
+
+
 def initial_weights(spec: models.ModelSpec, input_shape: tuple[int, ...], outputs: int,
                     seed: int) -> list[np.ndarray]:
     """The weights `training.build_instrumented` starts a run with seed `seed` from."""
@@ -180,20 +200,7 @@ class Population:
     def logits(self, x):
         """Outputs (N, B, outputs) for inputs shared by all members (B, *input_shape) or one
         batch per member (N, B, *input_shape)."""
-        flat = math.prod(self.input_shape)
-        shared = x.shape.rank == len(self.input_shape) + 1
-        h = tf.reshape(x, [-1, flat] if shared else [self.size, -1, flat])
-        layers = len(self.params) // 2
-        for j in range(layers):
-            kernel, bias = self.params[2 * j], self.params[2 * j + 1]
-            if h.shape.rank == 2:
-                h = tf.einsum("bi,nio->nbo", h, kernel)
-            else:
-                h = tf.matmul(h, kernel)
-            h = h + bias[:, None, :]
-            if j < layers - 1:
-                h = self.activation(h)
-        return h
+        return stacked_logits(self.params, x, self.activation, self.input_shape)
 
     def predict(self, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
         """Every member's outputs on `x` (B, *input_shape), or member i's on x[i] when `x` is
