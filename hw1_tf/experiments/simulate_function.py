@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
@@ -31,6 +32,9 @@ class Config(TrainConfig):
     batch_size: int = option(256, "Global batch size (split across replicas).", lower=1)
     verbose: int = option(0, "Progress output: 0 log lines with ETA, 1 Keras bar, 2 a line per "
                           "epoch.", lower=0, upper=2)
+
+    # which runs to do, not what each run is: results of other selections merge (common)
+    RUN_SELECTION: ClassVar[tuple[str, ...]] = ("functions", "depths")
 
 
 def model_specs(config: Config) -> list[models.ModelSpec]:
@@ -61,16 +65,20 @@ def run(config: Config) -> dict:
                 run_name = f"{fn_name}_{spec.name}"
                 if config.restarts > 1:
                     run_name += f"_r{restart}"
-                model, record = common.train_run(
-                    EXPERIMENT, run_name, spec, splits,
-                    dataclasses.replace(settings, seed=config.seed + restart), strategy=strategy,
-                    paths=paths, save_model=config.save_models,
-                    tensorboard=config.tensorboard,
-                    evaluate_test=False)  # the grid is scored once, at the end
-                pred = model.predict(splits.x_test, batch_size=4096, verbose=0)[:, 0]
-                record.update(function=fn_name, restart=restart, prediction=pred,
-                              test_mse=float(np.mean((pred - splits.y_test[:, 0]) ** 2)))
-                runs[run_name] = record
+
+                def train(spec=spec, run_name=run_name, restart=restart):
+                    model, record = common.train_run(
+                        EXPERIMENT, run_name, spec, splits,
+                        dataclasses.replace(settings, seed=config.seed + restart),
+                        strategy=strategy, paths=paths, save_model=config.save_models,
+                        tensorboard=config.tensorboard,
+                        evaluate_test=False)  # the grid is scored once, at the end
+                    pred = model.predict(splits.x_test, batch_size=4096, verbose=0)[:, 0]
+                    record.update(function=fn_name, restart=restart, prediction=pred,
+                                  test_mse=float(np.mean((pred - splits.y_test[:, 0]) ** 2)))
+                    return record
+
+                runs[run_name] = common.run_once(EXPERIMENT, config, paths, run_name, train)
                 names.append(run_name)
             # "tune all models to the best" (slides): keep the lowest final training loss
             best[f"{fn_name}/{spec.name}"] = min(
