@@ -239,8 +239,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     writes the `stateful` callbacks' `backup_state()` (the per-iteration history, the objective
     switch), all into `<backup_dir>/staging`, which then replaces `<backup_dir>/current` by
     renames: a kill leaves one complete backup, the previous or the new one. Started again,
-    `restored_epoch()` tells where the data must start, and `on_train_begin` restores the
-    callbacks' state, then Keras the weights and the epoch. The caller removes `backup_dir`
+    `restored_epoch()` tells where the data must start, `restore_state(model)` restores the
+    callbacks' state, and Keras the weights and the epoch in `on_train_begin`. It must come
+    after the stateful callbacks in `fit`'s list, so their epoch end is in the backup. The caller removes `backup_dir`
     once the run's results are recorded (Keras' own delete-at-end is off for that reason).
     """
 
@@ -259,14 +260,17 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         path = self.root / "current" / "training_metadata.json"
         return int(json.loads(path.read_text())["epoch"]) if path.is_file() else 0
 
-    def on_train_begin(self, logs=None):
+    def restore_state(self, model) -> None:
+        """Restores the stateful callbacks (before `fit`, so they start from it; the weights
+        and epoch are restored by Keras in `on_train_begin`)."""
         state = self.root / "current" / "run_state.json"
-        if state.is_file():
-            for callback, value in zip(self.stateful, json.loads(state.read_text())):
-                callback.restore_state(value)
-            logging.info("%s: resuming after epoch %d from the backup in %s", self.run_name,
-                         self.restored_epoch(), self.root)
-        super().on_train_begin(logs)
+        if not state.is_file():
+            return
+        for callback, value in zip(self.stateful, json.loads(state.read_text())):
+            callback.set_model(model)
+            callback.restore_state(value)
+        logging.info("%s: resuming after epoch %d from the backup in %s", self.run_name,
+                     self.restored_epoch(), self.root)
 
     def _use_folder(self, folder: Path) -> None:
         # the paths BackupAndRestore derives from its backup_dir in __init__

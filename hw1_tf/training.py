@@ -405,11 +405,12 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
                              settings.stop_grad_norm_below, settings.grad_norm_learning_rate)
     all_callbacks = [log, switch, *callbacks]
     first_epoch = 0
-    if backup_dir is not None:  # first: it restores the others' state before they start
+    if backup_dir is not None:  # after the stateful callbacks: it saves what they did
         stateful = [c for c in all_callbacks if hasattr(c, "backup_state")]
         backup = RunBackup(backup_dir, stateful, run_name=run_name)
+        backup.restore_state(model)
         first_epoch = min(backup.restored_epoch(), settings.epochs)
-        all_callbacks.insert(0, backup)
+        all_callbacks.append(backup)
     if settings.verbose == 0:
         all_callbacks.append(ProgressLog(log, settings.epochs))
     if tensorboard_dir is not None:

@@ -156,7 +156,10 @@ def run_once(experiment: str, config: Any, paths: store.Paths, run_name: str,
             return record
     record = train()
     store.save_results(paths, _finished_name(experiment, run_name), config, {run_name: record})
-    shutil.rmtree(backup_dir(paths, experiment, run_name), ignore_errors=True)
+    folder = backup_dir(paths, experiment, run_name)
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
     return record
 
 
