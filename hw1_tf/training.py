@@ -84,6 +84,17 @@ class _Recorder:
         return out
 
 
+def _reducible_logs(logs: dict) -> dict:
+    """The step's logs in the shape Keras can reduce across replicas: under several workers
+    Keras 3.15 reduces each with strategy.reduce("MEAN", axis=0), which fails on a scalar, so
+    each gets a length-1 axis there (the reduction removes it). Unchanged elsewhere."""
+    strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+            strategy.extended._in_multi_worker_mode():
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+    return logs
+
+
 def _global_sum(values):
     """All-reduce (SUM) across replicas; identity with one replica."""
     ctx = tf.distribute.get_replica_context()
@@ -132,6 +143,14 @@ class InstrumentedModel(keras.Model):
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Nothing to build: `build_instrumented` builds the network, optimizer and metrics
+        before `fit`. Keras' symbolic build would average the first batch across replicas,
+        which fails under MultiWorkerMirroredStrategy (PerReplica is no Tensor, Keras 3.15)."""
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     @property
     def metrics(self):
         """Our loss tracker and metrics only (Keras' documented override for models that
@@ -160,7 +179,7 @@ class InstrumentedModel(keras.Model):
         self.loss_tracker.update_state(self.per_example_loss(y, y_pred, sample_weight))
         for metric in self.step_metrics:
             metric.update_state(y, y_pred, sample_weight)
-        return self.get_metrics_result()
+        return _reducible_logs(self.get_metrics_result())
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -44,10 +44,24 @@ def paths_from(config: Any) -> store.Paths:
     checked writable now rather than after hours of training."""
     paths = store.Paths.create(getattr(config, "output_dir", None),
                                getattr(config, "saved_models_dir", None))
+    if getattr(config, "strategy", None) == "multi_worker" and not distribute.is_chief():
+        paths = _worker_scratch_paths()
     store.ensure_writable_dir(paths.output_dir)
     if getattr(config, "save_models", False):
         store.ensure_writable_dir(paths.saved_models_root, "--saved_models_dir")
     return paths
+
+
+def _worker_scratch_paths() -> store.Paths:
+    """A multi-worker task other than the chief computes everything (the collectives need every
+    worker) but writes to a temporary folder, removed at exit: only the chief's files count."""
+    import atexit
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="hw1_worker_"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    logging.info("multi-worker task other than the chief: writing to %s (discarded)", scratch)
+    return store.Paths.create(scratch)
 
 
 # ------------------------------------------------------------------------ data on first use
