@@ -21,6 +21,7 @@ from hw1_tf.errors import Hw1Error
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 _multi_worker = None  # created once, before TensorFlow initialises (console.start_tensorflow)
+_strategies: dict = {}
 
 
 def configure_logical_cpus(count: int) -> None:
@@ -61,7 +62,11 @@ def make_strategy(name: str = "default"):
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(_replica_devices()[0])
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=_replica_devices())
+        # one per process: a second MirroredStrategy's collectives reuse the first one's
+        # instance keys (measured: "Shape mismatch in the collective instance" on CPUs)
+        if "mirrored" not in _strategies:
+            _strategies["mirrored"] = tf.distribute.MirroredStrategy(devices=_replica_devices())
+        return _strategies["mirrored"]
     if name == "multi_worker":
         config = os.environ.get("TF_CONFIG")
         if config:
