@@ -419,6 +419,9 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
     Returns {"num_params", "iteration": {loss, grad_norm, objective},
     "epoch": {train_loss, test_loss, (train_/test_)accuracy}, "epoch_end_iteration", ...}.
     """
+    if settings.batch_size > len(train_xy[0]):
+        logging.warning("%s: --batch_size=%d exceeds the %d training examples: each epoch is "
+                        "one full-batch step", run_name, settings.batch_size, len(train_xy[0]))
     log = IterationLog(run_name)
     switch = ObjectiveSwitch(log, settings.switch_grad_norm_below, settings.switch_after_epochs,
                              settings.stop_grad_norm_below, settings.grad_norm_learning_rate)
