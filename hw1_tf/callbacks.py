@@ -241,9 +241,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     renames: a kill leaves one complete backup, the previous or the new one. Started again,
     `restored_epoch()` tells where the data must start, `restore_state(model)` restores the
     callbacks' state, and Keras the weights and the epoch in `on_train_begin`. It must come
-    after the stateful callbacks in `fit`'s list, so their epoch end is in the backup. The caller removes `backup_dir`
-    once the run's results are recorded (Keras' own delete-at-end is off for that reason).
-    """
+    after the stateful callbacks in `fit`'s list, so their epoch end is in the backup. The
+    caller removes `backup_dir` once the run's results are recorded (Keras' own
+    delete-at-end is off for that reason)."""
 
     def __init__(self, backup_dir: str | Path, stateful=(), run_name: str = "run"):
         self.root = Path(backup_dir)

@@ -11,10 +11,11 @@ import numpy as np
 def epoch_order(n: int, *, shuffle: bool = False, seed: int = 0, epochs: int = 1,
                 first_epoch: int = 0):
     """A `tf.data.Dataset` of the orders of the `n` examples in epochs `first_epoch` ..
-    `epochs - 1` (int32; a run resumed at epoch k starts at k). Shuffled, epoch e is the stateless permutation seeded by (seed, e): it depends on
-    nothing else (not on how many iterators Keras opened), so the same seed gives the same
-    batches on every path. Both training pipelines (`to_dataset` and the fused path's
-    `index_chunks`) take their order from here."""
+    `epochs - 1` (int32; a run resumed at epoch k starts at k). Shuffled, epoch e is the
+    stateless permutation seeded by (seed, e): it depends on nothing else (not on how many
+    iterators Keras opened), so the same seed gives the same batches on every path. Both
+    training pipelines (`to_dataset` and the fused path's `index_chunks`) take their order
+    from here."""
     import tensorflow as tf
 
     def order(epoch):

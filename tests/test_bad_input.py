@@ -42,6 +42,11 @@ def _mnist_folder(root, *, train_images=None, train_labels=None):
     return root
 
 
+def _idx_probe(folder, **files):
+    return ["--dataset=mnist", f"--data_dir={_mnist_folder(folder / 'data', **files)}",
+            *TINY_TASK]
+
+
 # name -> (binary, args (callable of the probe's folder), expected exit, expected line part)
 PROBES = {
     "unknown flag": ("run_actual_task", lambda d: ["--no_such_flag=1"], 2,
@@ -58,13 +63,14 @@ PROBES = {
         "run_actual_task", lambda d: ["--dataset=mnist", f"--data_dir={d / 'nodata'}",
                                       *TINY_TASK], 1, "mnist: could not fetch"),
     "IDX truncated": (
-        "run_actual_task", lambda d: ["--dataset=mnist", f"--data_dir={_mnist_folder(d / 'data', train_images=_idx(np.zeros((3, 28, 28)))[:-50])}", *TINY_TASK],  # noqa: E501
+        "run_actual_task",
+        lambda d: _idx_probe(d, train_images=_idx(np.zeros((3, 28, 28)))[:-50]),
         1, "but its header announces"),
     "IDX wrong magic": (
-        "run_actual_task", lambda d: ["--dataset=mnist", f"--data_dir={_mnist_folder(d / 'data', train_labels=b'PK' + _idx(np.zeros(3))[2:])}", *TINY_TASK],  # noqa: E501
+        "run_actual_task", lambda d: _idx_probe(d, train_labels=b"PK" + _idx(np.zeros(3))[2:]),
         1, "bad magic number"),
     "IDX image count != label count": (
-        "run_actual_task", lambda d: ["--dataset=mnist", f"--data_dir={_mnist_folder(d / 'data', train_labels=_idx(np.zeros(5)))}", *TINY_TASK],  # noqa: E501
+        "run_actual_task", lambda d: _idx_probe(d, train_labels=_idx(np.zeros(5))),
         1, "3 images but train-labels-idx1-ubyte has 5 labels"),
     "unwritable output dir": (
         "run_simulate_function", lambda d: [*TINY_SIM, f"--output_dir={d / 'blocker' / 'x'}"],
