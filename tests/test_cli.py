@@ -37,7 +37,7 @@ def test_missing_data_that_cannot_be_fetched_is_one_line_exit_1(tmp_path):
     proc = _run("bin/run_actual_task", "--dataset=mnist", f"--data_dir={tmp_path}",
                 f"--output_dir={tmp_path}", path=str(tmp_path))
     assert proc.returncode == 1, proc.stderr
-    errors = [l for l in _meaningful(proc.stderr) if not l.startswith("I1")]  # progress logs
+    errors = [l for l in _meaningful(proc.stderr) if l.startswith("error:")]  # not progress
     assert len(errors) == 1 and errors[0].startswith("error: mnist: could not fetch"), errors
     assert f"into {tmp_path}/mnist" in errors[0] and "Traceback" not in proc.stderr
 
