@@ -1,12 +1,17 @@
 """Callbacks of a training run: the core's own (the per-iteration log, the objective switch,
 progress lines) and the ones an experiment adds per run (weight snapshots for trajectories,
-TensorBoard with the per-iteration history). Any `keras.callbacks.Callback`, e.g.
-`keras.callbacks.BackupAndRestore`, can be passed to `hw1_tf.training.train` beside them.
+TensorBoard with the per-iteration history), and `RunBackup`, the per-epoch backup a killed
+run resumes from. Any `keras.callbacks.Callback` can be passed to `hw1_tf.training.train`
+beside them; one with `backup_state()` (JSON-able) and `restore_state(state)` is backed up and
+restored with the run.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -28,6 +33,7 @@ class IterationLog(keras.callbacks.Callback):
         self.grad_norm: list[float] = []
         self.objective: list[int] = []
         self.epoch_end_iteration: list[int] = []
+        self.epoch_logs: list[dict[str, float]] = []  # Keras' epoch logs, resumed runs included
 
     def on_train_batch_end(self, batch, logs=None):
         values = self.model.recorder.drain()
@@ -42,6 +48,16 @@ class IterationLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_end_iteration.append(len(self.loss))
+        self.epoch_logs.append({k: float(v) for k, v in (logs or {}).items()})
+
+    def backup_state(self) -> dict:
+        # Python floats of float32 values: json writes them exactly (shortest repr)
+        return {"loss": self.loss, "grad_norm": self.grad_norm, "objective": self.objective,
+                "epoch_end_iteration": self.epoch_end_iteration, "epoch_logs": self.epoch_logs}
+
+    def restore_state(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
 
     @property
     def last_grad_norm(self) -> float:
@@ -86,6 +102,16 @@ class ObjectiveSwitch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.switch_after_epochs is not None and epoch + 1 >= self.switch_after_epochs:
             self._switch()
+
+    def backup_state(self) -> dict:
+        return {"objective": self.model.objective, "switched": self.switched_at_iteration,
+                "stopped": self.stopped_at_iteration}
+
+    def restore_state(self, state: dict) -> None:
+        self.switched_at_iteration = state["switched"]
+        self.stopped_at_iteration = state["stopped"]
+        if state["objective"] != self.model.objective:  # before the optimizer state is loaded
+            self.model.set_objective(state["objective"], learning_rate=self.learning_rate)
 
 
 class ProgressLog(keras.callbacks.Callback):
@@ -175,6 +201,7 @@ class HistoryTensorBoard(keras.callbacks.Callback):
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.writer = tf.summary.create_file_writer(str(self.log_dir))
+            self.written = len(self.log.loss)  # a resumed run wrote those before its kill
         except (OSError, tf.errors.OpError) as e:
             raise Hw1Error(f"{self.log_dir}: cannot write TensorBoard logs there "
                            f"({getattr(e, 'message', e)}); choose another --output_dir or pass "
@@ -182,7 +209,7 @@ class HistoryTensorBoard(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         n = len(self.log.loss)
-        if n == self.written:
+        if n <= self.written:
             return
         with self.writer.as_default():
             for i in range(self.written, n):
@@ -202,3 +229,68 @@ class HistoryTensorBoard(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.writer is not None:
             self.writer.close()
+
+
+class RunBackup(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` that survives a kill at any moment and backs up the
+    run's own state beside the weights.
+
+    At each epoch end Keras writes the weights, the optimizer state and the epoch, and this
+    writes the `stateful` callbacks' `backup_state()` (the per-iteration history, the objective
+    switch), all into `<backup_dir>/staging`, which then replaces `<backup_dir>/current` by
+    renames: a kill leaves one complete backup, the previous or the new one. Started again,
+    `restored_epoch()` tells where the data must start, `restore_state(model)` restores the
+    callbacks' state, and Keras the weights and the epoch in `on_train_begin`. It must come
+    after the stateful callbacks in `fit`'s list, so their epoch end is in the backup. The
+    caller removes `backup_dir` once the run's results are recorded (Keras' own
+    delete-at-end is off for that reason)."""
+
+    def __init__(self, backup_dir: str | Path, stateful=(), run_name: str = "run"):
+        self.root = Path(backup_dir)
+        super().__init__(str(self.root / "current"), save_freq="epoch", delete_checkpoint=False)
+        self.stateful = list(stateful)
+        self.run_name = run_name
+        current, old = self.root / "current", self.root / "old"
+        if old.is_dir() and not current.is_dir():  # killed between the two renames
+            os.replace(old, current)
+        shutil.rmtree(self.root / "staging", ignore_errors=True)
+
+    def restored_epoch(self) -> int:
+        """Epochs already done according to the backup (0 without one)."""
+        path = self.root / "current" / "training_metadata.json"
+        return int(json.loads(path.read_text())["epoch"]) if path.is_file() else 0
+
+    def restore_state(self, model) -> None:
+        """Restores the stateful callbacks (before `fit`, so they start from it; the weights
+        and epoch are restored by Keras in `on_train_begin`)."""
+        state = self.root / "current" / "run_state.json"
+        if not state.is_file():
+            return
+        for callback, value in zip(self.stateful, json.loads(state.read_text())):
+            callback.set_model(model)
+            callback.restore_state(value)
+        logging.info("%s: resuming after epoch %d from the backup in %s", self.run_name,
+                     self.restored_epoch(), self.root)
+
+    def _use_folder(self, folder: Path) -> None:
+        # the paths BackupAndRestore derives from its backup_dir in __init__
+        self.backup_dir = str(folder)
+        self._weights_path = str(folder / "latest.weights.h5")
+        self._training_metadata_path = str(folder / "training_metadata.json")
+        self._prev_weights_path = f"{self._weights_path}.bkp"
+        self._prev_training_metadata_path = f"{self._training_metadata_path}.bkp"
+
+    def _save_model(self):
+        staging, current, old = (self.root / n for n in ("staging", "current", "old"))
+        shutil.rmtree(staging, ignore_errors=True)
+        self._use_folder(staging)
+        try:
+            super()._save_model()
+            (staging / "run_state.json").write_text(
+                json.dumps([c.backup_state() for c in self.stateful]))
+        finally:
+            self._use_folder(current)
+        if current.is_dir():
+            os.replace(current, old)
+        os.replace(staging, current)
+        shutil.rmtree(old, ignore_errors=True)

@@ -98,7 +98,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _usage_error(str(e))
 
 
-def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1) -> None:
+def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1,
+         strategy: Callable[[], str | None] = lambda: None) -> None:
     """Runs `work` as an absl program with one-line errors (see the module doc).
 
     `logical_cpus()` (read after parsing) splits the CPU into that many devices before
@@ -108,7 +109,7 @@ def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1
         if len(argv) > 1:
             _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
         try:
-            console.start_tensorflow(logical_cpus())
+            console.start_tensorflow(logical_cpus(), multi_worker=strategy() == "multi_worker")
             work()
         except (app.UsageError, config_lib.ConfigError) as e:
             _usage_error(str(e))
@@ -133,7 +134,8 @@ def run_command(config_cls: type, work: Callable[[Any], Any]) -> None:
             built["config"] = config_from_flags(config_cls)
         return built["config"]
 
-    main(lambda: work(config()), logical_cpus=lambda: getattr(config(), "logical_cpus", 1))
+    main(lambda: work(config()), logical_cpus=lambda: getattr(config(), "logical_cpus", 1),
+         strategy=lambda: getattr(config(), "strategy", None))
 
 
 def run_experiment(name: str) -> None:

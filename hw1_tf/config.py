@@ -130,3 +130,5 @@ class TrainConfig(RunConfig):
     save_models: bool = option(True, "Export each trained model as a SavedModel (and .keras).")
     saved_models_dir: str | None = option(None, "Where SavedModels go (default "
                                           "<output_dir>/saved_models).")
+    force: bool = option(False, "Rerun the runs already finished for the same config (they "
+                         "are recorded in results/; without --force they are skipped).")

@@ -70,9 +70,10 @@ def import_tensorflow() -> None:
         tf.config.list_physical_devices()
 
 
-def start_tensorflow(logical_cpus: int = 1) -> None:
+def start_tensorflow(logical_cpus: int = 1, multi_worker: bool = False) -> None:
     """Creates TensorFlow's devices (the CPU split into `logical_cpus` devices when above 1),
-    printing only the start-up lines that matter. Idempotent."""
+    printing only the start-up lines that matter. Idempotent. `multi_worker` creates the
+    MultiWorkerMirroredStrategy first: its collectives can be set up only before the devices."""
     global _started
     if _started:
         return
@@ -82,6 +83,8 @@ def start_tensorflow(logical_cpus: int = 1) -> None:
         from hw1_tf import distribute
 
         distribute.configure_logical_cpus(logical_cpus)
+        if multi_worker:
+            distribute.make_strategy("multi_worker")
         tf.config.list_logical_devices()  # initialises the devices (cuInit happens here)
     tf.get_logger().setLevel("WARNING")  # TF's Python INFO chatter (SavedModel export ...)
     _started = True

@@ -20,6 +20,8 @@ from absl import logging
 from hw1_tf.errors import Hw1Error
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+_multi_worker = None  # created once, before TensorFlow initialises (console.start_tensorflow)
+_strategies: dict = {}
 
 
 def configure_logical_cpus(count: int) -> None:
@@ -60,7 +62,11 @@ def make_strategy(name: str = "default"):
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(_replica_devices()[0])
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=_replica_devices())
+        # one per process: a second MirroredStrategy's collectives reuse the first one's
+        # instance keys (measured: "Shape mismatch in the collective instance" on CPUs)
+        if "mirrored" not in _strategies:
+            _strategies["mirrored"] = tf.distribute.MirroredStrategy(devices=_replica_devices())
+        return _strategies["mirrored"]
     if name == "multi_worker":
         config = os.environ.get("TF_CONFIG")
         if config:
@@ -70,8 +76,27 @@ def make_strategy(name: str = "default"):
                 raise Hw1Error(f"TF_CONFIG is not valid JSON ({e})") from None
         else:
             logging.warning("multi_worker without TF_CONFIG: running as a single worker")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        global _multi_worker
+        if _multi_worker is None:  # one per process: its collectives are set up at start-up
+            _multi_worker = tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker
     raise Hw1Error(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def is_chief() -> bool:
+    """Whether this process writes the results: always, except a multi-worker task other than
+    the chief (TF_CONFIG's "chief" task, else "worker" 0, as tf.distribute decides)."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except json.JSONDecodeError:
+        return True  # make_strategy reports the bad TF_CONFIG
+    task = config.get("task") or {}
+    if not task:
+        return True
+    has_chief = bool((config.get("cluster") or {}).get("chief"))
+    if has_chief:
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
 def execution_settings(strategy, jit_compile: bool,

@@ -95,17 +95,33 @@ def parse_idx(raw: bytes, path: Path | str = "<bytes>") -> np.ndarray:
 
 
 def load_idx_folder(name: str, folder: Path) -> tuple[np.ndarray, ...]:
-    arrays = []
+    """The four arrays of `folder`, checked in the order that names the problem best: each
+    file's format (magic number, header, truncation), then that each split has as many labels
+    as images, then the recorded sizes and sha256."""
+    found, raws, arrays = [], [], []
     for spec in IDX_SETS[name]:
         path = find_idx(folder, spec)
         if path is None:
             raise DataError(f"{folder / spec.name}: missing; run bin/fetch_data --datasets={name} "
                             f"--data_dir={folder.parent}")
         raw = read_bytes(path)
-        verify_idx_bytes(path, raw, spec)
+        found.append(path)
+        raws.append(raw)
         arrays.append(parse_idx(raw, path))
     x_train, y_train, x_test, y_test = arrays
+    check_same_count(found[0], x_train, found[1], y_train)
+    check_same_count(found[2], x_test, found[3], y_test)
+    for path, raw, spec in zip(found, raws, IDX_SETS[name]):
+        verify_idx_bytes(path, raw, spec)
     return x_train[..., None], y_train, x_test[..., None], y_test
+
+
+def check_same_count(images_path: Path, images: np.ndarray, labels_path: Path,
+                     labels: np.ndarray) -> None:
+    """Raises DataError unless there is one label per image."""
+    if len(images) != len(labels):
+        raise DataError(f"{images_path}: {len(images)} images but {labels_path.name} has "
+                        f"{len(labels)} labels; delete the folder and run bin/fetch_data again")
 
 
 def idx_folder_complete(name: str, data_dir: Path) -> bool:

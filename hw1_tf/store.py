@@ -42,21 +42,50 @@ def project_root() -> Path:
 # ------------------------------------------------------------------------------ atomic I/O
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Writes `data` to `path` through a temporary file renamed over it. The file gets the mode
+    the user's umask gives any new file (mkstemp alone makes it 0600). A failure (full disk,
+    no permission) leaves the previous file intact, removes the temporary one and is raised
+    as a one-line Hw1Error naming the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise Hw1Error(f"{path}: could not be written ({e.strerror or e}); the previous "
+                           "version, if any, is intact") from None
         raise
     return path
+
+
+def ensure_writable_dir(folder: str | Path, what: str = "--output_dir") -> Path:
+    """Creates `folder` if needed and checks a file can be written there; raises a one-line
+    Hw1Error otherwise (before any training, so a run cannot fail at its very end)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise Hw1Error(f"{folder}: cannot write there ({e.strerror or e}); choose another "
+                       f"{what}") from None
+    return folder
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -219,7 +248,12 @@ def save_results(paths: Paths, experiment: str, config: Any, runs: dict[str, Any
         name = f"arrays-{secrets.token_hex(4)}.npz"
         save_arrays(folder / name, arrays)
         payload["arrays_file"] = name
-    path = write_json(paths.results_json(experiment), payload)
+    try:
+        path = write_json(paths.results_json(experiment), payload)
+    except BaseException:
+        if arrays:  # the new arrays are named by no results.json: remove them
+            (folder / payload["arrays_file"]).unlink(missing_ok=True)
+        raise
     for old in folder.glob("arrays-*.npz"):
         if old.name != payload.get("arrays_file"):
             old.unlink()
@@ -230,8 +264,8 @@ def read_results(path: str | Path) -> dict[str, Any]:
     """A results.json with its arrays restored as numpy arrays."""
     path = Path(path)
     results = read_json(path)
-    if not isinstance(results, dict):
-        raise Hw1Error(f"{path}: not an experiment's results; rerun the experiment")
+    if not isinstance(results, dict) or not isinstance(results.get("runs"), dict):
+        raise Hw1Error(f"{path}: not an experiment's results (no runs); rerun the experiment")
     if results.get("arrays_file"):
         results = _restore_arrays(results, load_arrays(path.parent / results["arrays_file"]))
     return results

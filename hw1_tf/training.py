@@ -29,7 +29,8 @@ import tensorflow as tf
 from absl import logging
 
 from hw1_tf import distribute, pipeline
-from hw1_tf.callbacks import HistoryTensorBoard, IterationLog, ObjectiveSwitch, ProgressLog
+from hw1_tf.callbacks import (HistoryTensorBoard, IterationLog, ObjectiveSwitch, ProgressLog,
+                              RunBackup)
 from hw1_tf.errors import Hw1Error
 
 OBJECTIVES = ("loss", "grad_norm")
@@ -83,6 +84,17 @@ class _Recorder:
         return out
 
 
+def _reducible_logs(logs: dict) -> dict:
+    """The step's logs in the shape Keras can reduce across replicas: under several workers
+    Keras 3.15 reduces each with strategy.reduce("MEAN", axis=0), which fails on a scalar, so
+    each gets a length-1 axis there (the reduction removes it). Unchanged elsewhere."""
+    strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+            strategy.extended._in_multi_worker_mode():
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+    return logs
+
+
 def _global_sum(values):
     """All-reduce (SUM) across replicas; identity with one replica."""
     ctx = tf.distribute.get_replica_context()
@@ -131,6 +143,14 @@ class InstrumentedModel(keras.Model):
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Nothing to build: `build_instrumented` builds the network, optimizer and metrics
+        before `fit`. Keras' symbolic build would average the first batch across replicas,
+        which fails under MultiWorkerMirroredStrategy (PerReplica is no Tensor, Keras 3.15)."""
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     @property
     def metrics(self):
         """Our loss tracker and metrics only (Keras' documented override for models that
@@ -159,7 +179,7 @@ class InstrumentedModel(keras.Model):
         self.loss_tracker.update_state(self.per_example_loss(y, y_pred, sample_weight))
         for metric in self.step_metrics:
             metric.update_state(y, y_pred, sample_weight)
-        return self.get_metrics_result()
+        return _reducible_logs(self.get_metrics_result())
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -357,16 +377,17 @@ def build_instrumented(network_fn, num_classes: int, settings: TrainSettings, st
 
 
 def train_dataset(model: InstrumentedModel, x, y, batch_size: int, *, shuffle: bool = True,
-                  seed: int = 0, epochs: int = 1):
+                  seed: int = 0, epochs: int = 1, first_epoch: int = 0):
     """The training `tf.data` pipeline `model` expects for `epochs` epochs, and its steps per
     epoch (pass both to `fit`): index chunks into data the model holds on the device when its
     steps are fused, plain (x, y) batches otherwise; the same batches either way."""
     if model.chunk_size > 1:
         model.hold_training_data(x, y)
         return (pipeline.index_chunks(len(x), batch_size, model.chunk_size, shuffle=shuffle,
-                                  seed=seed, epochs=epochs),
+                                      seed=seed, epochs=epochs, first_epoch=first_epoch),
                 pipeline.chunks_per_epoch(len(x), batch_size, model.chunk_size))
-    return (pipeline.to_dataset(x, y, batch_size, shuffle=shuffle, seed=seed, epochs=epochs),
+    return (pipeline.to_dataset(x, y, batch_size, shuffle=shuffle, seed=seed, epochs=epochs,
+                                first_epoch=first_epoch),
             pipeline.batches_per_epoch(len(x), batch_size))
 
 
@@ -387,35 +408,51 @@ def _align_steps_per_execution(model: InstrumentedModel, steps_per_epoch: int) -
 
 
 def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_xy=None,
-          run_name: str = "run", callbacks=(), tensorboard_dir=None) -> dict[str, Any]:
+          run_name: str = "run", callbacks=(), tensorboard_dir=None,
+          backup_dir=None) -> dict[str, Any]:
     """Fits `model`; returns its history: per-iteration lists and per-epoch metrics.
 
     `train_xy`/`test_xy` are (x, y) numpy pairs; the training set is shuffled each epoch with the
-    run's seed. Returns {"num_params", "iteration": {loss, grad_norm, objective},
+    run's seed. With `backup_dir` the run backs itself up at every epoch end (RunBackup) and,
+    started again after a kill, resumes from the last backup with the same batches (the epoch
+    order depends only on the seed and the epoch) and the history recorded so far.
+    Returns {"num_params", "iteration": {loss, grad_norm, objective},
     "epoch": {train_loss, test_loss, (train_/test_)accuracy}, "epoch_end_iteration", ...}.
     """
+    if settings.batch_size > len(train_xy[0]):
+        logging.warning("%s: --batch_size=%d exceeds the %d training examples: each epoch is "
+                        "one full-batch step", run_name, settings.batch_size, len(train_xy[0]))
     log = IterationLog(run_name)
     switch = ObjectiveSwitch(log, settings.switch_grad_norm_below, settings.switch_after_epochs,
                              settings.stop_grad_norm_below, settings.grad_norm_learning_rate)
     all_callbacks = [log, switch, *callbacks]
+    first_epoch = 0
+    if backup_dir is not None:  # after the stateful callbacks: it saves what they did
+        stateful = [c for c in all_callbacks if hasattr(c, "backup_state")]
+        backup = RunBackup(backup_dir, stateful, run_name=run_name)
+        backup.restore_state(model)
+        first_epoch = min(backup.restored_epoch(), settings.epochs)
+        all_callbacks.append(backup)
     if settings.verbose == 0:
         all_callbacks.append(ProgressLog(log, settings.epochs))
     if tensorboard_dir is not None:
         all_callbacks.append(HistoryTensorBoard(tensorboard_dir, log))
     train_ds, steps = train_dataset(model, *train_xy, settings.batch_size,
                                     shuffle=settings.shuffle, seed=settings.seed,
-                                    epochs=settings.epochs)
+                                    epochs=settings.epochs, first_epoch=first_epoch)
     _align_steps_per_execution(model, steps)
     test_ds = pipeline.to_dataset(*test_xy, max(settings.batch_size, 1024)) if test_xy else None
     start = time.perf_counter()
-    fit = model.fit(train_ds, epochs=settings.epochs, steps_per_epoch=steps,
-                    validation_data=test_ds,
-                    callbacks=all_callbacks, verbose=settings.verbose, shuffle=False)
+    model.fit(train_ds, epochs=settings.epochs, steps_per_epoch=steps,
+              validation_data=test_ds,
+              callbacks=all_callbacks, verbose=settings.verbose, shuffle=False)
     seconds = time.perf_counter() - start
-    epochs = {}
-    for key, values in fit.history.items():
-        name = key[4:] if key.startswith("val_") else key
-        epochs[("test_" if key.startswith("val_") else "train_") + name] = [float(v) for v in values]
+    epochs = {}  # from the log, which holds the epochs before a resume too
+    for logs in log.epoch_logs:
+        for key, value in logs.items():
+            name = key[4:] if key.startswith("val_") else key
+            epochs.setdefault(("test_" if key.startswith("val_") else "train_") + name,
+                              []).append(float(value))
     return {
         "num_params": int(model.network.count_params()),
         "seconds": seconds,

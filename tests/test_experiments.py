@@ -63,7 +63,8 @@ def test_actual_task_skips_unavailable_and_runs_cifar10_from_tfds(tmp_path):
     config = actual_task.Config(datasets=("fashion_mnist", "cifar10"), models=("cnn_shallow",),
                                 target_params=2000, epochs=1, batch_size=8,
                                 data_dir=str(tmp_path / "empty"), output_dir=str(tmp_path),
-                                verbose=0, save_models=False, allow_download=False)
+                                verbose=0, save_models=False, allow_download=False,
+                                optional_datasets=("fashion_mnist",))
     with tfds.testing.mock_data(num_examples=16):
         results = actual_task.run(config)
     assert list(results["runs"]) == ["cifar10_cnn_shallow"]

