@@ -284,31 +284,32 @@ class _Trainer:
             correct = tf.zeros([n])
         return tf.reduce_sum(per_example, axis=1) / tf.cast(global_batch, tf.float32), correct
 
-    def _gradients(self, x, y, global_batch, hvp: bool):
-        """(losses, correct, global grads, applied grads) of one batch in replica context (or
-        none). `applied` is 2 H_i g_i for the members minimising ||grad L||^2 (`hvp` True)."""
+    def _gradients(self, x, y, global_batch, hvp: bool, global_grads=None):
+        """(losses, correct, grads, applied grads) of one batch; `applied` is 2 H_i g_i for the
+        members minimising ||grad L||^2 (when `hvp`). On a replica, everything is its share,
+        and `global_grads` (the replicas' summed gradients) is the g of H g: the shares of
+        d/dθ <g_r, stop(g)> sum to H g."""
         params = self.pop.params
         if not hvp:
             with tf.GradientTape() as tape:
                 losses, correct = self._losses(x, y, global_batch)
                 total = tf.reduce_sum(losses)
-            grads = training._global_sum(tape.gradient(total, params))
-            applied = grads
-        else:
-            on_norm = tf.equal(self.objective, 1)
-            with tf.GradientTape() as outer:
-                with tf.GradientTape() as inner:
-                    losses, correct = self._losses(x, y, global_batch)
-                    total = tf.reduce_sum(losses)
-                local = inner.gradient(total, params)
-                grads = training._global_sum(local)
-                # d/dθ Σ_r <g_r, stop(g)> = H g per member (members on the loss: masked out)
-                surrogate = 2.0 * tf.add_n([
-                    tf.reduce_sum(tf.where(_per_member(on_norm, g), g * tf.stop_gradient(G), 0.))
-                    for g, G in zip(local, grads)])
-            hv = training._global_sum(outer.gradient(surrogate, params))
-            applied = [tf.where(_per_member(on_norm, G), h, G) for h, G in zip(hv, grads)]
-        losses, correct = training._global_sum((losses, correct))
+            grads = tape.gradient(total, params)
+            return losses, correct, grads, grads
+        on_norm = tf.equal(self.objective, 1)
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                losses, correct = self._losses(x, y, global_batch)
+                total = tf.reduce_sum(losses)
+            grads = inner.gradient(total, params)
+            full = grads if global_grads is None else global_grads
+            # members on the loss are masked out of the surrogate
+            surrogate = 2.0 * tf.add_n([
+                tf.reduce_sum(tf.where(_per_member(on_norm, g), g * tf.stop_gradient(G), 0.))
+                for g, G in zip(grads, full)])
+        hv = outer.gradient(surrogate, params)
+        # (members on the loss: their share of the gradient, summed over replicas like H g)
+        applied = [tf.where(_per_member(on_norm, g), h, g) for h, g in zip(hv, grads)]
         return losses, correct, grads, applied
 
     def _update(self, losses, grads, applied):
@@ -377,23 +378,32 @@ class _Trainer:
         return dict(zip(RECORD, columns))
 
     def _run_replicated(self, idx, hvp: bool):
-        """One iteration under several replicas: each takes its slice of the global batch,
-        gradients are all-reduced, the update runs once in cross-replica context (mirrored
-        variables take it on every replica)."""
+        """One iteration under several replicas: each takes its slice of the global batch;
+        the slices' sums are reduced in cross-replica context, where the update runs once
+        (mirrored variables take it on every replica). Reductions go through the strategy's
+        cross-device ops, not replica-context collectives: the collective instance keys of two
+        MirroredStrategy objects in one process collided (shape mismatch) when the
+        collectives' shapes differed."""
         strategy = self.pop.strategy
         batch = tf.shape(idx)[-1]
 
-        def replica_step(idx):
+        def local_batch(idx):
             ctx = tf.distribute.get_replica_context()
             share = (batch + self.replicas - 1) // self.replicas
             start = tf.minimum(share * ctx.replica_id_in_sync_group, batch)
-            local = idx[..., start:tf.minimum(start + share, batch)]
-            x, y = self._batch(local)
-            return self._gradients(x, y, batch, hvp)
+            return self._batch(idx[..., start:tf.minimum(start + share, batch)])
 
-        out = strategy.run(replica_step, args=(idx,))
-        losses, correct, grads, applied = tf.nest.map_structure(
-            lambda v: strategy.experimental_local_results(v)[0], out)
+        def summed(per_replica):
+            return tf.nest.map_structure(
+                lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None),
+                per_replica)
+
+        losses, correct, grads, applied = summed(strategy.run(
+            lambda idx: self._gradients(*local_batch(idx), batch, False), args=(idx,)))
+        if hvp:
+            _, _, _, applied = summed(strategy.run(
+                lambda idx, g: self._gradients(*local_batch(idx), batch, True, g),
+                args=(idx, grads)))
         norms, objective, active = self._update(losses, grads, applied)
         values = (losses, norms, objective, correct, active)
         return {key: v[None] for key, v in zip(RECORD, values)}
