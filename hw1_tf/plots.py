@@ -106,7 +106,9 @@ def plot_simulate_function(results: dict[str, Any], figures_dir: Path) -> list[P
         ax.plot(target["x"], target["y"], color="black", linewidth=2.5, label="ground truth")
         for i, run in enumerate(best.values()):
             ax.plot(target["x"], run["prediction"], color=f"C{i}", linewidth=1.3,
-                    label=f"{_label(run)}, test MSE {run['test_mse']:.2e}")
+                    label=f"{_label(run)}, test MSE " + (f"{run['test_mse']:.2e}" if
+                                                           run["test_mse"] is not None
+                                                           else "n/a (diverged)"))
         _finish_axes(ax, f"HW1-1 predictions vs ground truth: {target['formula']}", "x", "y",
                      log_y=False)
         out.append(save(fig, figures_dir / f"prediction_{fn_name}.png"))

@@ -10,6 +10,7 @@ import numpy as np
 
 from hw1_tf import data, functions, models, population, report
 from hw1_tf.config import TrainConfig, option
+from hw1_tf.errors import TrainingDivergedError
 from hw1_tf.experiments import common
 
 EXPERIMENT = "simulate_function"
@@ -112,6 +113,11 @@ def run(config: Config) -> dict:
     runs = dict(sorted(runs.items(), key=lambda kv: (
         order.index((kv[1]["function"], kv[1]["model"]["name"])), kv[1]["restart"])))
     best = {f"{f}/{m}": best[f"{f}/{m}"] for f, m in order}
+    failed = {n: r["history"].get("failed_at_iteration") for n, r in runs.items()}
+    if all(at is not None for at in failed.values()):  # nothing to report: an error, exit 1
+        raise TrainingDivergedError(
+            f"every run diverged: the loss became NaN/inf (first at iteration "
+            f"{min(failed.values())}); lower --learning_rate (now {config.learning_rate:g})")
     return common.finish(EXPERIMENT, config, runs, paths, targets=targets, best_runs=best)
 
 
