@@ -16,7 +16,8 @@ import importlib
 
 from hw1_tf.errors import Hw1Error
 
-ORDER = ("simulate_function", "actual_task", "scratch")
+ORDER = ("simulate_function", "actual_task", "scratch", "sensitivity", "sharpness",
+         "reparametrization", "measures")
 
 
 def get(name: str):
