@@ -379,6 +379,10 @@ _SHARPNESS = (("sharpness_slides", "slides: block-diagonal ||H||_2 eps^2/(2(1+L)
               ("sharpness_keskar", "Keskar et al.: max over eps-box (L-BFGS-B)"))
 
 
+def _at_rate(runs: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    return sorted((r for r in runs if r["learning_rate"] == lr), key=lambda r: r["batch_size"])
+
+
 @plotter("sharpness")
 def plot_sharpness(results: dict[str, Any], figures_dir: Path) -> list[Path]:
     """Each sharpness and the training/test loss against batch size, one series per learning
@@ -388,16 +392,17 @@ def plot_sharpness(results: dict[str, Any], figures_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (key, title) in zip(axes.flat, _SHARPNESS):
         for i, lr in enumerate(rates):
-            rs = sorted((r for r in runs if r["learning_rate"] == lr), key=lambda r: r["batch_size"])
+            rs = _at_rate(runs, lr)
             ax.plot([r["batch_size"] for r in rs], [r[key] for r in rs], "-o", color=f"C{i}",
                     label=f"lr {lr:g}")
         ax.set_xscale("log")
         _finish_axes(ax, title, "batch size (log scale)", "sharpness", log_y=True)
     ax = axes.flat[3]
     for i, lr in enumerate(rates):
-        rs = sorted((r for r in runs if r["learning_rate"] == lr), key=lambda r: r["batch_size"])
+        rs = _at_rate(runs, lr)
         bs = [r["batch_size"] for r in rs]
-        ax.plot(bs, [r["train_loss"] for r in rs], "-o", color=f"C{i}", label=f"train, lr {lr:g}")
+        ax.plot(bs, [r["train_loss"] for r in rs], "-o", color=f"C{i}",
+                label=f"train, lr {lr:g}")
         ax.plot(bs, [r["test_loss"] for r in rs], "--s", color=f"C{i}", label=f"test, lr {lr:g}")
     ax.set_xscale("log")
     _finish_axes(ax, "training (solid) and test (dashed) loss", "batch size (log scale)",

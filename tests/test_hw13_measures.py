@@ -43,7 +43,8 @@ def test_input_gradient_and_jacobian_match_finite_differences():
         for k in range(x.shape[1]):
             e = np.zeros_like(x[i:i + 1])
             e[0, k] = h
-            lp, lm = measures.logits_of(net, x[i:i + 1] + e), measures.logits_of(net, x[i:i + 1] - e)
+            lp = measures.logits_of(net, x[i:i + 1] + e)
+            lm = measures.logits_of(net, x[i:i + 1] - e)
             fd_grad.append((measures.cross_entropy(lp, y[i:i + 1])[0]
                             - measures.cross_entropy(lm, y[i:i + 1])[0]) / (2 * h))
             fd_jac.append((_softmax(lp) - _softmax(lm))[0] / (2 * h))

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from hw1_tf import data, hessian, measures, models, report
+from hw1_tf import data, hessian, measures, models, report, store
 from hw1_tf.config import TrainConfig, option
 from hw1_tf.errors import Hw1Error
 from hw1_tf.experiments import approaches, common
@@ -147,8 +147,29 @@ def report_section(results: dict, ctx: report.Context) -> str:
         out.append(f"- The {label} sharpness spans {report.fmt(v.min())} to "
                    f"{report.fmt(v.max())}, {report.fmt(np.log10(v.max() / v.min()), 2)} "
                    "orders of magnitude, for one and the same function.")
-    out.append("- So a sharpness value alone cannot say whether a minimum generalizes: the "
-               "batch-size comparison of the sharpness section is meaningful only among "
-               "models whose layer scales are comparable (same architecture, same training "
-               "recipe), not as an absolute criterion.")
+    out.append(_compare_with_sharpness(r, ctx))
     return "\n".join(out)
+
+
+def _compare_with_sharpness(r: dict, ctx: report.Context) -> str:
+    """How the rescaling's span compares with the span across the sharpness section's
+    training approaches (when its results are there)."""
+    span = {k: float(np.log10(np.max(r[k]) / np.min(r[k])))
+            for k in ("sharpness_slides", "sharpness_whole", "sharpness_keskar")}
+    try:
+        other = store.load_results(ctx.paths, "sharpness")["runs"].values()
+    except (Hw1Error, OSError, ValueError, KeyError):
+        return (f"- Rescaling alone moves the slides' sharpness by "
+                f"{report.fmt(span['sharpness_slides'], 2)} orders of magnitude; run "
+                "bin/run_sharpness to compare with the spread across training approaches.")
+    parts = []
+    for key, label in (("sharpness_slides", "slides'"), ("sharpness_keskar", "Keskar")):
+        values = [o[key] for o in other]
+        across = float(np.log10(max(values) / min(values)))
+        verdict = "more than" if span[key] > across else "less than"
+        parts.append(f"the {label} sharpness by {report.fmt(span[key], 2)} orders of magnitude, "
+                     f"{verdict} the {report.fmt(across, 2)} separating the "
+                     f"{len(values)} training approaches of the sharpness section")
+    return ("- For the sharpness section: rescaling one function moves " + report.join(parts)
+            + "; so those sharpness differences say something only among nets of comparable "
+            "layer scales, never as an absolute flat/sharp verdict.")

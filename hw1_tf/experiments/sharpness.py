@@ -114,7 +114,8 @@ def report_section(results: dict, ctx: report.Context) -> str:
     for key, label in DEFINITIONS:
         values = [r[key] for r in runs.values()]
         out.append(f"- {label}: from {report.fmt(min(values))} to {report.fmt(max(values))}; "
-                   f"Kendall's tau against the batch size {report.fmt(measures.kendall_tau(batch, values), 2)}"
+                   "Kendall's tau against the batch size "
+                   f"{report.fmt(measures.kendall_tau(batch, values), 2)}"
                    f", against test minus training loss "
                    f"{report.fmt(measures.kendall_tau(values, gaps), 2)}.")
     for lr in config["learning_rates"]:
