@@ -120,11 +120,21 @@ class HessianNorm:
         return max(abs(self.top), abs(self.bottom))
 
 
-def hessian_norm(op, tol: float = 1e-4, seed: int = 0) -> HessianNorm:
+def hessian_norm(op, tol: float = 1e-4, seed: int = 0,
+                 bottom_tol: float = 0.1) -> HessianNorm:
     """||H||_2 of a symmetric operator (a `FlatLoss.operator()`): both algebraic ends by
-    ARPACK Lanczos (hessian.top_eigenvalues), the norm being the larger magnitude."""
+    ARPACK Lanczos (hessian.top_eigenvalues), the norm being the larger magnitude.
+
+    The negative end of a trained net's Hessian is a cluster of small eigenvalues on which
+    Lanczos converges slowly (measured: 201 products at tol 1e-4 against 21 at 0.1 for an
+    error of 2%), and it only matters when its magnitude rivals the top; so it is found to
+    `bottom_tol` first and refined to `tol` only when |bottom| > top / 2."""
     top, n_top = hessian.top_eigenvalues(op, 1, "LA", tol=tol, seed=seed)
-    bottom, n_bottom = hessian.top_eigenvalues(op, 1, "SA", tol=tol, seed=seed)
+    bottom, n_bottom = hessian.top_eigenvalues(op, 1, "SA", tol=max(tol, bottom_tol),
+                                               seed=seed)
+    if abs(bottom[0]) > 0.5 * abs(top[0]) and bottom_tol > tol:
+        bottom, more = hessian.top_eigenvalues(op, 1, "SA", tol=tol, seed=seed)
+        n_bottom += more
     return HessianNorm(float(top[0]), float(bottom[0]), n_top + n_bottom)
 
 

@@ -223,3 +223,14 @@ def test_reparametrization_leaves_the_function_unchanged_and_changes_sharpness()
     np.testing.assert_allclose(w1[1], 100 * w0[1])
     np.testing.assert_allclose(w1[2], w0[2] / 100)
     np.testing.assert_allclose(w1[4], w0[4])
+
+
+def test_hessian_norm_takes_the_negative_end_when_it_dominates():
+    rng = np.random.RandomState(2)
+    q, _ = np.linalg.qr(rng.randn(30, 30))
+    values = np.linspace(-0.5, 2.0, 30)
+    values[0] = -7.0
+    h = q @ np.diag(values) @ q.T
+    result = measures.hessian_norm(hessian.matrix_operator(h))
+    np.testing.assert_allclose([result.top, result.bottom, result.norm], [2.0, -7.0, 7.0],
+                               rtol=1e-6)
