@@ -379,6 +379,10 @@ _SHARPNESS = (("sharpness_slides", "slides: block-diagonal ||H||_2 eps^2/(2(1+L)
               ("sharpness_keskar", "Keskar et al.: max over eps-box (L-BFGS-B)"))
 
 
+_SHORT = {"sharpness_slides": "slides (block-diagonal ||H||_2)",
+          "sharpness_whole": "whole-model ||H||_2", "sharpness_keskar": "Keskar et al. (box)"}
+
+
 def _at_rate(runs: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
     return sorted((r for r in runs if r["learning_rate"] == lr), key=lambda r: r["batch_size"])
 
@@ -420,7 +424,7 @@ def plot_sharpness(results: dict[str, Any], figures_dir: Path) -> list[Path]:
             for r in rs:
                 ax.annotate(str(r["batch_size"]), (r["loss_gap"], r[key]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
-        _finish_axes(ax, title.split(":")[0], "test - training loss", "sharpness", log_y=True)
+        _finish_axes(ax, _SHORT[key], "test - training loss", "sharpness", log_y=True)
     fig.suptitle("sharpness vs generalization gap (labels: batch size)")
     out.append(save(fig, figures_dir / "sharpness_vs_gap.png"))
     return out
@@ -442,7 +446,7 @@ def plot_reparametrization(results: dict[str, Any], figures_dir: Path) -> list[P
     _finish_axes(left, "the function is unchanged", "alpha (log scale)", "relative change",
                  log_y=True)
     for key, label in _SHARPNESS:
-        right.plot(alphas, r[key], "-o", label=label.split(":")[0])
+        right.plot(alphas, r[key], "-o", label=_SHORT[key])
     right.set_xscale("log")
     _finish_axes(right, "while every sharpness changes", "alpha (log scale)", "sharpness",
                  log_y=True)
