@@ -98,7 +98,7 @@ def report_section(results: dict, ctx: report.Context) -> str:
            ctx.figure("loss_sensitivity.png", "loss and sensitivity"),
            ctx.figure("accuracy_sensitivity.png", "accuracy and sensitivity"), "",
            report.table((vary.replace("_", " "), "train loss", "test loss", "train acc",
-                         "test acc", "||dL/dx||", "||dp/dx||"),
+                         "test acc", "‖dL/dx‖", "‖dp/dx‖"),
                         [(report.fmt(r[vary]), r["train_loss"], r["test_loss"],
                           report.pct(r["train_accuracy"]), report.pct(r["test_accuracy"]),
                           r["sensitivity_loss_grad"], r["sensitivity_jacobian"])

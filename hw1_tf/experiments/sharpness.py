@@ -99,13 +99,22 @@ def report_section(results: dict, ctx: report.Context) -> str:
            f"iterations from {config['keskar_restarts']} starts.", "",
            ctx.figure("sharpness.png", "sharpness and loss against batch size"),
            ctx.figure("sharpness_vs_gap.png", "sharpness against the generalization gap"), "",
-           report.table(("approach", "train loss", "test loss", "test acc", "block ||H||",
-                         "whole ||H||", "block/whole", "slides", "Keskar", "seconds"),
+           report.table(("approach", "train loss", "test loss", "test acc", "block ‖H‖",
+                         "whole ‖H‖", "block/whole", "slides", "Keskar", "seconds"),
                         [(name, r["train_loss"], r["test_loss"], report.pct(r["test_accuracy"]),
                           r["block_hessian_norm"], r["hessian_norm"], r["block_to_whole_ratio"],
                           r["sharpness_slides"], r["sharpness_keskar"], r["sharpness_seconds"])
                          for name, r in runs.items()]), "", "### Comment", ""]
     ratios = [r["block_to_whole_ratio"] for r in runs.values()]
+    if "keskar_first_order" in first:
+        shares = [r["keskar_first_order"] / r["sharpness_keskar"] for r in runs.values()
+                  if r["sharpness_keskar"] > 0]
+        out.append(f"- Keskar's box value is {report.fmt(min(shares), 2)} to "
+                   f"{report.fmt(max(shares), 2)} times its first-order part "
+                   "eps sum |g_i| (|theta_i| + 1) / (1 + L): near 1 the slope at theta, not the "
+                   "curvature, decides it (the gradient norms on the analysis examples are "
+                   f"{report.fmt(min(r['gradient_norm'] for r in runs.values()))} to "
+                   f"{report.fmt(max(r['gradient_norm'] for r in runs.values()))}).")
     out.append(f"- The block-diagonal norm of `tf.hessians` is {report.fmt(min(ratios), 2)} to "
                f"{report.fmt(max(ratios), 2)} times the whole-model ||H||_2 (a block's norm "
                "can only be smaller: each block is a compression of H).")
