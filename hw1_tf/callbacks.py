@@ -294,3 +294,17 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             os.replace(current, old)
         os.replace(staging, current)
         shutil.rmtree(old, ignore_errors=True)
+
+
+class InitialWeights(keras.callbacks.Callback):
+    """Keeps the network's flat weight vector as training starts (theta_0: distance from
+    initialisation and other measures relative to it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.theta: np.ndarray | None = None
+
+    def on_train_begin(self, logs=None):
+        network = getattr(self.model, "network", self.model)
+        self.theta = np.concatenate([np.ravel(np.asarray(v.numpy()))
+                                     for v in network.trainable_variables])

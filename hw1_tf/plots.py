@@ -516,3 +516,151 @@ def plot_error_surface(results: dict[str, Any], figures_dir: Path) -> list[Path]
                           f"{task}: loss surface, trajectory PCA plane", "PC 1", "PC 2",
                           loss_label, figures_dir / "surface_pca.png"))
     return out
+
+
+# ------------------------------------------- HW1-3 part 2: sensitivity, sharpness, measures
+
+_SENSITIVITIES = (("sensitivity_loss_grad", "||d loss / d x||_F (slides)", "-"),
+                  ("sensitivity_jacobian", "||d softmax / d x||_F (Novak et al.)", ":"))
+
+
+def _log_x(ax, values) -> None:
+    v = np.asarray(values, float)
+    if v.min() > 0 and v.max() / v.min() > 10:
+        ax.set_xscale("log")
+
+
+@plotter("sensitivity")
+def plot_sensitivity(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """The slides' figure: loss (or accuracy) of training and test on the left axis and both
+    sensitivities on the right, against the varied batch size or learning rate."""
+    vary = results["vary"]
+    runs = sorted(results["runs"].values(), key=lambda r: r[vary])
+    xs = [r[vary] for r in runs]
+    xlabel = ("batch size" if vary == "batch_size" else "learning rate") + " (log scale)"
+    out = []
+    for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        for split, style in (("train", "-o"), ("test", "--o")):
+            ax.plot(xs, [r[f"{split}_{metric}"] for r in runs], style, color="C0",
+                    label=f"{split} {metric}")
+        _log_x(ax, xs)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel, color="C0")
+        ax.grid(True, which="both", alpha=0.3)
+        right = ax.twinx()
+        for key, label, style in _SENSITIVITIES:
+            right.plot(xs, [r[key] for r in runs], style, marker="s", color="C3", label=label)
+        right.set_yscale("log")
+        right.set_ylabel("sensitivity, test mean (log scale)", color="C3")
+        handles = ax.get_legend_handles_labels()
+        more = right.get_legend_handles_labels()
+        ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="best")
+        ax.set_title(f"HW1-3 {metric} and sensitivity vs {vary.replace('_', ' ')}")
+        out.append(save(fig, figures_dir / f"{metric}_sensitivity.png"))
+    return out
+
+
+_SHARPNESS = (("sharpness_slides", "slides: block-diagonal ||H||_2 eps^2/(2(1+L))"),
+              ("sharpness_whole", "whole-model ||H||_2 eps^2/(2(1+L))"),
+              ("sharpness_keskar", "Keskar et al.: max over eps-box (L-BFGS-B)"))
+
+
+_SHORT = {"sharpness_slides": "slides (block-diagonal ||H||_2)",
+          "sharpness_whole": "whole-model ||H||_2", "sharpness_keskar": "Keskar et al. (box)"}
+
+
+def _at_rate(runs: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    return sorted((r for r in runs if r["learning_rate"] == lr), key=lambda r: r["batch_size"])
+
+
+@plotter("sharpness")
+def plot_sharpness(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """Each sharpness and the training/test loss against batch size, one series per learning
+    rate; and each sharpness against the generalization gap."""
+    runs = list(results["runs"].values())
+    rates = sorted({r["learning_rate"] for r in runs})
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, (key, title) in zip(axes.flat, _SHARPNESS):
+        for i, lr in enumerate(rates):
+            rs = _at_rate(runs, lr)
+            ax.plot([r["batch_size"] for r in rs], [r[key] for r in rs], "-o", color=f"C{i}",
+                    label=f"lr {lr:g}")
+        ax.set_xscale("log")
+        _finish_axes(ax, title, "batch size (log scale)", "sharpness", log_y=True)
+    ax = axes.flat[3]
+    for i, lr in enumerate(rates):
+        rs = _at_rate(runs, lr)
+        bs = [r["batch_size"] for r in rs]
+        ax.plot(bs, [r["train_loss"] for r in rs], "-o", color=f"C{i}",
+                label=f"train, lr {lr:g}")
+        ax.plot(bs, [r["test_loss"] for r in rs], "--s", color=f"C{i}", label=f"test, lr {lr:g}")
+    ax.set_xscale("log")
+    _finish_axes(ax, "training (solid) and test (dashed) loss", "batch size (log scale)",
+                 "cross-entropy loss", values=[r[k] for r in runs for k in ("train_loss",
+                                                                             "test_loss")])
+    fig.suptitle(f"HW1-3 bonus: sharpness of {len(runs)} training approaches")
+    out = [save(fig, figures_dir / "sharpness.png")]
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
+    for ax, (key, title) in zip(axes, _SHARPNESS):
+        for i, lr in enumerate(rates):
+            rs = [r for r in runs if r["learning_rate"] == lr]
+            ax.scatter([r["loss_gap"] for r in rs], [r[key] for r in rs], color=f"C{i}",
+                       label=f"lr {lr:g}")
+            for r in rs:
+                ax.annotate(str(r["batch_size"]), (r["loss_gap"], r[key]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        _finish_axes(ax, _SHORT[key], "test - training loss", "sharpness", log_y=True)
+    fig.suptitle("sharpness vs generalization gap (labels: batch size)")
+    out.append(save(fig, figures_dir / "sharpness_vs_gap.png"))
+    return out
+
+
+@plotter("reparametrization")
+def plot_reparametrization(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """Dinh et al.'s rescaling: the function's change (float64 rounding) and each sharpness,
+    against alpha."""
+    r = results["runs"]["model"]
+    alphas = np.asarray(r["alphas"], float)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    floor = 1e-17  # exact zeros drawn here, below float64's epsilon
+    left.plot(alphas, np.maximum(r["output_change"], floor), "-o",
+              label="max |outputs change| / max |outputs|")
+    left.plot(alphas, np.maximum(r["loss_change"], floor), "-s",
+              label="|loss change| / loss (0 drawn at 1e-17)")
+    left.axhline(np.finfo(np.float64).eps, color="gray", linestyle=":", label="float64 epsilon")
+    left.set_ylim(1e-18, 1e-6)
+    left.set_xscale("log")
+    _finish_axes(left, "the function is unchanged", "alpha (log scale)", "relative change",
+                 log_y=True)
+    for key, label in _SHARPNESS:
+        right.plot(alphas, r[key], "-o", label=_SHORT[key])
+    right.set_xscale("log")
+    _finish_axes(right, "while every sharpness changes", "alpha (log scale)", "sharpness",
+                 log_y=True)
+    fig.suptitle(f"HW1-3 bonus: layer {r['layer']} x alpha, layer {r['layer'] + 1} x 1/alpha "
+                 "(ReLU)")
+    return [save(fig, figures_dir / "reparametrization.png")]
+
+
+@plotter("measures")
+def plot_measures(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """Kendall's tau of every measure against both generalization gaps, best first."""
+    from hw1_tf.experiments.measures import GAPS, MEASURES
+
+    taus = results["kendall_tau"]
+    names = sorted(taus, key=lambda m: -np.nan_to_num(taus[m]["loss_gap"], nan=-2))
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    for i, (gap, label) in enumerate(GAPS.items()):
+        values = [np.nan_to_num(taus[m][gap], nan=0.0) for m in names]
+        ax.barh(y + (i - 0.5) * 0.4, values, height=0.4, color=f"C{i}", label=f"vs {label}")
+    ax.set_yticks(y)
+    ax.set_yticklabels([MEASURES[m] for m in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlim(-1, 1)
+    _finish_axes(ax, f"Kendall's tau over {len(results['runs'])} models (best first)",
+                 "Kendall's tau", "measure", log_y=False)
+    return [save(fig, figures_dir / "kendall_tau.png")]

@@ -1,0 +1,53 @@
+"""Training approaches of HW1-3 part 2 (sensitivity, sharpness, reparametrization): one model
+per (batch size, learning rate), trained by the one training core, each recorded with its
+initial weights and the exact loss and accuracy of its final weights on both splits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hw1_tf import callbacks, data, measures, models
+from hw1_tf.experiments import common
+
+
+def approach_name(batch_size: int, learning_rate: float) -> str:
+    return f"bs{batch_size}_lr{learning_rate:g}"
+
+
+def load_splits(config: Any) -> data.Splits:
+    return data.load(config.dataset, config.data_dir, train_size=config.train_size,
+                     test_size=config.test_size, seed=config.seed)
+
+
+def train_approach(experiment: str, config: Any, splits: data.Splits, spec: models.ModelSpec,
+                   batch_size: int, learning_rate: float, *, strategy, paths) -> tuple[Any, dict]:
+    """Trains `spec` with this batch size and learning rate; returns (network, record)."""
+    name = approach_name(batch_size, learning_rate)
+    settings = common.settings_from(config, batch_size=batch_size, learning_rate=learning_rate)
+    initial = callbacks.InitialWeights()
+    model, record = common.train_run(experiment, name, spec, splits, settings,
+                                     strategy=strategy, paths=paths,
+                                     save_model=config.save_models,
+                                     tensorboard=config.tensorboard, callbacks=[initial])
+    network = model.network
+    final = {"train": measures.evaluate(network, splits.x_train, splits.y_train),
+             "test": measures.evaluate(network, splits.x_test, splits.y_test)}
+    record.update({
+        "batch_size": batch_size, "learning_rate": learning_rate, "dataset": splits.name,
+        "initial_theta": np.asarray(initial.theta, np.float32),
+        "train_loss": final["train"]["loss"], "test_loss": final["test"]["loss"],
+        "train_accuracy": final["train"]["accuracy"],
+        "test_accuracy": final["test"]["accuracy"],
+        "loss_gap": final["test"]["loss"] - final["train"]["loss"],
+        "error_gap": final["test"]["error"] - final["train"]["error"]})
+    return network, record
+
+
+def analysis_subset(splits: data.Splits, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same `n` training examples for every model (seeded)."""
+    n = min(n, len(splits.x_train))
+    keep = np.sort(np.random.RandomState(seed + 1).choice(len(splits.x_train), n,
+                                                          replace=False))
+    return splits.x_train[keep], splits.y_train[keep]

@@ -1,0 +1,204 @@
+"""HW1-3 bonus after Jiang et al. 2019 ("Fantastic generalization measures and where to find
+them"): every measure of hw1_tf.measures on every model that the sensitivity and sharpness
+experiments trained (and the capacity / flatness models where their SavedModels exist), each
+ranked by Kendall's tau against the generalization gap (test minus training loss, and test
+minus training error) of the final weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from hw1_tf import data, hessian, measures, report, store
+from hw1_tf.config import RunConfig, option
+from hw1_tf.errors import Hw1Error, ModelNotFoundError
+from hw1_tf.experiments import approaches, common
+
+EXPERIMENT = "measures"
+
+# name -> (label, meaning); each oriented so that larger predicts a larger gap
+MEASURES = {
+    "num_params": "number of parameters",
+    "param_norm": "||theta||_2",
+    "frobenius_product": "prod ||W||_F",
+    "distance_from_init": "||theta - theta_0||_2",
+    "spectral_product": "prod ||W||_2",
+    "path_norm": "path norm",
+    "inverse_margin": "1 / margin^2",
+    "spectral_margin_bound": "spectral margin bound",
+    "inverse_normalized_margin": "1 / normalized margin",
+    "pac_bayes_flatness": "PAC-Bayes 1 / sigma^2",
+    "sharpness_slides": "sharpness (slides, block)",
+    "sharpness_whole": "sharpness (whole ||H||)",
+    "sharpness_keskar": "sharpness (Keskar box)",
+    "hessian_trace": "Hessian trace",
+    "hessian_top_eigenvalue": "Hessian top eigenvalue",
+    "sensitivity_loss_grad": "sensitivity ||dL/dx||",
+    "sensitivity_jacobian": "sensitivity ||dp/dx||",
+}
+GAPS = {"loss_gap": "test - training loss", "error_gap": "test - training error"}
+
+
+@dataclasses.dataclass
+class Config(RunConfig):
+    sources: tuple[str, ...] = option(("sensitivity", "sharpness", "capacity", "flatness"),
+                                      "Experiments whose SavedModels are measured (those "
+                                      "without results are skipped).")
+    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
+                                  "$HW1_DATA_DIR or <project>/data).")
+    analysis_examples: int = option(500, "Training examples of the sharpness, Hessian, "
+                                    "margin and PAC-Bayes measures (the same for every "
+                                    "model).", lower=1)
+    sensitivity_examples: int = option(1000, "Test examples the sensitivities average over.",
+                                       lower=1)
+    margin_percentile: float = option(10.0, "Percentile of the training margins taken as "
+                                      "the margin gamma.", lower=0.0, upper=100.0)
+    pac_bayes_increase: float = option(0.1, "Loss increase that defines the PAC-Bayes "
+                                       "sigma.", lower=0.0)
+    pac_bayes_samples: int = option(16, "Gaussian weight draws per sigma.", lower=1)
+    trace_probes: int = option(20, "Rademacher probes of the Hessian trace.", lower=2)
+    epsilon: float = option(1e-4, "Radius eps of the slides' sharpness.", lower=0.0)
+    keskar_epsilon: float = option(1e-3, "Box size eps of Keskar et al.'s sharpness.",
+                                   lower=0.0)
+    keskar_maxiter: int = option(10, "L-BFGS-B iterations per start.", lower=1)
+    keskar_restarts: int = option(2, "L-BFGS-B starts.", lower=1)
+    max_block_mb: float = option(256.0, "tf.hessians blocks up to this size.", lower=0.0)
+    max_models: int | None = option(None, "Measure at most this many models per source.",
+                                    lower=1)
+
+
+def _models(config: Config, paths: store.Paths):
+    """(source, run name, record, source config, SavedModel path) of every model found."""
+    for source in config.sources:
+        path = paths.results_json(source)
+        if not path.is_file():
+            logging.info("measures: no results of %s (%s); skipped", source, path)
+            continue
+        results = store.read_results(path)
+        found = 0
+        for name, record in results.get("runs", {}).items():
+            saved = record.get("saved_model") if isinstance(record, dict) else None
+            if not saved or not (Path(saved) / "saved_model.pb").is_file():
+                continue
+            if config.max_models and found >= config.max_models:
+                break
+            found += 1
+            yield source, name, record, results.get("config", {}), Path(saved)
+
+
+def measure_model(network, splits: data.Splits, record: dict, config: Config) -> dict:
+    """Every measure of one classifier, and its exact generalization gaps."""
+    final = {"train": measures.evaluate(network, splits.x_train, splits.y_train),
+             "test": measures.evaluate(network, splits.x_test, splits.y_test)}
+    x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
+    out = {"num_params": int(network.count_params()),
+           "train_loss": final["train"]["loss"], "test_loss": final["test"]["loss"],
+           "train_accuracy": final["train"]["accuracy"],
+           "test_accuracy": final["test"]["accuracy"],
+           "loss_gap": final["test"]["loss"] - final["train"]["loss"],
+           "error_gap": final["test"]["error"] - final["train"]["error"]}
+    initial = record.get("initial_theta")
+    out.update(measures.parameter_norms(network, initial))
+    out["path_norm"] = measures.path_norm(network)
+    out.update(measures.margin_measures(network, x, y, config.margin_percentile))
+    fl = hessian.FlatLoss(network, x, y, jit_compile=False)
+    out.update(measures.sharpness_measures(
+        network, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
+        keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
+        max_block_mb=config.max_block_mb, seed=config.seed, flat_loss=fl))
+    trace = hessian.hutchinson_trace(fl.operator(), config.trace_probes, config.seed)
+    out["hessian_trace"], out["hessian_trace_se"] = trace.trace, trace.standard_error
+    sigma = measures.pac_bayes_sigma(fl.batched_loss, fl.theta0, out["analysis_loss"],
+                                     increase=config.pac_bayes_increase,
+                                     samples=config.pac_bayes_samples, seed=config.seed)
+    out["pac_bayes_sigma"], out["pac_bayes_flatness"] = sigma, 1.0 / sigma ** 2
+    n = min(config.sensitivity_examples, len(splits.x_test))
+    grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n])
+    out["sensitivity_loss_grad"], out["sensitivity_jacobian"] = float(grad.mean()), float(
+        jac.mean())
+    return out
+
+
+def run(config: Config) -> dict:
+    paths = common.paths_from(config)
+    splits_cache: dict[tuple, data.Splits] = {}
+    runs = {}
+    for source, name, record, source_config, saved in _models(config, paths):
+        dataset = record.get("dataset") or source_config.get("dataset") or "mnist"
+        if dataset not in data.IMAGE_DATASETS:
+            logging.info("measures: %s/%s is not an image classifier; skipped", source, name)
+            continue
+        key = (dataset, source_config.get("train_size"), source_config.get("test_size"),
+               source_config.get("seed", 0))
+        if key not in splits_cache:
+            splits_cache[key] = data.load(dataset, config.data_dir, train_size=key[1],
+                                          test_size=key[2], seed=key[3])
+        try:
+            network = hessian.keras_model_for_saved_model(saved)
+        except (ModelNotFoundError, Hw1Error) as e:
+            logging.warning("measures: %s/%s skipped: %s", source, name, e)
+            continue
+        start = time.perf_counter()
+        values = measure_model(network, splits_cache[key], record, config)
+        values.update({"source": source, "run": name, "dataset": dataset,
+                       "description": record.get("description", ""),
+                       "seconds": time.perf_counter() - start})
+        logging.info("measures: %s/%s in %.1fs", source, name, values["seconds"])
+        runs[f"{source}:{name}"] = values
+    if len(runs) < 3:
+        raise ModelNotFoundError(
+            f"measures: {len(runs)} trained models found under {paths.output_dir} (need 3); "
+            "run bin/run_sensitivity and bin/run_sharpness first")
+    taus = {m: {g: measures.kendall_tau([r[m] for r in runs.values()],
+                                        [r[g] for r in runs.values()]) for g in GAPS}
+            for m in MEASURES}
+    return common.finish(EXPERIMENT, config, runs, paths, kendall_tau=taus)
+
+
+# -------------------------------------------------------------------------- REPORT.md section
+
+TITLE = "HW1-3 Flatness vs generalization, bonus: other generalization measures, ranked"
+QUESTIONS = (
+    "Use other metrics or methods to evaluate a model's ability to generalize and concretely "
+    "describe it and comment your results. (bonus)",
+)
+
+
+def ranking(taus: dict, gap: str) -> list[tuple[str, float]]:
+    return report.ranked({m: taus[m][gap] for m in taus}, lower_is_better=False)
+
+
+def report_section(results: dict, ctx: report.Context) -> str:
+    runs, taus, config = results["runs"], results["kendall_tau"], results["config"]
+    sources = sorted({r["source"] for r in runs.values()})
+    out = [f"{len(runs)} models from {report.join(sources)}; every measure on the same "
+           f"{config['analysis_examples']} training examples (sensitivities on "
+           f"{config['sensitivity_examples']} test examples), each oriented so that larger "
+           "should mean a larger generalization gap, then Kendall's tau over the models "
+           "(+1: the measure orders the models exactly as the gap does).", "",
+           ctx.figure("kendall_tau.png", "measures ranked by Kendall's tau"), "",
+           report.table(("measure", *[f"tau vs {g}" for g in GAPS.values()]),
+                        [(MEASURES[m], taus[m]["loss_gap"], taus[m]["error_gap"])
+                         for m, _ in ranking(taus, "loss_gap")]), "",
+           "### Every measure per model", ""]
+    shown = ("loss_gap", "error_gap", "spectral_product", "path_norm", "inverse_margin",
+             "pac_bayes_flatness", "sharpness_slides", "sharpness_keskar", "hessian_trace",
+             "sensitivity_loss_grad")
+    out += [report.table(("model", *shown), [(name, *[r[k] for k in shown])
+                                              for name, r in runs.items()]), "",
+            "### Comment", ""]
+    for gap, label in GAPS.items():
+        order = ranking(taus, gap)
+        top = [f"{MEASURES[m]} ({report.fmt(t, 2)})" for m, t in order[:3]]
+        bottom = [f"{MEASURES[m]} ({report.fmt(t, 2)})" for m, t in order[-3:]
+                  if t == t]
+        out.append(f"- Against {label}: best {report.join(top)}; worst "
+                   f"{report.join(bottom)}.")
+    n = len(runs)
+    out.append(f"- With {n} models a single swapped pair moves tau by "
+               f"{report.fmt(2 / (n * (n - 1) / 2), 2)}, so differences below that are noise.")
+    return "\n".join(out)

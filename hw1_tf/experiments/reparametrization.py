@@ -1,0 +1,175 @@
+"""HW1-3 bonus after Dinh et al. 2017 ("Sharp minima can generalize for deep nets"): for a ReLU
+net, multiplying layer i (kernel and bias) by alpha > 0 and layer i+1's kernel by 1/alpha
+leaves the function unchanged, since relu(alpha z) = alpha relu(z). Over alpha from 1e-3 to 1e3
+the outputs and the loss are checked equal to float64 precision while every sharpness
+definition of hw1_tf.measures is recomputed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+from absl import logging
+
+from hw1_tf import data, hessian, measures, models, report, store
+from hw1_tf.config import TrainConfig, option
+from hw1_tf.errors import Hw1Error
+from hw1_tf.experiments import approaches, common
+
+EXPERIMENT = "reparametrization"
+
+
+class FunctionChangedError(Hw1Error):
+    """A rescaling changed the network's outputs (not a positively homogeneous activation)."""
+
+
+def rescaled(network: keras.Model, layer: int, alpha: float) -> keras.Model:
+    """A copy of `network` with Dense layer `layer` (kernel and bias) times alpha and Dense
+    layer `layer + 1`'s kernel times 1/alpha; the original is untouched."""
+    if alpha <= 0:
+        raise Hw1Error(f"alpha must be positive, got {alpha}")
+    dense = [i for i, l in enumerate(network.layers) if isinstance(l, keras.layers.Dense)]
+    if not 0 <= layer < len(dense) - 1:
+        raise Hw1Error(f"layer {layer}: need a Dense layer followed by another "
+                       f"({len(dense)} Dense layers)")
+    if network.layers[dense[layer]].get_config()["activation"] != "relu":
+        raise Hw1Error(f"layer {layer}: rescaling keeps the function only through ReLU")
+    copy = keras.models.clone_model(network)
+    copy.set_weights(network.get_weights())
+    first, second = copy.layers[dense[layer]], copy.layers[dense[layer + 1]]
+    first.kernel.assign(first.kernel.numpy() * alpha)
+    if first.use_bias:
+        first.bias.assign(first.bias.numpy() * alpha)
+    second.kernel.assign(second.kernel.numpy() / alpha)
+    return copy
+
+
+@dataclasses.dataclass
+class Config(TrainConfig):
+    dataset: str = option("mnist", "Dataset of the model.", choices=data.IMAGE_DATASETS)
+    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
+                                  "$HW1_DATA_DIR or <project>/data).")
+    hidden: tuple[int, ...] = option((32, 32), "Hidden widths of the dense ReLU model.",
+                                     lower=1)
+    layer: int = option(0, "Dense layer scaled by alpha (the next one by 1/alpha).", lower=0)
+    alphas: tuple[float, ...] = option(tuple(float(a) for a in np.logspace(-3, 3, 13)),
+                                       "Scale factors alpha.", lower=0.0)
+    train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
+    test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
+    analysis_examples: int = option(500, "Training examples of the loss and sharpness.",
+                                    lower=1)
+    epsilon: float = option(1e-4, "Radius eps of the slides' sharpness.", lower=0.0)
+    keskar_epsilon: float = option(1e-3, "Box size eps of Keskar et al.'s sharpness.",
+                                   lower=0.0)
+    keskar_maxiter: int = option(10, "L-BFGS-B iterations per start.", lower=1)
+    keskar_restarts: int = option(2, "L-BFGS-B starts.", lower=1)
+    max_block_mb: float = option(256.0, "tf.hessians blocks up to this size.", lower=0.0)
+    tolerance: float = option(1e-10, "Largest relative change of outputs and loss accepted "
+                              "as 'unchanged' (float64).", lower=0.0)
+    epochs: int = option(5, "Training epochs of the model.", lower=1)
+
+
+def run(config: Config) -> dict:
+    paths = common.paths_from(config)
+    strategy = common.strategy_from(config)
+    splits = approaches.load_splits(config)
+    spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
+    network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
+                                                config.batch_size, config.learning_rate,
+                                                strategy=strategy, paths=paths)
+    x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
+    x = x.astype(np.float64)
+    base = hessian._as_float64_model(network)  # float64: "unchanged" to 1e-10, not 1e-6
+    logits = measures.logits_of(base, x)
+    scale = float(np.max(np.abs(logits)))
+    rows = {k: [] for k in ("output_change", "loss_change", "analysis_loss",
+                            "block_hessian_norm", "hessian_norm", "sharpness_slides",
+                            "sharpness_whole", "sharpness_keskar")}
+    base_loss = None
+    for alpha in config.alphas:
+        model = rescaled(base, config.layer, alpha)
+        change = float(np.max(np.abs(measures.logits_of(model, x) - logits))) / scale
+        result = measures.sharpness_measures(
+            model, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
+            keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
+            max_block_mb=config.max_block_mb, seed=config.seed)
+        base_loss = result["analysis_loss"] if base_loss is None else base_loss
+        loss_change = abs(result["analysis_loss"] - base_loss) / base_loss
+        if change > config.tolerance or loss_change > config.tolerance:
+            raise FunctionChangedError(f"alpha={alpha:g} changed the outputs by {change:.2e} "
+                                       f"and the loss by {loss_change:.2e} (relative)")
+        rows["output_change"].append(change)
+        rows["loss_change"].append(loss_change)
+        for key in rows:
+            if key in result:
+                rows[key].append(result[key])
+        logging.info("alpha %g: outputs change %.1e, loss %.1e; sharpness slides %.3g, whole "
+                     "%.3g, Keskar %.3g", alpha, change, loss_change, result["sharpness_slides"],
+                     result["sharpness_whole"], result["sharpness_keskar"])
+    record.update({"alphas": np.asarray(config.alphas), "layer": config.layer,
+                   **{k: np.asarray(v) for k, v in rows.items()}})
+    return common.finish(EXPERIMENT, config, {"model": record}, paths,
+                         analysis_examples=len(x))
+
+
+# -------------------------------------------------------------------------- REPORT.md section
+
+TITLE = "HW1-3 Flatness vs generalization, bonus: flat minima can be made sharp"
+QUESTIONS = (
+    "Several metrics (including sharpness) do not indicate generalization for ReLU models "
+    "(Dinh et al. 2017): reparametrize relu(x (alpha theta_1)) theta_2 = "
+    "relu(x theta_1) (alpha theta_2) and compare the sharpness.",
+)
+
+
+def report_section(results: dict, ctx: report.Context) -> str:
+    r = results["runs"]["model"]
+    alphas = report.series(r["alphas"])
+    out = [f"One model ({r['description']}, {r['num_params']} parameters, test accuracy "
+           f"{report.pct(r['test_accuracy'])}); Dense layer {r['layer']} times alpha and the "
+           f"next one's kernel times 1/alpha, alpha from {report.fmt(alphas.min())} to "
+           f"{report.fmt(alphas.max())}; everything in float64 on "
+           f"{results['analysis_examples']} training examples.", "",
+           ctx.figure("reparametrization.png", "function unchanged, sharpness not"), "",
+           report.table(("alpha", "output change", "loss change", "slides", "whole-model",
+                         "Keskar"),
+                        [(report.fmt(a), r["output_change"][i], r["loss_change"][i],
+                          r["sharpness_slides"][i], r["sharpness_whole"][i],
+                          r["sharpness_keskar"][i]) for i, a in enumerate(alphas)]), "",
+           "### Comment", ""]
+    out.append(f"- The largest relative change of the outputs over all alphas is "
+               f"{report.fmt(float(np.max(r['output_change'])))}, of the loss "
+               f"{report.fmt(float(np.max(r['loss_change'])))}: the same function.")
+    for key, label in (("sharpness_slides", "slides' (block-diagonal)"),
+                       ("sharpness_whole", "whole-model"), ("sharpness_keskar", "Keskar")):
+        v = report.series(r[key])
+        out.append(f"- The {label} sharpness spans {report.fmt(v.min())} to "
+                   f"{report.fmt(v.max())}, {report.fmt(np.log10(v.max() / v.min()), 2)} "
+                   "orders of magnitude, for one and the same function.")
+    out.append(_compare_with_sharpness(r, ctx))
+    return "\n".join(out)
+
+
+def _compare_with_sharpness(r: dict, ctx: report.Context) -> str:
+    """How the rescaling's span compares with the span across the sharpness section's
+    training approaches (when its results are there)."""
+    span = {k: float(np.log10(np.max(r[k]) / np.min(r[k])))
+            for k in ("sharpness_slides", "sharpness_whole", "sharpness_keskar")}
+    try:
+        other = store.load_results(ctx.paths, "sharpness")["runs"].values()
+    except (Hw1Error, OSError, ValueError, KeyError):
+        return (f"- Rescaling alone moves the slides' sharpness by "
+                f"{report.fmt(span['sharpness_slides'], 2)} orders of magnitude; run "
+                "bin/run_sharpness to compare with the spread across training approaches.")
+    parts = []
+    for key, label in (("sharpness_slides", "slides'"), ("sharpness_keskar", "Keskar")):
+        values = [o[key] for o in other]
+        across = float(np.log10(max(values) / min(values)))
+        verdict = "more than" if span[key] > across else "less than"
+        parts.append(f"the {label} sharpness by {report.fmt(span[key], 2)} orders of magnitude, "
+                     f"{verdict} the {report.fmt(across, 2)} separating the "
+                     f"{len(values)} training approaches of the sharpness section")
+    return ("- For the sharpness section: rescaling one function moves " + report.join(parts)
+            + "; so those sharpness differences say something only among nets of comparable "
+            "layer scales, never as an absolute flat/sharp verdict.")

@@ -1,0 +1,126 @@
+"""HW1-3 flatness vs generalization, part 2: at least five training approaches (batch sizes, or
+learning rates) of one MNIST model; per approach the exact training and test loss and accuracy
+of the final weights and two input sensitivities averaged over the test set: the slides'
+||d loss / d x||_F and Novak et al. 2018's ||d softmax / d x||_F."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from absl import logging
+
+from hw1_tf import data, measures, models, report
+from hw1_tf.config import TrainConfig, option
+from hw1_tf.experiments import approaches, common
+
+EXPERIMENT = "sensitivity"
+
+
+@dataclasses.dataclass
+class Config(TrainConfig):
+    dataset: str = option("mnist", "Dataset of the models.", choices=data.IMAGE_DATASETS)
+    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
+                                  "$HW1_DATA_DIR or <project>/data).")
+    vary: str = option("batch_size", "What the approaches vary (the other stays at "
+                       "--batch_size / --learning_rate).", choices=("batch_size",
+                                                                    "learning_rate"))
+    batch_sizes: tuple[int, ...] = option((16, 64, 256, 1024, 4096), "Batch sizes, one model "
+                                          "each (with --vary=batch_size).", lower=1)
+    learning_rates: tuple[float, ...] = option((1e-4, 3e-4, 1e-3, 3e-3, 1e-2), "Learning "
+                                               "rates, one model each (with "
+                                               "--vary=learning_rate).", lower=0.0)
+    hidden: tuple[int, ...] = option((128,), "Hidden widths of the dense ReLU model.", lower=1)
+    train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
+    test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
+    sensitivity_examples: int | None = option(None, "Test examples the sensitivities average "
+                                              "over (default: the whole test split).", lower=1)
+    epochs: int = option(10, "Training epochs per run.", lower=1)
+    batch_size: int = option(64, "Batch size when the learning rate varies.", lower=1)
+
+
+def approaches_of(config) -> list[tuple[int, float]]:
+    if config.vary == "batch_size":
+        return [(b, config.learning_rate) for b in config.batch_sizes]
+    return [(config.batch_size, lr) for lr in config.learning_rates]
+
+
+def run(config: Config) -> dict:
+    paths = common.paths_from(config)
+    strategy = common.strategy_from(config)
+    splits = approaches.load_splits(config)
+    spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
+    n = min(config.sensitivity_examples or len(splits.x_test), len(splits.x_test))
+    runs = {}
+    for batch_size, lr in approaches_of(config):
+        network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
+                                                    batch_size, lr, strategy=strategy,
+                                                    paths=paths)
+        start = time.perf_counter()
+        grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n])
+        record.update({"sensitivity_loss_grad": float(grad.mean()),
+                       "sensitivity_jacobian": float(jac.mean()),
+                       "sensitivity_seconds": time.perf_counter() - start,
+                       "sensitivity_examples": n})
+        logging.info("%s: test acc %.4f, sensitivities %.4g (loss grad) %.4g (Jacobian) on %d "
+                     "examples in %.2fs", approaches.approach_name(batch_size, lr),
+                     record["test_accuracy"], grad.mean(), jac.mean(), n,
+                     record["sensitivity_seconds"])
+        runs[approaches.approach_name(batch_size, lr)] = record
+    return common.finish(EXPERIMENT, config, runs, paths, vary=config.vary)
+
+
+# -------------------------------------------------------------------------- REPORT.md section
+
+TITLE = "HW1-3 Flatness vs generalization, part 2: sensitivity"
+QUESTIONS = (
+    "Describe the settings of the experiments (e.g. which task, what training approaches).",
+    "Plot the figures of both training and testing, loss and accuracy, sensitivity to your "
+    "chosen variable.",
+    "Comment your result.",
+)
+
+
+def report_section(results: dict, ctx: report.Context) -> str:
+    config, runs = results["config"], results["runs"]
+    vary = results["vary"]
+    values = {name: r[vary] for name, r in runs.items()}
+    first = next(iter(runs.values()))
+    fixed = ("learning rate " + report.fmt(config["learning_rate"]) if vary == "batch_size"
+             else f"batch size {config['batch_size']}")
+    out = [f"{len(runs)} models ({first['description']}, {first['num_params']} parameters) on "
+           f"{first['dataset']}, {config['epochs']} epochs of {config['optimizer']} each, "
+           f"{fixed}, {vary.replace('_', ' ')} varied: "
+           f"{report.join([report.fmt(v) for v in values.values()])}. Loss and accuracy are "
+           "of the final weights over the whole splits; sensitivities are averaged over "
+           f"{first['sensitivity_examples']} test examples.", "",
+           ctx.figure("loss_sensitivity.png", "loss and sensitivity"),
+           ctx.figure("accuracy_sensitivity.png", "accuracy and sensitivity"), "",
+           report.table((vary.replace("_", " "), "train loss", "test loss", "train acc",
+                         "test acc", "‖dL/dx‖", "‖dp/dx‖"),
+                        [(report.fmt(r[vary]), r["train_loss"], r["test_loss"],
+                          report.pct(r["train_accuracy"]), report.pct(r["test_accuracy"]),
+                          r["sensitivity_loss_grad"], r["sensitivity_jacobian"])
+                         for r in runs.values()]), "", "### Comment", ""]
+    order = sorted(runs.values(), key=lambda r: r[vary])
+    xs = [r[vary] for r in order]
+    for key, label in (("sensitivity_loss_grad", "the loss-gradient sensitivity"),
+                       ("sensitivity_jacobian", "the Jacobian sensitivity")):
+        ys = [r[key] for r in order]
+        tau = measures.kendall_tau(xs, ys)
+        out.append(f"- From the smallest to the largest {vary.replace('_', ' ')}, {label} "
+                   f"goes from {report.fmt(ys[0])} to {report.fmt(ys[-1])} "
+                   f"({report.times(ys[-1] / ys[0]) if ys[0] > 0 else 'n/a'}); Kendall's tau "
+                   f"against the {vary.replace('_', ' ')} is {report.fmt(tau, 2)}.")
+    for key, label in (("test_loss", "test loss"), ("loss_gap", "test minus training loss")):
+        tau = measures.kendall_tau([r["sensitivity_loss_grad"] for r in order],
+                                   [r[key] for r in order])
+        out.append(f"- Kendall's tau of the loss-gradient sensitivity against the {label}: "
+                   f"{report.fmt(tau, 2)}.")
+    best = max(order, key=lambda r: r["test_accuracy"])
+    worst = min(order, key=lambda r: r["test_accuracy"])
+    out.append(f"- Best test accuracy {report.pct(best['test_accuracy'])} at "
+               f"{vary.replace('_', ' ')} {report.fmt(best[vary])}, worst "
+               f"{report.pct(worst['test_accuracy'])} at {report.fmt(worst[vary])}.")
+    return "\n".join(out)
