@@ -8,7 +8,7 @@ import dataclasses
 
 from absl import logging
 
-from hw1_tf import data, models
+from hw1_tf import data, models, report
 from hw1_tf.config import TrainConfig, option
 from hw1_tf.errors import DataError
 from hw1_tf.experiments import common
@@ -67,3 +67,124 @@ def run(config: Config) -> dict:
         tables[name] = common.log_param_table(rows)
     return common.finish(EXPERIMENT, config, runs, paths, skipped_datasets=skipped,
                          param_tables=tables)
+
+
+# -------------------------------------------------------------------------- REPORT.md section
+
+TITLE = "HW1-1 Deep vs shallow: train on actual tasks"
+QUESTIONS = (
+    "Describe the models you use and the task you chose.",
+    "In one chart, plot the training loss of all models.",
+    "In one chart, plot the training accuracy.",
+    "Comment on your results.",
+    "Use more than two models in all previous questions. (bonus)",
+    "Train on more than one task. (bonus)",
+)
+
+
+def _epoch_metric(run: dict, name: str):
+    """The per-epoch series `name` (e.g. "test_accuracy") of a run, None when not recorded."""
+    values = run["history"]["epoch"].get(name)
+    return None if values is None or len(values) == 0 else report.series(values)
+
+
+def report_section(results: dict, ctx: report.Context) -> str:
+    """Per dataset: the models, the loss and accuracy figures, the final numbers, and which
+    model generalised best and by how much; then the datasets against each other."""
+    config, runs = results["config"], results["runs"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in runs.values()))
+    skipped = results.get("skipped_datasets") or {}
+    sizes = (f"{config['train_size'] or 'all'} training / {config['test_size'] or 'all'} test "
+             "examples")
+    out = [f"Models of about {config['target_params']} parameters each, {config['epochs']} "
+           f"epochs of {config['optimizer']} (learning rate {config['learning_rate']:g}"
+           f", batch {config['batch_size']}), cross-entropy loss, {sizes} per dataset; "
+           f"datasets: {', '.join(datasets) or 'none'}."]
+    for name, reason in skipped.items():
+        out.append(f"\n{name} was skipped: {reason}")
+    if not datasets:
+        return "\n".join(out)
+
+    first = {}
+    for run in runs.values():
+        first.setdefault(run["model"]["name"], run)
+    out += ["", "### Models", "", report.table(
+        ("model", "architecture", "parameters"),
+        [(m, r["description"], r["num_params"]) for m, r in first.items()])]
+
+    out += ["", "### Loss and accuracy", ""]
+    for ds in datasets:
+        out += [ctx.figure(f"{ds}_loss.png", f"{ds}: training and test loss"),
+                ctx.figure(f"{ds}_accuracy.png", f"{ds}: training and test accuracy"), ""]
+
+    rows, comments, best_per_dataset = [], [], {}
+    for ds in datasets:
+        ds_runs = {r["model"]["name"]: r for r in runs.values() if r["dataset"] == ds}
+        final = {}
+        for m, r in ds_runs.items():
+            train_loss, train_acc = (_epoch_metric(r, "train_loss"),
+                                     _epoch_metric(r, "train_accuracy"))
+            test_acc = _epoch_metric(r, "test_accuracy")
+            peak, peak_acc = report.peak(test_acc) if test_acc is not None else (None, None)
+            final[m] = {"train_loss": train_loss[-1], "train_acc": train_acc[-1],
+                        "test_acc": None if test_acc is None else test_acc[-1],
+                        "peak": peak, "peak_acc": peak_acc, "epochs": len(train_loss)}
+            rows.append((ds, m, final[m]["train_loss"], report.pct(final[m]["train_acc"]),
+                         report.pct(final[m]["test_acc"]),
+                         "n/a" if peak is None else
+                         f"{report.pct(final[m]['peak_acc'])} (epoch {peak + 1})"))
+        comments.append(_dataset_comment(ds, final))
+        test = {m: f["test_acc"] for m, f in final.items()}
+        best_per_dataset[ds] = report.ranked(test, lower_is_better=False)[0]
+    out += ["### Key numbers (last epoch)", "", report.table(
+        ("dataset", "model", "training loss", "training accuracy", "test accuracy",
+         "best test accuracy (epoch)"), rows), "", "### Comment", ""]
+    out += [f"- {c}" for c in comments]
+    out.append(f"- Bonus: {len(first)} models on {len(datasets)} tasks.")
+    if len(best_per_dataset) > 1:
+        order = report.ranked({ds: v for ds, (_, v) in best_per_dataset.items()},
+                              lower_is_better=False)
+        out.append("- Best final test accuracy per dataset: " + report.join(
+            [f"{ds} {report.pct(v)} ({best_per_dataset[ds][0]})" for ds, v in order])
+            + f"; {order[-1][0]} is the hardest, {report.points(order[0][1] - order[-1][1])} below "
+            f"{order[0][0]}.")
+    return "\n".join(out)
+
+
+def _dataset_comment(ds: str, final: dict) -> str:
+    test = report.ranked({m: f["test_acc"] for m, f in final.items()}, lower_is_better=False)
+    (winner, top), others = test[0], test[1:]
+    text = f"**{ds}**: {winner} has the best final test accuracy, {report.pct(top)}"
+    if others:
+        text += ", " + ", ".join(f"{report.points(top - v)} above {m}" for m, v in others)
+    text += "."
+    loss = report.ranked({m: f["train_loss"] for m, f in final.items()}, lower_is_better=True)
+    (low_m, low), (high_m, high) = loss[0], loss[-1]
+    if low_m != high_m and low > 0:
+        text += (f" Lowest training loss: {low_m} ({report.fmt(low)}), "
+                 f"{report.times(high / low)} below {high_m}'s {report.fmt(high)}.")
+    pairs = []
+    for m in final:
+        if m.endswith("_deep") and m[:-5] + "_shallow" in final:
+            diff = final[m]["test_acc"] - final[m[:-5] + "_shallow"]["test_acc"]
+            pairs.append(f"{report.points(abs(diff))} {'above' if diff >= 0 else 'below'} "
+                         f"{m[:-5]}_shallow for {m}")
+    if pairs:
+        text += f" Deep vs shallow of equal size: {report.join(pairs)}."
+    gaps = {m: f["train_acc"] - f["test_acc"] for m, f in final.items()}
+    text += (f" Training minus test accuracy ranges from {report.points(min(gaps.values()))} "
+             f"to {report.points(max(gaps.values()))}")
+    if min(gaps.values()) < 0:
+        # Keras' training accuracy is the mean over the epoch's batches, while weights improve
+        text += (" (below zero: training accuracy is averaged over the epoch's batches while "
+                 "the weights still improve, test accuracy is measured after the epoch)")
+    text += "."
+    early = [f"{m} at epoch {f['peak'] + 1} ({report.pct(f['peak_acc'])}, then "
+             f"{report.pct(f['test_acc'])})" for m, f in final.items()
+             if f["peak"] is not None and f["peak"] + 1 < f["epochs"]]
+    if early:
+        text += f" Test accuracy peaked before the last epoch for {report.join(early)}."
+    else:
+        text += (" Every model's test accuracy was highest at the last epoch: more epochs may "
+                 "still help.")
+    return text

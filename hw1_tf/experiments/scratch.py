@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from hw1_tf import data
+from hw1_tf import data, plots, report, store
 from hw1_tf.config import ConfigError, RunConfig, option
 from hw1_tf.errors import DataError, Hw1Error, TrainingDivergedError
 from hw1_tf.experiments import common
@@ -274,3 +274,153 @@ def _best_cell(acc: np.ndarray, loss: np.ndarray) -> tuple[int, int]:
         return 0, 0
     _, _, i, j = max(cells)
     return -i, -j
+
+
+# -------------------------------------------------------------------------- REPORT.md section
+
+TITLE = "From scratch: fully-connected nets with hand-written backward passes"
+QUESTIONS = (
+    "Multilayer network: overfit 50 training examples with a three-layer net (100% training "
+    "accuracy).",
+    "Multilayer network: find the weight scale and learning rate with which a deeper net "
+    "overfits the same examples.",
+    "Update rules: compare SGD, SGD+momentum, RMSProp and Adam on the same deep net (loss, "
+    "training and validation accuracy).",
+    "Train the best fully-connected net you can on the full training set; report its test "
+    "accuracy.",
+)
+
+
+def _widths(run: dict) -> str:
+    """Hidden layer widths as "100, 100" (stored as a list or an array)."""
+    return ", ".join(str(int(w)) for w in run["hidden_dims"])
+
+
+def _last_epoch_loss(run: dict) -> float:
+    """Mean training loss over the last epoch's iterations (NaN once diverged)."""
+    loss = report.series(run["loss_history"])
+    tail = loss[-max(1, int(run.get("iterations_per_epoch", 1))):]
+    return float(np.mean(tail)) if tail.size and np.isfinite(tail).all() else float("nan")
+
+
+def report_section(results: dict, ctx: report.Context) -> str:
+    """The four parts: overfitting 50 examples, the weight-scale/learning-rate grid, the update
+    rules, the final net; each with its figure, numbers and a comment computed from them."""
+    runs, config = results["runs"], results["config"]
+    used = results["dataset_used"]
+    out = [f"Dataset: {used}"
+           + (f" (requested {results['dataset_requested']}, which could not be loaded: "
+              f"{results['fallback_reason']})" if results.get("fallback_reason") else "")
+           + f"; {runs['final']['num_train']} training examples, {config['val_size']} held out "
+           "for validation."]
+    out += ["", "### 1. Overfitting a small set", "", ctx.figure("overfit.png", "overfit")]
+    out += ["", _overfit_part(runs["overfit"])]
+    out += ["", "### 2. Weight scale and learning rate of a deeper net", "",
+            ctx.figure("search.png", "search grid"), "", _search_part(results["search"])]
+    out += ["", "### 3. Update rules", "", ctx.figure("update_rules.png", "update rules"), "",
+            _rules_part(results["update_rules"])]
+    out += ["", "### 4. Final net", "", ctx.figure("final.png", "final net"), "",
+            _final_part(runs["final"])]
+    return "\n".join(out)
+
+
+def _overfit_part(run: dict) -> str:
+    train, val = report.series(run["train_acc_history"]), report.series(run["val_acc_history"])
+    layers = len(run["hidden_dims"]) + 1
+    reached = np.flatnonzero(train >= 1.0)
+    rows = [(f"{layers} layers ({_widths(run)})", run["num_params"], run["num_train"],
+             run["num_epochs"], f"{run['weight_scale']:g}", f"{run['learning_rate']:g}",
+             report.pct(np.nanmax(train)), report.pct(val[-1]))]
+    text = report.table(("net", "parameters", "training examples", "epochs", "weight scale",
+                         "learning rate", "best training accuracy", "final validation accuracy"),
+                        rows)
+    if reached.size:
+        comment = (f"The {layers}-layer net fit all {run['num_train']} examples (100% training "
+                   f"accuracy) at epoch {int(reached[0])} of {run['num_epochs']}")
+    else:
+        comment = (f"The {layers}-layer net reached only {report.pct(np.nanmax(train))} "
+                   f"training accuracy on {run['num_train']} examples in {run['num_epochs']} "
+                   "epochs: the sanity check failed")
+    comment += (f", while validation accuracy ended at {report.pct(val[-1])}: a gap of "
+                f"{report.points(train[-1] - val[-1])} between the examples it saw and those it "
+                "did not.")
+    return text + "\n\n" + comment
+
+
+def _search_part(search: dict) -> str:
+    acc = report.series(search["train_acc"]).reshape(len(search["weight_scales"]),
+                                                     len(search["learning_rates"]))
+    rows = [[f"{ws:g}"] + ["diverged" if np.isnan(v) else report.pct(v, 0) for v in acc[i]]
+            for i, ws in enumerate(search["weight_scales"])]
+    text = report.table(["weight scale \\ learning rate"]
+                        + [f"{lr:g}" for lr in search["learning_rates"]], rows)
+    layers = len(search["hidden_dims"]) + 1
+    n, diverged = acc.size, int(np.isnan(acc).sum())
+    full = np.argwhere(acc >= 1.0)
+    comment = (f"Final training accuracy of the {layers}-layer net: {len(full)} of {n} pairs "
+               f"reached 100%, {diverged} diverged")
+    rest = acc[np.isfinite(acc) & (acc < 1.0)]
+    if rest.size:
+        comment += (f", the other {rest.size} ended between {report.pct(rest.min(), 0)} and "
+                    f"{report.pct(rest.max(), 0)}")
+    comment += "."
+    if len(full):
+        pairs = [f"({search['weight_scales'][i]:g}, {search['learning_rates'][j]:g})"
+                 for i, j in full]
+        comment += f" The (weight scale, learning rate) pairs that fit the set: {', '.join(pairs)}."
+    best = search["best"]
+    comment += (f" Kept: weight scale {best['weight_scale']:g}, learning rate "
+                f"{best['learning_rate']:g} ({report.pct(best['train_acc'])}, the lowest final "
+                "loss among the most accurate).")
+    return text + "\n\n" + comment
+
+
+def _rules_part(rules: dict) -> str:
+    if not rules:
+        return "No update rules were compared (--update_rules is empty)."
+    stats = {name: {"loss": _last_epoch_loss(r),
+                    "train": report.series(r["train_acc_history"])[-1],
+                    "val": report.series(r["val_acc_history"])[-1]} for name, r in rules.items()}
+    first = next(iter(rules.values()))
+    text = report.table(
+        ("update rule", "learning rate", "last-epoch training loss", "training accuracy",
+         "validation accuracy", "diverged"),
+        [(name, f"{r['learning_rate']:g}", stats[name]["loss"], report.pct(stats[name]["train"]),
+          report.pct(stats[name]["val"]), "yes" if r["diverged"] else "no")
+         for name, r in rules.items()])
+    val = report.ranked({n: s["val"] for n, s in stats.items()}, lower_is_better=False)
+    (winner, top), others = val[0], val[1:]
+    comment = (f"After {first['num_epochs']} epochs on {first['num_train']} examples "
+               f"({len(first['hidden_dims']) + 1}-layer net), {winner} has the best validation "
+               f"accuracy, {report.pct(top)}")
+    if others:
+        comment += ", " + ", ".join(f"{report.points(top - v)} above {n}" for n, v in others)
+    comment += "."
+    loss = report.ranked({n: s["loss"] for n, s in stats.items()}, lower_is_better=True)
+    (low_n, low), (high_n, high) = loss[0], loss[-1]
+    if low_n != high_n and np.isfinite(high) and low > 0:
+        comment += (f" Lowest last-epoch training loss: {low_n} ({report.fmt(low)}), "
+                    f"{report.times(high / low)} below {high_n} ({report.fmt(high)}).")
+    diverged = [n for n, r in rules.items() if r["diverged"]]
+    if diverged:
+        comment += f" Diverged: {report.join(diverged)}."
+    return text + "\n\n" + comment
+
+
+def _final_part(run: dict) -> str:
+    train, val = report.series(run["train_acc_history"]), report.series(run["val_acc_history"])
+    text = report.table(
+        ("hidden widths", "parameters", "normalization", "dropout", "L2", "update rule",
+         "learning rate (decay/epoch)", "epochs", "best validation accuracy (epoch)",
+         "test accuracy"),
+        [(_widths(run), run["num_params"], run["normalization"] or "none",
+          f"{run['dropout']:g}", f"{run['reg']:g}", run["update_rule"],
+          f"{run['learning_rate']:g} (×{run['lr_decay']:g})", run["num_epochs"],
+          f"{report.pct(run['best_val_acc'])} ({run['best_epoch']})",
+          report.pct(run["test_accuracy"]))])
+    comment = (f"Test accuracy {report.pct(run['test_accuracy'])} with the parameters of epoch "
+               f"{run['best_epoch']} of {run['num_epochs']} (best validation accuracy "
+               f"{report.pct(run['best_val_acc'])}). At the last epoch training accuracy is "
+               f"{report.pct(train[-1])}, {report.points(train[-1] - val[-1])} above validation "
+               f"({report.pct(val[-1])}).")
+    return text + "\n\n" + comment

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from hw1_tf import data, functions, models
+from hw1_tf import data, functions, models, report
 from hw1_tf.config import TrainConfig, option
 from hw1_tf.experiments import common
 
@@ -76,3 +76,123 @@ def run(config: Config) -> dict:
             best[f"{fn_name}/{spec.name}"] = min(
                 names, key=lambda n: runs[n]["history"]["epoch"]["train_loss"][-1])
     return common.finish(EXPERIMENT, config, runs, paths, targets=targets, best_runs=best)
+
+
+# -------------------------------------------------------------------------- REPORT.md section
+
+TITLE = "HW1-1 Deep vs shallow: simulate a function"
+QUESTIONS = (
+    "Describe the models you use, including the number of parameters (at least two models) "
+    "and the function you use.",
+    "In one chart, plot the training loss of all models.",
+    "In one graph, plot the predicted function curve of all models and the ground-truth "
+    "function curve.",
+    "Comment on your results.",
+    "Use more than two models in all previous questions. (bonus)",
+    "Use more than one function. (bonus)",
+)
+
+
+def _late_improvement(loss) -> float:
+    """How much the lowest training loss fell during the last tenth of the epochs (relative
+    to the lowest before it): near 0 once training has converged."""
+    loss = report.series(loss)
+    tail = max(1, len(loss) // 10)
+    if len(loss) <= tail:
+        return float("nan")
+    before, last = np.nanmin(loss[:-tail]), np.nanmin(loss[-tail:])
+    return float(max(0.0, 1.0 - last / before)) if before > 0 else float("nan")
+
+
+def report_section(results: dict, ctx: report.Context) -> str:
+    """Models and functions, the loss and prediction figures, the final losses of each
+    model's best initialisation, and which depth fit each function best and by how much."""
+    config, runs, targets = results["config"], results["runs"], results["targets"]
+    best = {tuple(key.split("/", 1)): runs[name] for key, name in results["best_runs"].items()}
+    model_names = list(dict.fromkeys(m for _, m in best))
+    restarts = int(config.get("restarts", 1))
+    out = ["### Models and functions", ""]
+    first = {m: next(r for (_, mm), r in best.items() if mm == m) for m in model_names}
+    out.append(report.table(
+        ("model", "hidden layers", "widths", "activation", "parameters"),
+        [(m, len(r["model"]["hidden"]), ", ".join(map(str, r["model"]["hidden"])),
+          r["model"]["activation"], r["num_params"]) for m, r in first.items()]))
+    counts = [r["num_params"] for r in first.values()]
+    out += ["", f"{len(model_names)} dense models with {min(counts)} to {max(counts)} parameters "
+            f"(target {config['target_params']}), fitted to {len(targets)} functions:", ""]
+    out.append(report.table(
+        ("function", "formula", "domain"),
+        [(name, t["formula"], f"[{t['domain'][0]:g}, {t['domain'][1]:g}]")
+         for name, t in targets.items()]))
+    out += ["", f"Each model: {config['epochs']} epochs of {config['optimizer']} (learning rate "
+            f"{config['learning_rate']:g}, batch {config['batch_size']}) on "
+            f"{config['n_train']} random points of the domain, MSE loss; test MSE on "
+            f"{config['n_test']} evenly spaced points."]
+    if restarts > 1:
+        out[-1] += (f" {restarts} initialisations per model; the one with the lowest final "
+                    "training loss is the model's result (the other ones are drawn faint).")
+
+    out += ["", "### Training loss and predictions", ""]
+    for fn in targets:
+        out += [ctx.figure(f"loss_{fn}.png", f"training loss of every model on {fn}"),
+                ctx.figure(f"prediction_{fn}.png", f"predictions vs ground truth, {fn}"), ""]
+
+    header = ["function", "model", "final training MSE", "test MSE"]
+    if restarts > 1:
+        header.append(f"final training MSE, all {restarts} inits (min-max)")
+    header.append("late improvement (last 10% of epochs)")
+    rows, comments, wins = [], [], {m: [] for m in model_names}
+    for fn in targets:
+        final = {m: float(report.series(best[fn, m]["history"]["epoch"]["train_loss"])[-1])
+                 for m in model_names}
+        test = {m: float(best[fn, m]["test_mse"]) for m in model_names}
+        late = {m: _late_improvement(best[fn, m]["history"]["epoch"]["train_loss"])
+                for m in model_names}
+        for m in model_names:
+            row = [fn, m, final[m], test[m]]
+            if restarts > 1:
+                all_final = [float(report.series(r["history"]["epoch"]["train_loss"])[-1])
+                             for r in runs.values() if r["function"] == fn
+                             and r["model"]["name"] == m]
+                row.append(f"{report.fmt(min(all_final))} - {report.fmt(max(all_final))}")
+            row.append(report.pct(late[m]))
+            rows.append(row)
+        comments.append(_function_comment(fn, final, test, late, int(config["epochs"])))
+        wins[report.ranked(final, lower_is_better=True)[0][0]].append(fn)
+    out += ["### Key numbers", "", report.table(header, rows), "", "### Comment", ""]
+    out += [f"- {c}" for c in comments]
+    tally = [f"{m} on {len(fns)} ({', '.join(fns)})" for m, fns in wins.items() if fns]
+    never = [m for m, fns in wins.items() if not fns]
+    line = f"- Lowest final training loss per function: {report.join(tally)}"
+    if never:
+        line += f"; {report.join(never)} never"
+    out.append(line + ".")
+    out.append(f"- Bonus: {len(model_names)} models and {len(targets)} functions.")
+    return "\n".join(out)
+
+
+def _function_comment(fn: str, final: dict, test: dict, late: dict, epochs: int) -> str:
+    order = report.ranked(final, lower_is_better=True)
+    (winner, low), others = order[0], order[1:]
+    text = f"**{fn}**: {winner} reached the lowest final training MSE, {report.fmt(low)}"
+    if others and low > 0:
+        text += ": " + ", ".join(f"{report.times(v / low)} lower than {m}'s {report.fmt(v)}"
+                                 for m, v in others)
+    text += "."
+    test_winner, test_low = report.ranked(test, lower_is_better=True)[0]
+    if test_winner == winner:
+        text += f" It also has the lowest test MSE ({report.fmt(test_low)})."
+    else:
+        text += (f" On the test grid {test_winner} is best instead ({report.fmt(test_low)} vs "
+                 f"{report.fmt(test[winner])}, {report.pct(1 - test_low / test[winner])} lower)"
+                 ", so the lowest training loss did not generalise best.")
+    moving = {m: v for m, v in late.items() if np.isfinite(v) and v > 0.05}
+    tail = max(1, epochs // 10)
+    if moving:
+        text += (f" In the last {tail} of {epochs} epochs the loss still fell by "
+                 + report.join([f"{report.pct(v)} ({m})" for m, v in moving.items()])
+                 + ": not converged; more epochs may lower it.")
+    else:
+        text += (f" No model's loss fell by more than 5% in the last {tail} of {epochs} "
+                 "epochs: converged.")
+    return text
