@@ -249,3 +249,44 @@ def plot_scratch(results: dict[str, Any], figures_dir: Path) -> list[Path]:
                  f"{dataset}: test accuracy {final['test_accuracy']:.2%}")
     paths.append(save(fig, figures_dir / "final.png"))
     return paths
+
+
+# ----------------------------------------------------------------- HW1-3 generalization
+
+
+def _knob_text(knob: str, value) -> str:
+    return f"batch {int(value)}" if knob == "batch_size" else f"lr {float(value):g}"
+
+
+@plotter("flatness")
+def plot_flatness(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """As the slides: cross-entropy (log scale, left axis) and accuracy (right axis), training
+    (solid) and test (dashed), against the interpolation ratio α; one figure per pair."""
+    out = []
+    for key, line in results["lines"].items():
+        alphas = np.asarray(line["alphas"], float)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        acc_ax = ax.twinx()
+        for split, style in (("train", "-"), ("test", "--")):
+            ax.plot(alphas, line[f"{split}_loss"], "C0" + style, label=f"{split} cross-entropy")
+            acc_ax.plot(alphas, line[f"{split}_accuracy"], "C3" + style,
+                        label=f"{split} accuracy")
+        for x in (0.0, 1.0):
+            ax.axvline(x, color="grey", linewidth=0.8, alpha=0.5)
+        ax.set_yscale("log")
+        ax.set_xlabel("interpolation ratio α  (θ = (1-α)·θ₁ + α·θ₂)")
+        ax.set_ylabel("cross-entropy (log scale)", color="C0")
+        acc_ax.set_ylabel("accuracy", color="C3")
+        acc_ax.set_ylim(0, 1.02)
+        ax.grid(True, which="both", alpha=0.3)
+        first = _knob_text(line["knob"], line["first_value"])
+        second = _knob_text(line["knob"], line["second_value"])
+        bn = ", BN recomputed" if line.get("recomputed_batch_norm") else ""
+        ax.set_title(f"HW1-3 flatness, {results.get('dataset', '')}: θ₁ = {first} (α=0), "
+                     f"θ₂ = {second} (α=1){bn}", fontsize=10)
+        handles = ax.get_legend_handles_labels()
+        acc_handles = acc_ax.get_legend_handles_labels()
+        ax.legend(handles[0] + acc_handles[0], handles[1] + acc_handles[1], fontsize=8,
+                  loc="center left")
+        out.append(save(fig, figures_dir / f"{key}.png"))
+    return out

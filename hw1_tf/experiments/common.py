@@ -12,7 +12,8 @@ import numpy as np
 
 from absl import logging
 
-from hw1_tf import distribute, models, plots, store, training
+from hw1_tf import data, distribute, models, plots, store, training
+from hw1_tf.config import TrainConfig, option
 from hw1_tf.data import Splits
 
 
@@ -85,3 +86,20 @@ def finish(experiment: str, config: Any, runs: dict[str, Any], paths: store.Path
 def strategy_from(config: Any):
     return distribute.make_strategy(getattr(config, "strategy", "default"))
 
+
+
+@dataclasses.dataclass
+class ImageTrainConfig(TrainConfig):
+    """A TrainConfig whose runs train on one image dataset (the HW1-3 experiments)."""
+
+    dataset: str = option("mnist", "Dataset to train on.", choices=data.IMAGE_DATASETS)
+    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files and tfds/ (default "
+                                  "$HW1_DATA_DIR or <project>/data).")
+    train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
+    test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
+
+
+def load_splits(config: ImageTrainConfig, **kwargs: Any) -> Splits:
+    """The dataset `config` names, with its subsets (kwargs go to `data.load`)."""
+    return data.load(config.dataset, config.data_dir, train_size=config.train_size,
+                     test_size=config.test_size, seed=config.seed, **kwargs)
