@@ -257,28 +257,32 @@ def evaluate_line(first: Endpoint, second: Endpoint, alphas: Sequence[float],
 # ------------------------------------------------------------ the SavedModel's own predictions
 
 
-def serve_predictions(endpoint: Endpoint, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Logits of the loaded SavedModel's own `serve` signature, batch by batch."""
-    return np.concatenate([endpoint.loaded.serve(tf.constant(x[i:i + batch_size])).numpy()
-                           for i in range(0, len(x), batch_size)])
+def serve_predictions(endpoint: Endpoint, x: np.ndarray,
+                      weights: Sequence[np.ndarray] | None = None,
+                      batch_size: int = 1024) -> np.ndarray:
+    """Logits of the loaded SavedModel's own `serve` signature, batch by batch, at its weights
+    or with `weights` assigned to its variables for the call (restored afterwards)."""
+    variables = endpoint.variables
+    x = np.asarray(x, np.float32)
+    try:
+        if weights is not None:
+            for v, w in zip(variables, weights):
+                v.assign(np.asarray(w, v.dtype.as_numpy_dtype))
+        return np.concatenate([endpoint.loaded.serve(tf.constant(x[i:i + batch_size])).numpy()
+                               for i in range(0, len(x), batch_size)])
+    finally:
+        if weights is not None:
+            for v, w in zip(variables, endpoint.arrays):
+                v.assign(w)
 
 
 def evaluate_serve(endpoint: Endpoint, x: np.ndarray, y: np.ndarray,
                    weights: Sequence[np.ndarray] | None = None,
                    batch_size: int = 1024) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of the SavedModel through its own `serve`, at its weights
-    or with `weights` assigned to its variables for the call (restored afterwards): one α at a
-    time, the reference the vectorised curve is checked against."""
-    variables = endpoint.variables
-    try:
-        if weights is not None:
-            for v, w in zip(variables, weights):
-                v.assign(np.asarray(w, v.dtype.as_numpy_dtype))
-        logits = serve_predictions(endpoint, np.asarray(x, np.float32), batch_size)
-    finally:
-        if weights is not None:
-            for v, w in zip(variables, endpoint.arrays):
-                v.assign(w)
+    """(mean cross-entropy, accuracy) through the SavedModel's own `serve` (see
+    `serve_predictions`): one α at a time, the reference the vectorised curve is checked
+    against."""
+    logits = serve_predictions(endpoint, x, weights, batch_size)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=np.asarray(y, np.int32),
                                                         logits=logits).numpy()
     return float(ce.mean()), float((logits.argmax(-1) == y).mean())

@@ -99,7 +99,8 @@ def run_name(config: Config, batch_size: int, learning_rate: float) -> str:
     key = {k: getattr(config, k) for k in ("dataset", "train_size", "hidden", "activation",
                                            "batch_norm", "epochs", "optimizer", "seed")}
     digest = hashlib.sha1(json.dumps(store.to_jsonable(key), sort_keys=True).encode())
-    return f"{config.dataset}_bs{batch_size}_lr{learning_rate:g}_{digest.hexdigest()[:8]}"
+    rate = f"{learning_rate:g}".replace(".", "p")  # no dots: <run>.keras / <run>.json beside it
+    return f"{config.dataset}_bs{batch_size}_lr{rate}_{digest.hexdigest()[:8]}"
 
 
 def _expected_shapes(config: Config, splits) -> list[tuple[int, ...]]:
