@@ -211,3 +211,101 @@ def test_run_flatness_binary_missing_model_is_one_line_exit_1(tmp_path):
         [sys.executable, str(ROOT / "bin" / "run_flatness"), "--alpha_min=2", "--alpha_max=-1",
          f"--output_dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "alpha_max" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- corruptions
+
+
+def _splits():
+    return data.load("digits")
+
+
+def test_label_corruption_changes_the_chosen_fraction_and_keeps_the_test_set():
+    clean = _splits()
+    for fraction in (0.0, 0.4, 1.0):
+        s = data.corrupt(clean, "labels", fraction, seed=3)
+        changed = s.y_train != clean.y_train
+        chosen = int(round(fraction * len(clean.y_train)))
+        assert changed.sum() <= chosen  # only chosen examples may change
+        if fraction == 1.0:
+            assert changed.mean() > 0.8  # a shuffle of 10 classes changes ~90%
+        np.testing.assert_array_equal(np.bincount(s.y_train, minlength=10),
+                                      np.bincount(clean.y_train, minlength=10))
+        np.testing.assert_array_equal(s.y_test, clean.y_test)
+        np.testing.assert_array_equal(s.x_train, clean.x_train)
+        np.testing.assert_array_equal(s.y_train_clean, clean.y_train)
+    again = data.corrupt(clean, "labels", 0.4, seed=3)
+    np.testing.assert_array_equal(again.y_train, data.corrupt(clean, "labels", 0.4,
+                                                              seed=3).y_train)
+    assert (data.corrupt(clean, "labels", 1.0, corrupt_test=True).y_test != clean.y_test).any()
+
+
+def test_pixel_corruptions():
+    clean = _splits()
+    shuffled = data.corrupt(clean, "shuffled_pixels", 1.0, seed=1)
+    flat, ref = shuffled.x_train.reshape(len(clean.x_train), -1), \
+        clean.x_train.reshape(len(clean.x_train), -1)
+    # one permutation for every image, train and test alike: find it from the first image pair
+    perm = np.random.RandomState(1).permutation(flat.shape[1])
+    np.testing.assert_array_equal(flat, ref[:, perm])
+    np.testing.assert_array_equal(shuffled.x_test.reshape(len(clean.x_test), -1),
+                                  clean.x_test.reshape(len(clean.x_test), -1)[:, perm])
+    np.testing.assert_array_equal(shuffled.y_train, clean.y_train)
+
+    rand = data.corrupt(clean, "random_pixels", 1.0, seed=1)
+    flat = rand.x_train.reshape(len(clean.x_train), -1)
+    np.testing.assert_array_equal(np.sort(flat, 1), np.sort(ref, 1))  # same pixel values
+    # per-image permutations differ: pixel positions no longer line up across images
+    assert np.corrcoef(flat.mean(0), ref.mean(0))[0, 1] < 0.5
+    np.testing.assert_array_equal(rand.x_test, clean.x_test)
+
+    half = data.corrupt(clean, "gaussian", 0.5, seed=1)
+    changed = (half.x_train != clean.x_train).reshape(len(ref), -1).any(1)
+    assert changed.sum() == round(0.5 * len(ref))
+    noise = half.x_train[changed]
+    assert abs(noise.mean() - ref.mean()) < 0.02 and abs(noise.std() - ref.std()) < 0.02
+    with pytest.raises(Hw1Error, match="unknown corruption"):
+        data.corrupt(clean, "blur", 0.5)
+
+
+# ------------------------------------------------------------------ random labels, capacity
+
+
+def test_random_labels_memorises_and_test_stays_at_chance(tmp_path):
+    from hw1_tf.experiments import random_labels
+
+    config = random_labels.Config(**dict(TINY, epochs=40, hidden=(128,), ratios=(0.0, 1.0),
+                                         learning_rate=3e-3, batch_size=64,
+                                         output_dir=str(tmp_path)))
+    results = random_labels.run(config)
+    runs = {r["ratio"]: r for r in results["runs"].values()}
+    # shuffled labels: training accuracy climbs far above chance (memorising, 3x chance in
+    # this short run) while the clean test set stays near chance
+    acc = runs[1.0]["history"]["epoch"]["train_accuracy"]
+    assert runs[1.0]["final_train_accuracy"] > 0.3 and acc[-1] > acc[0] + 0.15
+    assert runs[1.0]["final_test_accuracy"] < 0.2
+    assert runs[0.0]["final_test_accuracy"] > 0.9
+    fit = random_labels.epochs_to_fit(runs[0.0]["history"]["epoch"]["train_accuracy"], 0.9)
+    acc = runs[0.0]["history"]["epoch"]["train_accuracy"]
+    assert acc[fit - 1] >= 0.9 and (fit == 1 or acc[fit - 2] < 0.9)
+    assert {Path(p).name for p in results["figures"]} == {
+        "epochs_labels_0p00.png", "epochs_labels_1p00.png", "ratio_sweep.png"}
+
+
+def test_capacity_parameter_counts_and_final_evaluation(tmp_path):
+    from hw1_tf.experiments import capacity
+
+    config = capacity.Config(**dict(TINY, widths=(2, 8, 32), save_models=True,
+                                    output_dir=str(tmp_path)))
+    results = capacity.run(config)
+    runs = sorted(results["runs"].values(), key=lambda r: r["num_params"])
+    splits = data.load("digits")
+    for run in runs:  # 64 inputs, two hidden layers of the width, 10 classes
+        assert run["num_params"] == models.param_count(64, (run["width"],) * 2, 10)
+        # the final numbers are the trained model's on the whole sets (checked through serve)
+        endpoint = landscape.load_endpoint(run["saved_model"])
+        loss, acc = landscape.evaluate_serve(endpoint, splits.x_train, splits.y_train)
+        np.testing.assert_allclose(run["final_train_loss"], loss, rtol=1e-4)
+        np.testing.assert_allclose(run["final_train_accuracy"], acc, atol=1e-6)
+    assert runs[-1]["final_train_accuracy"] > runs[0]["final_train_accuracy"]
+    assert len(results["figures"]) == 2

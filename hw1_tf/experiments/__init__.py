@@ -16,7 +16,8 @@ import importlib
 
 from hw1_tf.errors import Hw1Error
 
-ORDER = ("simulate_function", "actual_task", "scratch", "flatness")
+ORDER = ("simulate_function", "actual_task", "scratch", "random_labels", "capacity",
+         "flatness")
 
 
 def get(name: str):
