@@ -7,10 +7,9 @@ variables are read as a dense net — Dense layers, optionally each followed by 
 the activation after every hidden layer — and that reading is checked against the SavedModel's
 own `serve` before it is used.
 
-Speed: the weights of K values of α are stacked on a leading axis and one pass over a batch
-evaluates all K (the first layer as one matmul against the K kernels side by side, the others
-as batched matmuls), so a curve costs one pass over the data per chunk of α, not one call per α
-per batch. Batches are spread over the replicas of the strategy given, and the per-example sums
+Speed: the weights of K values of α are stacked on a leading axis and one traced call per batch
+evaluates all K, so a curve costs one pass over the data per chunk of α, not one call per α per
+batch. Batches are spread over the replicas of the strategy given, and the per-example sums
 are all-reduced.
 
 BatchNorm: the moving averages stored with each endpoint describe that endpoint's activations,
@@ -113,33 +112,37 @@ def check_compatible(first: Endpoint, second: Endpoint) -> None:
 def forward(layers: Sequence[Layer], weights: Sequence[tf.Tensor], x: tf.Tensor,
             bn_stats: dict[int, tuple[tf.Tensor, tf.Tensor]] | None = None,
             activation=tf.nn.relu, stop_before: int | None = None) -> tf.Tensor:
-    """Logits (K, B, classes) of K stacked weight sets (each weight (K, ...)) on inputs x (B, ...)
-    shared by all K. BatchNorm layer j uses `bn_stats[j]` = (mean, variance) of shape (K, width)
-    when given, else its (stacked) moving averages. `stop_before=j` returns layer j's input."""
-    h = tf.reshape(x, [tf.shape(x)[0], -1])
-    dense_positions = [j for j, layer in enumerate(layers) if layer.kind == "dense"]
-    for j, layer in enumerate(layers):
-        if j == stop_before:
-            return h
-        w = {role: weights[i] for role, i in layer.index.items()}
-        if layer.kind == "dense":
-            kernel = w["kernel"]
-            if h.shape.rank == 2:  # the shared input: one matmul against the K kernels side by side
-                k, n_in, n_out = tf.unstack(tf.shape(kernel))
-                wide = tf.reshape(tf.transpose(kernel, [1, 0, 2]), [n_in, k * n_out])
-                h = tf.transpose(tf.reshape(tf.matmul(h, wide), [-1, k, n_out]), [1, 0, 2])
+    """Logits (K, B, classes) of K stacked weight sets (each weight (K, ...), K static) on inputs
+    x (B, ...) shared by all K. BatchNorm layer j uses `bn_stats[j]` = (mean, variance) of shape
+    (K, width) when given, else its (stacked) moving averages. `stop_before=j` returns layer j's
+    input instead.
+
+    The K sets are unrolled into K plain 2-D matmul chains in one graph: on CPU that ran 2.5x
+    faster than batched (K, B, n) matmuls or one wide first-layer matmul (bench/interpolation.py
+    and its notes in the README)."""
+    h0 = tf.reshape(x, [tf.shape(x)[0], -1])
+    count = weights[0].shape[0]
+    last_dense = max(j for j, layer in enumerate(layers) if layer.kind == "dense")
+    outputs = []
+    for k in range(count):
+        h = h0
+        for j, layer in enumerate(layers):
+            if j == stop_before:
+                break
+            w = {role: weights[i][k] for role, i in layer.index.items()}
+            if layer.kind == "dense":
+                h = tf.matmul(h, w["kernel"]) + w["bias"]
+                followed_by_bn = j + 1 < len(layers) and layers[j + 1].kind == "batch_norm"
+                if j != last_dense and not followed_by_bn:
+                    h = activation(h)
             else:
-                h = tf.matmul(h, kernel)
-            h = h + w["bias"][:, None, :]
-            followed_by_bn = j + 1 < len(layers) and layers[j + 1].kind == "batch_norm"
-            if j != dense_positions[-1] and not followed_by_bn:
-                h = activation(h)
-        else:
-            mean, var = (bn_stats[j] if bn_stats is not None and j in bn_stats
-                         else (w["moving_mean"], w["moving_variance"]))
-            h = (h - mean[:, None, :]) * tf.math.rsqrt(var[:, None, :] + BN_EPSILON)
-            h = activation(h * w["gamma"][:, None, :] + w["beta"][:, None, :])
-    return h
+                mean, var = (bn_stats[j] if bn_stats is not None and j in bn_stats
+                             else (weights[layer.index["moving_mean"]],
+                                   weights[layer.index["moving_variance"]]))
+                h = (h - mean[k]) * tf.math.rsqrt(var[k] + BN_EPSILON)
+                h = activation(h * w["gamma"] + w["beta"])
+        outputs.append(h)
+    return tf.stack(outputs)
 
 
 def interpolate(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
@@ -157,15 +160,26 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32).reshape(len(x), -1)
 
 
+_FUNCTIONS: dict[tuple, Any] = {}
+
+
 class _Summer:
     """Runs a per-batch function of (x, y, *args) returning sums, over the batches of a dataset
-    spread across the strategy's replicas, and adds the all-reduced sums up in float64."""
+    spread across the strategy's replicas, and adds the all-reduced sums up in float64.
 
-    def __init__(self, strategy, fn, jit_compile: bool):
+    The traced function is kept per (what, layers, activation, XLA), so later curves of the same
+    architecture reuse it. XLA only with a GPU: on this CPU the XLA-compiled evaluation ran
+    slower than TensorFlow's own kernels, and it fails across several logical devices (see
+    distribute.execution_settings)."""
+
+    def __init__(self, strategy, key: tuple, make_fn, jit_compile: bool):
         self.strategy = strategy
-        single = strategy.num_replicas_in_sync == 1
-        # XLA fails across several logical devices (see distribute.execution_settings)
-        self.fn = tf.function(fn, jit_compile=bool(jit_compile and single))
+        jit = bool(jit_compile and strategy.num_replicas_in_sync == 1
+                   and tf.config.list_logical_devices("GPU"))
+        key = key + (jit, id(strategy))
+        if key not in _FUNCTIONS:
+            _FUNCTIONS[key] = tf.function(make_fn(), jit_compile=jit, autograph=False)
+        self.fn = _FUNCTIONS[key]
 
     def __call__(self, x: np.ndarray, y: np.ndarray, batch_size: int, *args) -> list[np.ndarray]:
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
@@ -191,7 +205,7 @@ def _loss_and_correct(layers, activation):
     return sums
 
 
-def _moments(layers, activation, j):
+def _layer_sums(layers, activation, j):
     """Per-α sums of layer j's inputs (pass 1) and of their squared deviations (pass 2)."""
 
     def first(x, y, weights, bn_stats):
@@ -204,6 +218,11 @@ def _moments(layers, activation, j):
     return first, second
 
 
+def _key(what: str, layers, activation) -> tuple:
+    return (what, tuple((layer.kind, tuple(sorted(layer.index.items()))) for layer in layers),
+            activation)
+
+
 def batch_norm_statistics(layers, weights, x, *, strategy, batch_size: int,
                           activation=tf.nn.relu, jit_compile: bool = True):
     """{BatchNorm layer: (mean, variance)} of each stacked weight set on inputs x, computed
@@ -213,11 +232,13 @@ def batch_norm_statistics(layers, weights, x, *, strategy, batch_size: int,
     for j, layer in enumerate(layers):
         if layer.kind != "batch_norm":
             continue
-        first, second = _moments(layers, activation, j)
-        (total,) = _Summer(strategy, first, jit_compile)(x, y, batch_size, weights, dict(stats))
+        first = _Summer(strategy, _key(f"mean{j}", layers, activation),
+                        lambda: _layer_sums(layers, activation, j)[0], jit_compile)
+        second = _Summer(strategy, _key(f"var{j}", layers, activation),
+                         lambda: _layer_sums(layers, activation, j)[1], jit_compile)
+        (total,) = first(x, y, batch_size, weights, dict(stats))
         mean = tf.constant((total / len(x)).astype(np.float32))
-        (sq,) = _Summer(strategy, second, jit_compile)(x, y, batch_size, weights, dict(stats),
-                                                       mean)
+        (sq,) = second(x, y, batch_size, weights, dict(stats), mean)
         stats[j] = (mean, tf.constant((sq / len(x)).astype(np.float32)))
     return stats
 
@@ -237,7 +258,8 @@ def evaluate_line(first: Endpoint, second: Endpoint, alphas: Sequence[float],
     if recompute and batch_norm_x is None:
         raise Hw1Error("recomputing BatchNorm statistics needs training inputs (batch_norm_x)")
     flat = {name: (_flat(x), np.asarray(y, np.int32)) for name, (x, y) in data.items()}
-    summer = _Summer(strategy, _loss_and_correct(first.layers, activation), jit_compile)
+    summer = _Summer(strategy, _key("loss", first.layers, activation),
+                     lambda: _loss_and_correct(first.layers, activation), jit_compile)
     out = {name: {"loss": [], "accuracy": []} for name in data}
     for start in range(0, len(alphas), alphas_per_pass):
         chunk = alphas[start:start + alphas_per_pass]

@@ -116,10 +116,6 @@ def test_vectorised_line_equals_one_alpha_at_a_time_through_serve(bn_pair):
         top2 = np.sort(landscape.serve_predictions(first, splits.x_test, theta), -1)[:, -2:]
         ties = int((top2[:, 1] - top2[:, 0] < 1e-4).sum())
         assert abs(curves["test"]["accuracy"][i] - acc) <= (ties + 1e-3) / len(splits.y_test)
-    xla = landscape.evaluate_line(first, second, alphas, {"test": (splits.x_test,
-                                                                   splits.y_test)},
-                                  batch_size=100, recompute_batch_norm=False, jit_compile=True)
-    np.testing.assert_allclose(xla["test"]["loss"], curves["test"]["loss"], rtol=1e-4)
     # serve's variables were restored after the loop
     np.testing.assert_allclose(first.variables[0].numpy(), first.arrays[0])
 
