@@ -30,9 +30,11 @@ EXPERIMENT = "flatness"
 class Config(common.ImageTrainConfig):
     batch_sizes: tuple[int, ...] = option((64, 1024), "Batch sizes, one model each (the slides: "
                                           "64 vs 1024).", lower=1)
-    learning_rates: tuple[float, ...] | None = option(
-        None, "Learning rates, one model each with every batch size (the slides: 1e-3 vs "
-        "1e-2); default --learning_rate.", lower=0.0)
+    learning_rates: tuple[float, ...] = option(
+        (1e-3,), "Learning rates, one model each with every batch size (the slides: 1e-3 vs "
+        "1e-2).", lower=0.0)
+    learning_rate: float = option(1e-3, "Not used here: each model's learning rate comes from "
+                                  "--learning_rates.", lower=0.0)
     hidden: tuple[int, ...] = option((256, 256, 256), "Hidden widths of the dense net.",
                                      lower=1)
     activation: str = option("relu", "Hidden activation (a TensorFlow op name in tf.nn).")
@@ -70,8 +72,7 @@ class Config(common.ImageTrainConfig):
 
 def approaches(config: Config) -> list[tuple[int, float]]:
     """(batch size, learning rate) of every model to train."""
-    rates = config.learning_rates or (config.learning_rate,)
-    return [(int(b), float(r)) for b in config.batch_sizes for r in rates]
+    return [(int(b), float(r)) for b in config.batch_sizes for r in config.learning_rates]
 
 
 def line_pairs(config: Config) -> list[tuple[tuple[int, float], tuple[int, float]]]:
