@@ -170,12 +170,13 @@ def run(config: Config) -> dict:
         train_loss, train_acc = landscape.evaluate_serve(endpoint, splits.x_train,
                                                          splits.y_train)
         test_loss, test_acc = landscape.evaluate_serve(endpoint, splits.x_test, splits.y_test)
-        runs[name] = {"batch_size": batch_size, "learning_rate": learning_rate,
+        # the training record (model, num_params, history) kept beside the SavedModel
+        runs[name] = {**(_read_record(paths, name) or {}),
+                      "batch_size": batch_size, "learning_rate": learning_rate,
                       "saved_model": str(endpoint.path),
                       "reused": (batch_size, learning_rate) not in to_train,
                       "own": {"train_loss": train_loss, "train_accuracy": train_acc,
-                              "test_loss": test_loss, "test_accuracy": test_acc},
-                      "training": _read_record(paths, name)}
+                              "test_loss": test_loss, "test_accuracy": test_acc}}
         logging.info("%s: own train loss %.4g acc %.4f, test loss %.4g acc %.4f", name,
                      train_loss, train_acc, test_loss, test_acc)
 

@@ -91,9 +91,9 @@ def report_section(results: dict, ctx: report.Context) -> str:
            f"{', '.join(f'{r:g}' for r in config['ratios'])} of the training examples "
            f"(test set {'corrupted too' if config['corrupt_test'] else 'clean'}); seed "
            f"{config['seed']}.", ""]
-    key = next(k for k, r in runs.items() if r is main)
-    out.append(ctx.figure(f"epochs_{key}.png", f"fraction {main['ratio']:g}: loss and "
-                          "accuracy against epochs"))
+    for key, r in sorted(runs.items(), key=lambda kv: -kv[1]["ratio"]):
+        out.append(ctx.figure(f"epochs_{key}.png", f"fraction {r['ratio']:g}: loss and "
+                              "accuracy against epochs"))
     if len(runs) > 1:
         out.append(ctx.figure("ratio_sweep.png", "final accuracy and epochs to fit against the "
                               "corrupted fraction"))
