@@ -306,7 +306,8 @@ def plot_random_labels(results: dict[str, Any], figures_dir: Path) -> list[Path]
                          color="C0", label=f"{split}")
             ax_acc.plot(_epochs(epoch[f"{split}_accuracy"]), epoch[f"{split}_accuracy"], style,
                         color="C3", label=f"{split}")
-        ax_acc.axhline(0.1, color="grey", linewidth=0.8, linestyle=":", label="chance (10 classes)")
+        ax_acc.axhline(0.1, color="grey", linewidth=0.8, linestyle=":",
+                       label="chance (10 classes)")
         what = f"{corruption} corrupted, fraction {run['ratio']:g}"
         _finish_axes(ax_loss, f"HW1-3 {results['dataset']}: loss ({what})", "epoch",
                      "cross-entropy", values=epoch["train_loss"] + epoch["test_loss"])

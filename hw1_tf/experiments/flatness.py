@@ -257,7 +257,8 @@ def report_section(results: dict, ctx: report.Context) -> str:
         out.append(ctx.figure(f"{key}.png", f"{label1} (α=0) to {label2} (α=1)"))
         rows = []
         for split in ("train", "test"):
-            loss, acc = report.series(line[f"{split}_loss"]), report.series(line[f"{split}_accuracy"])
+            loss = report.series(line[f"{split}_loss"])
+            acc = report.series(line[f"{split}_accuracy"])
             i0, i1 = int(np.argmin(abs(a))), int(np.argmin(abs(a - 1)))
             between = np.where((a > 0) & (a < 1))[0]
             top = between[np.argmax(loss[between])] if between.size else i0
