@@ -75,6 +75,17 @@ def test_flatness_reuses_saved_models_and_retrain_forces(flat_results):
     (a,), (b,) = first["lines"].values(), again["lines"].values()
     np.testing.assert_array_equal(a["test_loss"], b["test_loss"])
     assert all("history" in r for r in again["runs"].values())  # kept beside the SavedModel
+    # models saved elsewhere: --saved_models_dir points at them, results go to another root
+    import shutil
+
+    elsewhere = tmp / "elsewhere"
+    shutil.copytree(tmp / "saved_models", elsewhere)
+    moved = flatness.run(_flat_config(tmp / "other_root", saved_models_dir=str(elsewhere),
+                                      train_missing=False))
+    assert all(r["reused"] and r["saved_model"].startswith(str(elsewhere))
+               for r in moved["runs"].values())
+    np.testing.assert_array_equal(next(iter(moved["lines"].values()))["test_loss"],
+                                  a["test_loss"])
     retrained = flatness.run(_flat_config(tmp, batch_sizes=(16,), learning_rates=(1e-3, 3e-3),
                                           retrain=True))
     assert not any(r["reused"] for r in retrained["runs"].values())
