@@ -197,6 +197,71 @@ def randomize_labels(labels: np.ndarray, fraction: float,
     return labels
 
 
+CORRUPTIONS = ("labels", "shuffled_pixels", "random_pixels", "gaussian")
+
+
+def shuffle_pixels(x: np.ndarray, permutation: np.ndarray) -> np.ndarray:
+    """Every image's pixels reordered by one fixed permutation (the same for all images)."""
+    flat = x.reshape(len(x), -1)
+    return flat[:, permutation].reshape(x.shape)
+
+
+def random_pixels(x: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+    """Every image's pixels reordered by its own random permutation."""
+    flat = x.reshape(len(x), -1)
+    order = np.argsort(rng.random_sample(flat.shape), axis=1)
+    return np.take_along_axis(flat, order, axis=1).reshape(x.shape)
+
+
+def gaussian_like(x: np.ndarray, rng: np.random.RandomState, mean: float,
+                  std: float) -> np.ndarray:
+    """Gaussian noise images with the given mean and standard deviation."""
+    return rng.normal(mean, std, size=x.shape).astype(x.dtype)
+
+
+def corrupt(splits: Splits, kind: str, fraction: float, seed: int = 0,
+            corrupt_test: bool = False) -> Splits:
+    """`splits` with a seeded `fraction` of the training examples corrupted (Zhang et al. 2017):
+      labels           the chosen labels shuffled among themselves (`randomize_labels`),
+      shuffled_pixels  the chosen images' pixels in one fixed permuted order,
+      random_pixels    the chosen images' pixels each in its own random order,
+      gaussian         the chosen images replaced by Gaussian noise of the data's mean and std.
+    The test set stays clean unless `corrupt_test` (the same fraction, drawn independently);
+    with shuffled_pixels at fraction 1 the test images get the same permutation regardless,
+    since the permutation then only renames the input coordinates. `y_train_clean` keeps the
+    true training labels."""
+    if kind not in CORRUPTIONS:
+        raise DataError(f"unknown corruption {kind!r}; choose one of {', '.join(CORRUPTIONS)}")
+    if not 0.0 <= fraction <= 1.0:
+        raise DataError(f"corruption fraction {fraction} is not in [0, 1]")
+    rng = np.random.RandomState(seed)
+    permutation = rng.permutation(int(np.prod(splits.input_shape)))
+    mean, std = float(splits.x_train.mean()), float(splits.x_train.std())
+
+    def apply(x, y, rng):
+        chosen = np.sort(rng.choice(len(x), int(round(fraction * len(x))), replace=False))
+        x, y = x.copy(), y.copy()
+        if kind == "labels":
+            y[chosen] = y[rng.permutation(chosen)]
+        elif kind == "shuffled_pixels":
+            x[chosen] = shuffle_pixels(x[chosen], permutation)
+        elif kind == "random_pixels":
+            x[chosen] = random_pixels(x[chosen], rng)
+        else:
+            x[chosen] = gaussian_like(x[chosen], rng, mean, std)
+        return x, y
+
+    x_train, y_train = apply(splits.x_train, splits.y_train, rng)
+    x_test, y_test = splits.x_test, splits.y_test
+    if corrupt_test:
+        x_test, y_test = apply(x_test, y_test, np.random.RandomState(seed + 1))
+    elif kind == "shuffled_pixels" and fraction == 1.0:
+        x_test = shuffle_pixels(x_test, permutation)
+    clean = splits.y_train_clean if splits.y_train_clean is not None else splits.y_train
+    return dataclasses.replace(splits, x_train=x_train, y_train=y_train, x_test=x_test,
+                               y_test=y_test, y_train_clean=clean.copy())
+
+
 def function_splits(function_name: str, n_train: int, n_test: int, seed: int = 0) -> Splits:
     """Samples a registered 1-D target function: random training x, an evenly spaced test grid."""
     fn = functions.get(function_name)

@@ -28,10 +28,12 @@ class ModelSpec:
     activation: str = "relu"
     kernel_size: int = 3
     pool_every: int = 1  # cnn: max-pool after every `pool_every` conv layers
+    batch_norm: bool = False  # BatchNormalization between each hidden Dense and its activation
 
     def describe(self) -> str:
         if self.kind == "dense":
-            return f"dense {list(self.hidden)} ({self.activation})"
+            bn = ", BatchNorm" if self.batch_norm else ""
+            return f"dense {list(self.hidden)} ({self.activation}{bn})"
         return (f"cnn conv{list(self.filters)} k{self.kernel_size} pool/{self.pool_every} "
                 f"dense{list(self.hidden)} ({self.activation})")
 
@@ -50,7 +52,12 @@ def build(spec: ModelSpec, input_shape: tuple[int, ...], outputs: int) -> keras.
         raise Hw1Error(f"model {spec.name}: unknown kind {spec.kind!r} (dense or cnn)")
     if len(input_shape) > 1:
         layers.append(keras.layers.Flatten())
-    layers += [keras.layers.Dense(w, activation=spec.activation) for w in spec.hidden]
+    for w in spec.hidden:
+        if spec.batch_norm:
+            layers += [keras.layers.Dense(w), keras.layers.BatchNormalization(),
+                       keras.layers.Activation(spec.activation)]
+        else:
+            layers.append(keras.layers.Dense(w, activation=spec.activation))
     layers.append(keras.layers.Dense(outputs))
     return keras.Sequential(layers, name=spec.name)
 

@@ -664,3 +664,120 @@ def plot_measures(results: dict[str, Any], figures_dir: Path) -> list[Path]:
     _finish_axes(ax, f"Kendall's tau over {len(results['runs'])} models (best first)",
                  "Kendall's tau", "measure", log_y=False)
     return [save(fig, figures_dir / "kendall_tau.png")]
+
+
+# ----------------------------------------------------------------- HW1-3 generalization
+
+
+def _knob_text(knob: str, value) -> str:
+    return f"batch {int(value)}" if knob == "batch_size" else f"lr {float(value):g}"
+
+
+@plotter("flatness")
+def plot_flatness(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """As the slides: cross-entropy (log scale, left axis) and accuracy (right axis), training
+    (solid) and test (dashed), against the interpolation ratio α; one figure per pair."""
+    out = []
+    for key, line in results["lines"].items():
+        alphas = np.asarray(line["alphas"], float)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        acc_ax = ax.twinx()
+        for split, style in (("train", "-"), ("test", "--")):
+            ax.plot(alphas, line[f"{split}_loss"], "C0" + style, label=f"{split} cross-entropy")
+            acc_ax.plot(alphas, line[f"{split}_accuracy"], "C3" + style,
+                        label=f"{split} accuracy")
+        for x in (0.0, 1.0):
+            ax.axvline(x, color="grey", linewidth=0.8, alpha=0.5)
+        ax.set_yscale("log")
+        ax.set_xlabel("interpolation ratio α  (θ = (1-α)·θ₁ + α·θ₂)")
+        ax.set_ylabel("cross-entropy (log scale)", color="C0")
+        acc_ax.set_ylabel("accuracy", color="C3")
+        acc_ax.set_ylim(0, 1.02)
+        ax.grid(True, which="both", alpha=0.3)
+        first = _knob_text(line["knob"], line["first_value"])
+        second = _knob_text(line["knob"], line["second_value"])
+        bn = ", BN recomputed" if line.get("recomputed_batch_norm") else ""
+        ax.set_title(f"HW1-3 flatness, {results.get('dataset', '')}: θ₁ = {first} (α=0), "
+                     f"θ₂ = {second} (α=1){bn}", fontsize=10)
+        handles = ax.get_legend_handles_labels()
+        acc_handles = acc_ax.get_legend_handles_labels()
+        ax.legend(handles[0] + acc_handles[0], handles[1] + acc_handles[1], fontsize=8,
+                  loc="center left")
+        out.append(save(fig, figures_dir / f"{key}.png"))
+    return out
+
+
+@plotter("random_labels")
+def plot_random_labels(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """Per run: training and test loss (left) and accuracy (right) against epochs; with several
+    fractions, the final accuracies and the epochs to fit against the fraction."""
+    out = []
+    corruption = results["config"]["corruption"]
+    for key, run in results["runs"].items():
+        epoch = run["history"]["epoch"]
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for split, style in (("train", "-"), ("test", "--")):
+            ax_loss.plot(_epochs(epoch[f"{split}_loss"]), epoch[f"{split}_loss"], style,
+                         color="C0", label=f"{split}")
+            ax_acc.plot(_epochs(epoch[f"{split}_accuracy"]), epoch[f"{split}_accuracy"], style,
+                        color="C3", label=f"{split}")
+        ax_acc.axhline(0.1, color="grey", linewidth=0.8, linestyle=":",
+                       label="chance (10 classes)")
+        what = f"{corruption} corrupted, fraction {run['ratio']:g}"
+        _finish_axes(ax_loss, f"HW1-3 {results['dataset']}: loss ({what})", "epoch",
+                     "cross-entropy", values=epoch["train_loss"] + epoch["test_loss"])
+        _finish_axes(ax_acc, f"accuracy ({what})", "epoch", "accuracy", log_y=False)
+        out.append(save(fig, figures_dir / f"epochs_{key}.png"))
+    if len(results["runs"]) > 1:
+        runs = sorted(results["runs"].values(), key=lambda r: r["ratio"])
+        ratios = [r["ratio"] for r in runs]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.plot(ratios, [r["final_train_accuracy"] for r in runs], "o-", color="C3",
+                label="final training accuracy")
+        ax.plot(ratios, [r["final_test_accuracy"] for r in runs], "s--", color="C3",
+                label="final test accuracy")
+        ax.set_ylim(0, 1.02)
+        fit_ax = ax.twinx()
+        fitted = [(x, r["epochs_to_fit"]) for x, r in zip(ratios, runs) if r["epochs_to_fit"]]
+        if fitted:
+            fit_ax.plot(*zip(*fitted), "^:", color="C0", label="epochs to fit training set")
+        missed = [x for x, r in zip(ratios, runs) if not r["epochs_to_fit"]]
+        if missed:
+            top = results["config"]["epochs"]
+            fit_ax.plot(missed, [top] * len(missed), "x", color="C0",
+                        label=f"not fitted in {top} epochs")
+        fit_ax.set_ylabel("epochs to reach the fit accuracy", color="C0")
+        fit_ax.set_ylim(0, results["config"]["epochs"] * 1.05)
+        handles = [a.get_legend_handles_labels() for a in (ax, fit_ax)]
+        ax.legend(handles[0][0] + handles[1][0], handles[0][1] + handles[1][1], fontsize=8,
+                  loc="center left")
+        ax.set_xlabel(f"fraction of training examples corrupted ({corruption})")
+        ax.set_ylabel("accuracy", color="C3")
+        ax.set_title(f"HW1-3 {results['dataset']}: fitting corrupted data")
+        ax.grid(True, alpha=0.3)
+        out.append(save(fig, figures_dir / "ratio_sweep.png"))
+    return out
+
+
+@plotter("capacity")
+def plot_capacity(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """Final training and test loss, and accuracy, against the parameter count (log x), one
+    point per model."""
+    runs = sorted(results["runs"].values(), key=lambda r: r["num_params"])
+    params = [r["num_params"] for r in runs]
+    out = []
+    for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        values = []
+        for split, marker, color in (("train", "o", "C0"), ("test", "s", "C1")):
+            v = [r[f"final_{split}_{metric}"] for r in runs]
+            ax.scatter(params, v, marker=marker, color=color, label=f"{split}")
+            values += v
+        ax.set_xscale("log")
+        _finish_axes(ax, f"HW1-3 {results['dataset']}: final {metric} vs model size "
+                     f"({results['config']['hidden_layers']} hidden layers, growing width)",
+                     "number of parameters (log scale)", ylabel,
+                     values=values if metric == "loss" else None,
+                     log_y=None if metric == "loss" else False)
+        out.append(save(fig, figures_dir / f"{metric}_vs_params.png"))
+    return out

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from hw1_tf import experiments, report, store
-from hw1_tf.experiments import actual_task, scratch, simulate_function
+from hw1_tf.experiments import (actual_task, capacity, flatness, random_labels, scratch,
+                                simulate_function)
 
 SCRATCH_TINY = dict(
     dataset="digits", fallback_dataset="digits", val_size=200, overfit_samples=50,
@@ -36,6 +37,11 @@ def out(tmp_path_factory):
         target_params=3000, epochs=3, batch_size=64, jit_compile=False, verbose=0,
         save_models=False, output_dir=str(root)))
     scratch.run(scratch.Config(output_dir=str(root), **SCRATCH_TINY))
+    tiny = dict(dataset="digits", epochs=2, jit_compile=False, verbose=0, tensorboard=False,
+                steps_per_execution=4, output_dir=str(root))
+    random_labels.run(random_labels.Config(hidden=(16,), ratios=(0.0, 1.0), **tiny))
+    capacity.run(capacity.Config(widths=(2, 4, 8), **tiny))
+    flatness.run(flatness.Config(hidden=(8,), batch_sizes=(16, 128), num_alphas=7, **tiny))
     return root
 
 

@@ -18,6 +18,7 @@ from hw1_tf.errors import Hw1Error
 
 ORDER = ("simulate_function", "actual_task",  # HW1-1
          "trajectory", "grad_norm", "error_surface",  # HW1-2
+         "random_labels", "capacity", "flatness",  # HW1-3 part 1
          "sensitivity", "sharpness", "reparametrization", "measures",  # HW1-3 part 2
          "scratch", "hessian_spectrum")  # from-scratch nets; curvature toolkit
 

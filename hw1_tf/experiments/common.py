@@ -286,11 +286,29 @@ def strategy_from(config: Any):
 
 
 
+@dataclasses.dataclass
+class ImageTrainConfig(TrainConfig):
+    """A TrainConfig whose runs train on one image dataset (the HW1-3 experiments)."""
+
+    dataset: str = option("mnist", "Dataset to train on.", choices=data.IMAGE_DATASETS)
+    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files and tfds/ (default "
+                                  "$HW1_DATA_DIR or <project>/data).")
+    train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
+    test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
+
+
+def load_splits(config: ImageTrainConfig, **kwargs: Any) -> Splits:
+    """The dataset `config` names, with its subsets (kwargs go to `data.load`), fetched on
+    first use (`load_dataset`)."""
+    return load_dataset(config.dataset, config.data_dir, train_size=config.train_size,
+                        test_size=config.test_size, seed=config.seed, **kwargs)
+
+
 # ------------------------------------------------------ the two tasks of the HW1-2 studies
 
 
 @dataclasses.dataclass
-class TaskConfig(TrainConfig):
+class TaskConfig(ImageTrainConfig):
     """The slides' two kinds of task for the optimisation studies: fitting a 1-D function with
     a small dense net, or classifying images (MNIST) with a dense net."""
 
@@ -301,14 +319,8 @@ class TaskConfig(TrainConfig):
                                   lower=10)
     function_activation: str = option("relu", "Hidden activation of the function net.")
     n_train: int = option(4096, "Training points of the function task.", lower=8)
-    dataset: str = option("mnist", "Dataset of the image task (digits: tiny, for tests).",
-                          choices=data.IMAGE_DATASETS)
     hidden: tuple[int, ...] = option((128,), "Hidden widths of the image task's dense net.",
                                      lower=1)
-    train_size: int | None = option(None, "Seeded subset of the image training set.", lower=1)
-    test_size: int | None = option(None, "Seeded subset of the image test set.", lower=1)
-    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
-                                  "$HW1_DATA_DIR or <project>/data).")
 
 
 def task_setup(config: TaskConfig, task: str) -> tuple[str, Splits, models.ModelSpec]:
@@ -319,6 +331,5 @@ def task_setup(config: TaskConfig, task: str) -> tuple[str, Splits, models.Model
         return (f"function_{config.function}", splits,
                 models.ModelSpec(f"dnn_d{config.function_depth}", "dense", hidden=hidden,
                                  activation=config.function_activation))
-    splits = data.load(config.dataset, config.data_dir, train_size=config.train_size,
-                       test_size=config.test_size, seed=config.seed)
-    return config.dataset, splits, models.ModelSpec("dnn", "dense", hidden=tuple(config.hidden))
+    spec = models.ModelSpec("dnn", "dense", hidden=tuple(config.hidden))
+    return config.dataset, load_splits(config), spec

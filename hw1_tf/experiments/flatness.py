@@ -1,0 +1,300 @@
+"""HW1-3 flatness vs generalization, part 1: train one model per training approach (batch size,
+learning rate), export each as a SavedModel, then load the SavedModels back and evaluate the
+line θ(α) = (1 − α)θ₁ + αθ₂ between every two approaches that differ in one knob, on the
+training and test sets.
+
+A SavedModel already at its place (saved_models/flatness/<run>, the run name encoding
+everything that shapes the model) is reused unless --retrain; --saved_models_dir reads and
+writes them elsewhere. The interpolation itself is hw1_tf.landscape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+
+import numpy as np
+from absl import logging
+
+from hw1_tf import landscape, models, report, store
+from hw1_tf.config import ConfigError, option
+from hw1_tf.errors import ModelNotFoundError
+from hw1_tf.experiments import common
+
+EXPERIMENT = "flatness"
+
+
+@dataclasses.dataclass
+class Config(common.ImageTrainConfig):
+    batch_sizes: tuple[int, ...] = option((64, 1024), "Batch sizes, one model each (the slides: "
+                                          "64 vs 1024).", lower=1)
+    learning_rates: tuple[float, ...] = option(
+        (1e-3,), "Learning rates, one model each with every batch size (the slides: 1e-3 vs "
+        "1e-2).", lower=0.0)
+    learning_rate: float = option(1e-3, "Not used here: each model's learning rate comes from "
+                                  "--learning_rates.", lower=0.0)
+    hidden: tuple[int, ...] = option((256, 256, 256), "Hidden widths of the dense net.",
+                                     lower=1)
+    activation: str = option("relu", "Hidden activation (a TensorFlow op name in tf.nn).")
+    batch_norm: bool = option(False, "BatchNormalization after every hidden Dense layer.")
+    alpha_min: float = option(-1.0, "First interpolation ratio alpha.")
+    alpha_max: float = option(2.0, "Last interpolation ratio alpha.")
+    num_alphas: int = option(31, "Evenly spaced alphas from --alpha_min to --alpha_max.",
+                             lower=2)
+    alphas_per_pass: int = option(32, "Alphas evaluated together in one pass over a batch "
+                                  "(stacked weights; memory grows with it).", lower=1)
+    eval_batch_size: int = option(1024, "Examples per evaluation batch (split across "
+                                  "replicas).", lower=1)
+    recompute_batch_norm: bool = option(True, "Recompute BatchNorm statistics at every "
+                                        "interpolated point (else interpolate the moving "
+                                        "averages too).")
+    batch_norm_examples: int = option(10000, "Training examples the recomputed BatchNorm "
+                                      "statistics are taken over.", lower=1)
+    retrain: bool = option(False, "Train even when a SavedModel of a run is already there.")
+    train_missing: bool = option(True, "Train the runs whose SavedModel is absent (false: "
+                                 "a missing SavedModel is an error).")
+    epochs: int = option(10, "Training epochs per run.", lower=1)
+    tensorboard: bool = option(False, "Write TensorBoard logs under results/.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.alpha_max <= self.alpha_min:
+            raise ConfigError(f"--alpha_max={self.alpha_max} must be above --alpha_min="
+                              f"{self.alpha_min}")
+        if len(approaches(self)) < 2:
+            raise ConfigError("flatness needs two training approaches: give two "
+                              "--batch_sizes or two --learning_rates")
+        if len(set(approaches(self))) != len(approaches(self)):
+            raise ConfigError("--batch_sizes and --learning_rates must not repeat a value")
+
+
+def approaches(config: Config) -> list[tuple[int, float]]:
+    """(batch size, learning rate) of every model to train."""
+    return [(int(b), float(r)) for b in config.batch_sizes for r in config.learning_rates]
+
+
+def line_pairs(config: Config) -> list[tuple[tuple[int, float], tuple[int, float]]]:
+    """Pairs of approaches that differ in exactly one knob (one figure each)."""
+    items = approaches(config)
+    return [(a, b) for i, a in enumerate(items) for b in items[i + 1:]
+            if (a[0] == b[0]) != (a[1] == b[1])]
+
+
+def alphas_of(config: Config) -> np.ndarray:
+    alphas = np.linspace(config.alpha_min, config.alpha_max, config.num_alphas)
+    for exact in (0.0, 1.0):  # the endpoints themselves, not 1e-16 away
+        alphas[np.isclose(alphas, exact, rtol=0, atol=1e-9)] = exact
+    return alphas
+
+
+def model_spec(config: Config) -> models.ModelSpec:
+    return models.ModelSpec("flatness", "dense", hidden=tuple(config.hidden),
+                            activation=config.activation, batch_norm=config.batch_norm)
+
+
+def run_name(config: Config, batch_size: int, learning_rate: float) -> str:
+    """Readable approach + a hash of everything else that shapes the trained model, so a
+    SavedModel is reused only for the same training."""
+    key = {k: getattr(config, k) for k in ("dataset", "train_size", "hidden", "activation",
+                                           "batch_norm", "epochs", "optimizer", "seed")}
+    digest = hashlib.sha1(json.dumps(store.to_jsonable(key), sort_keys=True).encode())
+    rate = f"{learning_rate:g}".replace(".", "p")  # no dots: <run>.keras / <run>.json beside it
+    return f"{config.dataset}_bs{batch_size}_lr{rate}_{digest.hexdigest()[:8]}"
+
+
+def _expected_shapes(config: Config, splits) -> list[tuple[int, ...]]:
+    net = models.build(model_spec(config), splits.input_shape, splits.num_classes)
+    return [tuple(v.shape) for v in [*net.trainable_variables, *net.non_trainable_variables]]
+
+
+def _check_existing(path, expected: list[tuple[int, ...]]) -> None:
+    """A SavedModel about to be reused must have this config's shapes: one error naming it."""
+    shapes = [a.shape for a in landscape.load_endpoint(path).arrays]
+    if shapes != expected:
+        raise landscape.IncompatibleModelsError(
+            f"{path}: variable shapes {shapes} differ from the configured model's {expected}; "
+            "use --retrain or another --saved_models_dir")
+
+
+def _activation(name: str):
+    import tensorflow as tf
+
+    fn = getattr(tf.nn, name, None)
+    if fn is None:
+        raise ConfigError(f"--activation={name}: not an op of tf.nn")
+    return fn
+
+
+def run(config: Config) -> dict:
+    paths = common.paths_from(config)
+    strategy = common.strategy_from(config)
+    activation = _activation(config.activation)
+    splits = common.load_splits(config)
+    spec = model_spec(config)
+    expected = _expected_shapes(config, splits)
+
+    # 1. Which runs to train: every SavedModel to reuse is checked before anything is trained.
+    names = {a: run_name(config, *a) for a in approaches(config)}
+    to_train = []
+    for approach, name in names.items():
+        path = paths.saved_model(EXPERIMENT, name)
+        if config.retrain:
+            to_train.append(approach)
+        elif path.exists():
+            _check_existing(path, expected)
+        elif config.train_missing:
+            to_train.append(approach)
+        else:
+            raise ModelNotFoundError(f"{path}: no SavedModel (train it without "
+                                     "--notrain_missing, or point --saved_models_dir at it)")
+
+    # 2. Train and export.
+    for batch_size, learning_rate in to_train:
+        name = names[(batch_size, learning_rate)]
+        settings = common.settings_from(config, batch_size=batch_size,
+                                        learning_rate=learning_rate)
+        _, record = common.train_run(EXPERIMENT, name, spec, splits, settings,
+                                     strategy=strategy, paths=paths, save_model=True,
+                                     tensorboard=config.tensorboard)
+        store.write_json(_record_path(paths, name), record)
+
+    # 3. Load the SavedModels back and interpolate.
+    endpoints, runs = {}, {}
+    probe = splits.x_train[:256]
+    for (batch_size, learning_rate), name in names.items():
+        endpoint = landscape.load_endpoint(paths.saved_model(EXPERIMENT, name))
+        landscape.check_reading(endpoint, probe, activation)
+        endpoints[name] = endpoint
+        train_loss, train_acc = landscape.evaluate_serve(endpoint, splits.x_train,
+                                                         splits.y_train)
+        test_loss, test_acc = landscape.evaluate_serve(endpoint, splits.x_test, splits.y_test)
+        # the training record (model, num_params, history) kept beside the SavedModel
+        runs[name] = {**(_read_record(paths, name) or {}),
+                      "batch_size": batch_size, "learning_rate": learning_rate,
+                      "saved_model": str(endpoint.path),
+                      "reused": (batch_size, learning_rate) not in to_train,
+                      "own": {"train_loss": train_loss, "train_accuracy": train_acc,
+                              "test_loss": test_loss, "test_accuracy": test_acc}}
+        logging.info("%s: own train loss %.4g acc %.4f, test loss %.4g acc %.4f", name,
+                     train_loss, train_acc, test_loss, test_acc)
+
+    alphas = alphas_of(config)
+    lines = {}
+    for a, b in line_pairs(config):
+        first, second = names[a], names[b]
+        start = time.perf_counter()
+        curves = landscape.evaluate_line(
+            endpoints[first], endpoints[second], alphas,
+            {"train": (splits.x_train, splits.y_train), "test": (splits.x_test, splits.y_test)},
+            strategy=strategy, batch_size=config.eval_batch_size,
+            alphas_per_pass=config.alphas_per_pass,
+            recompute_batch_norm=config.recompute_batch_norm,
+            batch_norm_x=splits.x_train[:config.batch_norm_examples], activation=activation,
+            jit_compile=config.jit_compile)
+        seconds = time.perf_counter() - start
+        knob = "batch_size" if a[0] != b[0] else "learning_rate"
+        lines[f"{first}__{second}"] = {
+            "first": first, "second": second, "knob": knob,
+            "first_value": a[0] if knob == "batch_size" else a[1],
+            "second_value": b[0] if knob == "batch_size" else b[1],
+            "alphas": alphas, "seconds": seconds,
+            "recomputed_batch_norm": bool(config.recompute_batch_norm
+                                          and endpoints[first].has_batch_norm),
+            **{f"{split}_{metric}": curves[split][metric] for split in curves
+               for metric in ("loss", "accuracy")}}
+        logging.info("line %s -> %s: %d alphas in %.1f s", first, second, len(alphas), seconds)
+    return common.finish(EXPERIMENT, config, runs, paths, lines=lines, dataset=splits.name,
+                         model=spec.describe(), train_examples=len(splits.x_train),
+                         test_examples=len(splits.x_test))
+
+
+def _record_path(paths: store.Paths, name: str):
+    """The training record kept beside a SavedModel, so a reused model keeps its history."""
+    return paths.saved_model(EXPERIMENT, name).with_suffix(".json")
+
+
+def _read_record(paths: store.Paths, name: str) -> dict | None:
+    path = _record_path(paths, name)
+    return store.read_json(path) if path.is_file() else None
+
+
+# -------------------------------------------------------------------------- REPORT.md section
+
+TITLE = "HW1-3 Flatness vs generalization, part 1: interpolating between two models"
+QUESTIONS = (
+    "Describe the settings of the experiments (e.g. which task, what training approaches).",
+    "Plot the figures of both training and testing, loss and accuracy to the number of "
+    "interpolation ratio.",
+    "Comment your result.",
+)
+
+
+def _knob_label(knob: str, value) -> str:
+    return f"batch {int(value)}" if knob == "batch_size" else f"learning rate {value:g}"
+
+
+def report_section(results: dict, ctx: report.Context) -> str:
+    config, runs, lines = results["config"], results["runs"], results["lines"]
+    out = [f"{results['dataset']} ({results['train_examples']} training / "
+           f"{results['test_examples']} test examples), model {results['model']}, "
+           f"{config['epochs']} epochs of {config['optimizer']} per approach; "
+           f"{len(runs)} SavedModels, each loaded back with `tf.saved_model.load`; "
+           f"{config['num_alphas']} values of α from {config['alpha_min']:g} to "
+           f"{config['alpha_max']:g}."]
+    out += ["", report.table(
+        ("run", "batch", "learning rate", "train loss", "train acc", "test loss", "test acc",
+         "reused"),
+        [(name, r["batch_size"], f"{r['learning_rate']:g}", r["own"]["train_loss"],
+          report.pct(r["own"]["train_accuracy"]), r["own"]["test_loss"],
+          report.pct(r["own"]["test_accuracy"]), "yes" if r["reused"] else "no")
+         for name, r in runs.items()]), ""]
+    for key, line in lines.items():
+        a = report.series(line["alphas"])
+        label1 = _knob_label(line["knob"], line["first_value"])
+        label2 = _knob_label(line["knob"], line["second_value"])
+        out.append(ctx.figure(f"{key}.png", f"{label1} (α=0) to {label2} (α=1)"))
+        rows = []
+        for split in ("train", "test"):
+            loss = report.series(line[f"{split}_loss"])
+            acc = report.series(line[f"{split}_accuracy"])
+            i0, i1 = int(np.argmin(abs(a))), int(np.argmin(abs(a - 1)))
+            between = np.where((a > 0) & (a < 1))[0]
+            top = between[np.argmax(loss[between])] if between.size else i0
+            rows.append((split, loss[i0], report.pct(acc[i0]), loss[i1], report.pct(acc[i1]),
+                         f"{report.fmt(loss[top])} at α={a[top]:.2f} ({report.pct(acc[top])})"))
+        out += ["", report.table(("split", "loss α=0", "acc α=0", "loss α=1", "acc α=1",
+                                  "highest loss between (acc)"), rows), ""]
+        out.append("- " + _line_comment(line, runs, label1, label2))
+        out.append("")
+    return "\n".join(out)
+
+
+def _line_comment(line: dict, runs: dict, label1: str, label2: str) -> str:
+    a = report.series(line["alphas"])
+    test, train = report.series(line["test_loss"]), report.series(line["train_loss"])
+    i0, i1 = int(np.argmin(abs(a))), int(np.argmin(abs(a - 1)))
+    between = np.where((a > 0) & (a < 1))[0]
+    text = []
+    if between.size:
+        top = between[np.argmax(train[between])]
+        barrier = train[top] - max(train[i0], train[i1])
+        text.append(f"between the two minima the training loss rises to {report.fmt(train[top])}"
+                    f" at α={a[top]:.2f}, {report.fmt(barrier)} above the higher endpoint "
+                    + ("(a barrier: they sit in different basins)" if barrier > 0.05 *
+                       max(train[i0], train[i1]) + 1e-3 else "(no real barrier)"))
+    # flatness: how fast the training loss grows when stepping 0.5 beyond each endpoint
+    for idx, label, step in ((i0, label1, -0.5), (i1, label2, 0.5)):
+        j = int(np.argmin(abs(a - (a[idx] + step))))
+        if j != idx and train[idx] > 0:
+            text.append(f"{label}: α {a[idx]:g}→{a[j]:g} multiplies the training loss by "
+                        f"{report.times(train[j] / train[idx])}")
+    own = [runs[line["first"]]["own"], runs[line["second"]]["own"]]
+    gap = [o["test_loss"] - o["train_loss"] for o in own]
+    text.append(f"test minus training loss: {report.fmt(gap[0])} for {label1}, "
+                f"{report.fmt(gap[1])} for {label2}; test accuracy "
+                f"{report.pct(own[0]['test_accuracy'])} vs {report.pct(own[1]['test_accuracy'])}")
+    if line.get("recomputed_batch_norm"):
+        text.append("BatchNorm statistics recomputed at every α")
+    return "; ".join(text) + f" (curve of {len(a)} α in {report.fmt(line['seconds'])} s)."
