@@ -161,8 +161,12 @@ def run_once(experiment: str, config: Any, paths: store.Paths, run_name: str,
              train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """`train()`'s record of `run_name`, or the recorded one when the run already finished for
     the same config (unless `config.force`). A new record is kept at once, so an interrupted
-    study costs only the run in flight, and that one resumes from its backup (train_run)."""
-    if not getattr(config, "force", False):
+    study costs only the run in flight, and that one resumes from its backup (train_run).
+    Not across several workers: each worker must take the same decision, and only the chief
+    sees the recorded runs."""
+    several_workers = distribute.in_multi_worker_mode(strategy_from(config)) \
+        if getattr(config, "strategy", None) == "multi_worker" else False
+    if not getattr(config, "force", False) and not several_workers:
         record = finished_run(experiment, config, paths, run_name)
         if record is not None:
             logging.info("%s/%s: already finished for this config, skipped (--force reruns it)",
@@ -208,7 +212,9 @@ def train_run(experiment: str, run_name: str, spec: models.ModelSpec, splits: Sp
         test_xy=(splits.x_test, splits.y_test) if evaluate_test else None, run_name=run_name,
         callbacks=callbacks,
         tensorboard_dir=paths.tensorboard_dir(experiment, run_name) if tensorboard else None,
-        backup_dir=backup_dir(paths, experiment, run_name) if backup else None)
+        # several workers would each restore from their own folder: no backup there
+        backup_dir=(backup_dir(paths, experiment, run_name)
+                    if backup and not distribute.in_multi_worker_mode(strategy) else None))
     # per-iteration values as arrays: the store keeps them in the .npz, not in results.json
     history["iteration"] = {k: np.asarray(v, np.int8 if k == "objective" else np.float32)
                             for k, v in history["iteration"].items()}
