@@ -99,6 +99,14 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
+def in_multi_worker_mode(strategy) -> bool:
+    """Whether `strategy` spans several worker processes (Keras' own test, keras 3.15)."""
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()
+
+
 def execution_settings(strategy, jit_compile: bool,
                        steps_per_execution: int) -> tuple[bool, int]:
     """(jit_compile, steps_per_execution) that work under `strategy`."""

@@ -88,9 +88,7 @@ def _reducible_logs(logs: dict) -> dict:
     """The step's logs in the shape Keras can reduce across replicas: under several workers
     Keras 3.15 reduces each with strategy.reduce("MEAN", axis=0), which fails on a scalar, so
     each gets a length-1 axis there (the reduction removes it). Unchanged elsewhere."""
-    strategy = tf.distribute.get_strategy()
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
-            strategy.extended._in_multi_worker_mode():
+    if distribute.in_multi_worker_mode(tf.distribute.get_strategy()):
         return {k: tf.reshape(v, [1]) for k, v in logs.items()}
     return logs
 

@@ -137,23 +137,26 @@ def _sim(tmp_path, **kw):
     return simulate_function.Config(**{**base, **kw})
 
 
-def test_finished_runs_are_skipped_force_reruns_and_other_selections_merge(tmp_path, caplog):
-    caplog.set_level("INFO")
+def test_finished_runs_are_skipped_force_reruns_and_other_selections_merge(tmp_path):
+    def seconds(results, run):  # a retrained run has its own training time
+        return results["runs"][run]["history"]["seconds"]
+
     first = simulate_function.run(_sim(tmp_path))
     loss = first["runs"]["sinc_dnn_d1"]["history"]["iteration"]["loss"]
     again = simulate_function.run(_sim(tmp_path, depths=(1, 2)))  # d1 skipped, d2 added
-    assert "sinc_dnn_d1: already finished" in caplog.text
     assert set(again["runs"]) == {"sinc_dnn_d1", "sinc_dnn_d2"}
+    assert seconds(again, "sinc_dnn_d1") == seconds(first, "sinc_dnn_d1")  # not retrained
     np.testing.assert_array_equal(again["runs"]["sinc_dnn_d1"]["history"]["iteration"]["loss"],
                                   loss)
-    caplog.clear()
     only = simulate_function.run(_sim(tmp_path, depths=(2,), force=True))  # reruns d2 only
-    assert "already finished" not in caplog.text
+    assert seconds(only, "sinc_dnn_d2") != seconds(again, "sinc_dnn_d2")  # retrained
     assert set(only["runs"]) == {"sinc_dnn_d1", "sinc_dnn_d2"}  # d1 kept from before
+    assert seconds(only, "sinc_dnn_d1") == seconds(first, "sinc_dnn_d1")
     assert set(only["best_runs"]) == {"sinc/dnn_d1", "sinc/dnn_d2"}
     other = simulate_function.run(_sim(tmp_path, epochs=3))  # another config: replaced
     assert set(other["runs"]) == {"sinc_dnn_d1"}
     assert len(other["runs"]["sinc_dnn_d1"]["history"]["iteration"]["loss"]) == 6
+    assert not (tmp_path / "results/simulate_function/finished").exists()  # merged
 
 
 def test_a_run_that_produced_nothing_errors_and_keeps_the_old_results(tmp_path):

@@ -158,12 +158,22 @@ def finished_run(experiment: str, config: Any, paths: store.Paths, run_name: str
     return runs.get(run_name)
 
 
+def _may_skip(config: Any) -> bool:
+    """Whether finished runs may be skipped: not with --force, and not across several workers
+    (each must take the chief's decision, and only the chief sees the recorded runs)."""
+    several_workers = distribute.in_multi_worker_mode(strategy_from(config)) \
+        if getattr(config, "strategy", None) == "multi_worker" else False
+    return not getattr(config, "force", False) and not several_workers
+
+
 def run_once(experiment: str, config: Any, paths: store.Paths, run_name: str,
              train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """`train()`'s record of `run_name`, or the recorded one when the run already finished for
     the same config (unless `config.force`). A new record is kept at once, so an interrupted
-    study costs only the run in flight, and that one resumes from its backup (train_run)."""
-    if not getattr(config, "force", False):
+    study costs only the run in flight, and that one resumes from its backup (train_run).
+    Not across several workers: each worker must take the same decision, and only the chief
+    sees the recorded runs."""
+    if _may_skip(config):
         record = finished_run(experiment, config, paths, run_name)
         if record is not None:
             logging.info("%s/%s: already finished for this config, skipped (--force reruns it)",
@@ -182,7 +192,7 @@ def run_group_once(experiment: str, config: Any, paths: store.Paths, run_names: 
                    train: Callable[[], dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """`run_once` for runs trained together (a population): the recorded records when every
     one of `run_names` already finished for the same config, else `train()`'s, each kept."""
-    if not getattr(config, "force", False):
+    if _may_skip(config):
         records = {n: finished_run(experiment, config, paths, n) for n in run_names}
         if all(r is not None for r in records.values()):
             logging.info("%s: %d runs already finished for this config, skipped (--force "
@@ -225,7 +235,9 @@ def train_run(experiment: str, run_name: str, spec: models.ModelSpec, splits: Sp
         test_xy=(splits.x_test, splits.y_test) if evaluate_test else None, run_name=run_name,
         callbacks=callbacks,
         tensorboard_dir=paths.tensorboard_dir(experiment, run_name) if tensorboard else None,
-        backup_dir=backup_dir(paths, experiment, run_name) if backup else None)
+        # several workers would each restore from their own folder: no backup there
+        backup_dir=(backup_dir(paths, experiment, run_name)
+                    if backup and not distribute.in_multi_worker_mode(strategy) else None))
     record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
               "num_params": history.pop("num_params"), "history": history_arrays(history)}
     if save_model:
