@@ -88,6 +88,27 @@ def initial_weights(spec: models.ModelSpec, input_shape: tuple[int, ...], output
     return [v.numpy() for v in network.trainable_variables]
 
 
+def dense_logits(params, x, input_shape: tuple[int, ...], activation):
+    """Outputs (N, B, outputs) of N stacked dense members (kernels (N, in, out), biases (N, out),
+    alternating) for inputs shared by all members (B, *input_shape) or one batch per member
+    (N, B, *input_shape). Any tensors will do, so callers can differentiate through them."""
+    flat = math.prod(input_shape)
+    shared = x.shape.rank == len(input_shape) + 1
+    size = params[0].shape[0]
+    h = tf.reshape(x, [-1, flat] if shared else [size, -1, flat])
+    layers = len(params) // 2
+    for j in range(layers):
+        kernel, bias = params[2 * j], params[2 * j + 1]
+        if h.shape.rank == 2:
+            h = tf.einsum("bi,nio->nbo", h, kernel)
+        else:
+            h = tf.matmul(h, kernel)
+        h = h + bias[:, None, :]
+        if j < layers - 1:
+            h = activation(h)
+    return h
+
+
 # ---------------------------------------------------------------------------- optimizer
 
 
@@ -180,20 +201,7 @@ class Population:
     def logits(self, x):
         """Outputs (N, B, outputs) for inputs shared by all members (B, *input_shape) or one
         batch per member (N, B, *input_shape)."""
-        flat = math.prod(self.input_shape)
-        shared = x.shape.rank == len(self.input_shape) + 1
-        h = tf.reshape(x, [-1, flat] if shared else [self.size, -1, flat])
-        layers = len(self.params) // 2
-        for j in range(layers):
-            kernel, bias = self.params[2 * j], self.params[2 * j + 1]
-            if h.shape.rank == 2:
-                h = tf.einsum("bi,nio->nbo", h, kernel)
-            else:
-                h = tf.matmul(h, kernel)
-            h = h + bias[:, None, :]
-            if j < layers - 1:
-                h = self.activation(h)
-        return h
+        return dense_logits(self.params, x, self.input_shape, self.activation)
 
     def predict(self, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
         """Every member's outputs on `x` (B, *input_shape), or member i's on x[i] when `x` is
