@@ -16,7 +16,7 @@ import importlib
 
 from hw1_tf.errors import Hw1Error
 
-ORDER = ("simulate_function", "actual_task", "scratch")
+ORDER = ("simulate_function", "actual_task", "minimal_ratio", "scratch")
 
 
 def get(name: str):
