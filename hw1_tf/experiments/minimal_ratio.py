@@ -45,8 +45,9 @@ class Config(TrainConfig):
                              "everywhere).")
     n_train: int = option(256, "Training points; the loss, its gradient and Hessian are the "
                           "full-batch means over them.", lower=4)
-    epochs: int = option(500, "Epochs on the loss before the critical-point phase.", lower=1)
-    batch_size: int = option(64, "Batch size of the loss epochs.", lower=1)
+    epochs: int = option(4000, "Epochs on the loss before the critical-point phase.", lower=1)
+    batch_size: int = option(256, "Batch size of the loss epochs (full batch: mini-batch noise "
+                             "keeps ||grad L|| near 1e-2).", lower=1)
     learning_rate: float = option(3e-3, "Adam learning rate of the loss epochs.", lower=0.0)
     critical_point_method: str = option(
         "lm", "How ||grad L|| is driven to zero: grad_norm (Adam on ||grad L||^2, the slides), "
@@ -54,7 +55,7 @@ class Config(TrainConfig):
         choices=critical.METHODS)
     grad_norm_epochs: int = option(200, "grad_norm method: epochs on ||grad L||^2 after the "
                                    "loss epochs.", lower=1)
-    critical_iterations: int = option(60, "newton / lm: second-order iterations at most.",
+    critical_iterations: int = option(40, "newton / lm: second-order iterations at most.",
                                       lower=1)
     critical_stop_grad_norm: float = option(1e-9, "newton / lm: a run stops once its "
                                             "||grad L|| is at or below this.", lower=0.0)
@@ -99,7 +100,7 @@ def measure(losses: critical.MemberLosses, theta: np.ndarray, config: Config) ->
     started = time.perf_counter()
     loss = losses.losses(theta)
     grad_norm = np.linalg.norm(losses.gradients(theta), axis=1)
-    eigenvalues = np.linalg.eigvalsh(losses.hessians(theta))  # (M, P), ascending
+    eigenvalues = critical.eigvalsh(losses.hessians(theta))  # (M, P), ascending
     hessian_seconds = time.perf_counter() - started
     scale = np.max(np.abs(eigenvalues), axis=1)
     tolerances = np.asarray(config.eigen_tolerances, np.float64)
