@@ -369,16 +369,16 @@ def plot_minimal_ratio(results: dict[str, Any], figures_dir: Path) -> list[Path]
     title_tail = f"{len(loss)} runs, {results['critical_phase']['method']}"
     out = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    panels = ((ratio[:, 0], f"minimal ratio: share of eigenvalues > {tols[0]:g} max|lambda|",
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    panels = ((ratio[:, 0], f"minimal ratio: share of eigenvalues > {tols[0]:g} max|λ|",
                "Exact Hessian eigenvalues"),
               (np.asarray(end["perturbation_ratio"], float),
-               f"minimal ratio: share of {config['perturbation_samples']} perturbations "
-               f"(radius {config['perturbation_radius']:g}) raising the loss",
-               "Random perturbations"))
+               "minimal ratio: share of perturbations raising the loss",
+               f"{config['perturbation_samples']} random perturbations, radius "
+               f"{config['perturbation_radius']:g}"))
     for ax, (x, xlabel, title) in zip(axes, panels):
         points = _ratio_panel(ax, x, loss, norm, reached, norm_scale, xlabel,
-                              f"{title} ({title_tail})", threshold)
+                              f"{title}\n({title_tail})", threshold)
     fig.colorbar(points, ax=axes, label="final ||grad L|| (log scale)")
     out.append(save_no_layout(fig, figures_dir / "minimal_ratio.png"))
 
@@ -403,6 +403,7 @@ def plot_minimal_ratio(results: dict[str, Any], figures_dir: Path) -> list[Path]
         unit = ("iteration after the switch (mini-batch norms, float32)"
                 if phase["method"] == "grad_norm" else
                 f"{phase['method']} iteration (float64, full batch)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         _finish_axes(ax, f"||grad L|| in the critical-point phase ({title_tail})", unit,
                      "||grad L||", log_y=True)
         out.append(save(fig, figures_dir / "critical_phase.png"))
