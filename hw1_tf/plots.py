@@ -382,13 +382,15 @@ def plot_minimal_ratio(results: dict[str, Any], figures_dir: Path) -> list[Path]
     fig.colorbar(points, ax=axes, label="final ||grad L|| (log scale)")
     out.append(save_no_layout(fig, figures_dir / "minimal_ratio.png"))
 
-    fig, axes = plt.subplots(1, len(tols), figsize=(4.5 * len(tols), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(tols), figsize=(5.5 * len(tols), 5), squeeze=False)
     near = np.asarray(end["near_zero_ratio"], float)
     for j, (ax, tol) in enumerate(zip(axes[0], tols)):
         points = _ratio_panel(ax, ratio[:, j], loss, norm, reached, norm_scale,
-                              "share of eigenvalues > tol max|lambda|",
-                              f"tol = {tol:g}: median {np.median(near[:, j]):.0%} near zero",
-                              threshold)
+                              f"share of eigenvalues > {tol:g} max|λ|",
+                              f"tol = {tol:g} max|λ|\nmedian {np.median(near[:, j]):.0%} of "
+                              "eigenvalues within it", threshold)
+        if j:  # one legend is enough
+            ax.get_legend().remove()
     fig.colorbar(points, ax=list(axes[0]), label="final ||grad L|| (log scale)")
     out.append(save_no_layout(fig, figures_dir / "tolerances.png"))
 
