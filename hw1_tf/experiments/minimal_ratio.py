@@ -238,7 +238,7 @@ def report_section(results: dict, ctx: report.Context) -> str:
            f"critical point when its float64 full-batch ‖∇L‖ <= "
            f"{config['critical_grad_norm']:g}.", "",
            "Minimal ratio, both definitions of the slides, from the exact float64 Hessian of "
-           "the whole training loss: (a) the share of eigenvalues above tol * max|lambda|; "
+           "the whole training loss: (a) the share of eigenvalues above tol * max|λ|; "
            f"(b) the share of {config['perturbation_samples']} random perturbations of radius "
            f"{config['perturbation_radius']:g} (uniform on the sphere) that raise the loss.", "",
            "### How many runs reached which gradient norm", ""]
@@ -259,7 +259,7 @@ def report_section(results: dict, ctx: report.Context) -> str:
     ratio, near = report.series(end["eigenvalue_ratio"]), report.series(end["near_zero_ratio"])
     pert = report.series(end["perturbation_ratio"])
     loss = report.series(end["loss"])
-    rows = [(f"eigenvalues > {t:g} max|lambda|", report.fmt(np.median(ratio[reached, j]))
+    rows = [(f"eigenvalues > {t:g} max|λ|", report.fmt(np.median(ratio[reached, j]))
              if reached.any() else "-", f"{report.fmt(ratio[:, j].min())} - "
              f"{report.fmt(ratio[:, j].max())}", report.fmt(np.median(near[:, j])))
             for j, t in enumerate(tols)]
@@ -280,9 +280,15 @@ def _comments(loss, ratio, pert, near, reached, tols, eig) -> list[str]:
     if reached.sum() >= 3:
         rho = _spearman(loss[reached], ratio[reached])
         rho_p = _spearman(loss[reached], pert[reached])
-        out.append(f"Across the {int(reached.sum())} runs at critical points, the loss and the "
-                   f"eigenvalue ratio have Spearman correlation {rho:+.2f}, the loss and the "
-                   f"perturbation ratio {rho_p:+.2f} (negative: lower loss, more minimum-like).")
+        def trend(rho):
+            if not np.isfinite(rho) or abs(rho) < 0.2:
+                return "no clear trend"
+            return f"{'higher' if rho > 0 else 'lower'} ratios at higher loss"
+
+        out.append(f"Across the {int(reached.sum())} runs at critical points, the Spearman "
+                   f"correlation of the loss with the eigenvalue ratio is {rho:+.2f} "
+                   f"({trend(rho)}), with the perturbation ratio {rho_p:+.2f} "
+                   f"({trend(rho_p)}).")
         minima = int(np.sum(pert[reached] >= 1.0))
         negative = 1.0 - ratio[reached] - near[reached]
         depth = -eig[reached, 0] / np.max(np.abs(eig[reached]), axis=1)
@@ -296,7 +302,7 @@ def _comments(loss, ratio, pert, near, reached, tols, eig) -> list[str]:
                    "curvature is too weak to show in the loss at that radius, so the two "
                    "definitions disagree.")
     out.append(f"A median {report.pct(np.median(near))} of the eigenvalues lie within "
-               f"{tols[0]:g} max|lambda| of zero: the critical points are highly degenerate, so "
+               f"{tols[0]:g} max|λ| of zero: the critical points are highly degenerate, so "
                "the eigenvalue ratio is mostly a count of flat directions and moves with the "
                "tolerance, while the perturbation ratio tests the loss itself.")
     if (~reached).any():
