@@ -3,7 +3,7 @@ Hessians of stacked parameter vectors (float64), and second-order steps that dri
 to zero, vectorised over members with per-member masks.
 
 `MemberLosses` evaluates M parameter vectors theta (M, P) of one dense architecture on one
-shared dataset (the exact full-batch mean loss of each row, through `population.dense_logits`,
+shared dataset (the exact full-batch mean loss of each row, through `population.stacked_logits`,
 so a row is a population member). Row i's loss depends on row i only, so the rows of the
 stacked gradient are the members' gradients and `batch_jacobian` of it gives every member's
 Hessian (M, P, P) in one computation. The same function evaluates many perturbations of one
@@ -88,8 +88,8 @@ class MemberLosses:
         return [tf.reshape(p, tf.concat([[m], s], 0)) for p, s in zip(parts, self.shapes)]
 
     def _losses_of(self, theta):
-        out = population.dense_logits(self.unflatten(theta), self.x, self.input_shape,
-                                      self.activation)
+        out = population.stacked_logits(self.unflatten(theta), self.x, self.activation,
+                                        self.input_shape)
         # the labels once per row: Keras' loss squeezes or expands mismatched ranks otherwise
         y = tf.broadcast_to(self.y[None], tf.concat([tf.shape(theta)[:1], tf.shape(self.y)], 0))
         per_example = self.loss_object.call(y, out)  # (M, B)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import matplotlib
+import matplotlib.colors
 import matplotlib.ticker
 
 matplotlib.use("Agg")
@@ -302,7 +303,7 @@ def plot_hessian_spectrum(results: dict[str, Any], figures_dir: Path) -> list[Pa
         ax.plot([], [], " ", label=f"trace {run['trace']:.4g} +- {run['trace_standard_error']:.2g}"
                                    f" (Hutchinson), {run['hutchpp_trace']:.4g} (Hutch++)")
         ax.set_yscale("log")
-        ax.set_title(f"Hessian spectrum of {name} ({run['num_params']} params, "
+        ax.set_title(f"Hessian spectrum of {name}\n({run['num_params']} parameters, loss over "
                      f"{run['num_examples']} {run.get('dataset', '')} examples)")
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("spectral density (log scale)")
@@ -420,3 +421,187 @@ def save_no_layout(fig, path: Path) -> Path:
     fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
     plt.close(fig)
     return store.atomic_write_bytes(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------ HW1-2 optimization
+
+
+def running_median(values, window: int) -> np.ndarray:
+    """Median of each `window` consecutive values (centred; shorter at the ends): a trend
+    through noisy per-iteration mini-batch values that one outlier batch cannot drag."""
+    values = np.asarray(values, float)
+    if window <= 1 or values.size <= 2:
+        return values
+    half = window // 2
+    return np.array([np.nanmedian(values[max(0, i - half):i + half + 1])
+                     for i in range(values.size)])
+
+
+def _iteration_panel(ax, values, color: str, label: str, title: str, ylabel: str) -> None:
+    """Per-iteration values (faint) with their running median (bold), log y when they span
+    decades."""
+    values = np.asarray(values, float)
+    iterations = np.arange(1, values.size + 1)
+    window = max(5, values.size // 100) | 1 if values.size >= 50 else 1
+    ax.plot(iterations, values, color=color, lw=0.5, alpha=0.35,
+            label=f"{label} (every iteration)")
+    if window > 1:
+        ax.plot(iterations, running_median(values, window), color=color, lw=1.5,
+                label=f"running median over {window} iterations")
+    _finish_axes(ax, title, "iteration", ylabel, values=values)
+
+
+@plotter("grad_norm")
+def plot_grad_norm(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """One figure per task: ||grad L|| (top) and the loss (bottom) of every iteration, on a
+    shared iteration axis."""
+    out = []
+    for name, run in results["runs"].items():
+        it = run["history"]["iteration"]
+        fig, (ax_norm, ax_loss) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+        loss_name = "cross-entropy" if run["task"] != "function" else "MSE"
+        _iteration_panel(ax_norm, it["grad_norm"], "C0", "||grad L||",
+                         f"HW1-2 {name}: {run['description']}, {run['num_params']} params",
+                         "gradient norm ||grad L||")
+        _iteration_panel(ax_loss, it["loss"], "C3", "mini-batch loss",
+                         "training loss of the same iterations", f"loss ({loss_name})")
+        ax_norm.set_xlabel("")  # shared with the loss panel below
+        switch = run["history"].get("switched_at_iteration")
+        for ax in (ax_norm, ax_loss) if switch is not None else ():
+            ax.axvline(switch, color="k", ls=":", lw=1, label="switch to ||g||^2")
+        out.append(save(fig, figures_dir / f"{name}.png"))
+    return out
+
+
+@plotter("trajectory")
+def plot_trajectory(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """The slides' figure: one layer (left) and the whole model (right) after PCA, one colour
+    per run, each snapshot annotated with its training accuracy (or loss), the explained
+    variance on the axes."""
+    runs = results["runs"]
+    classes = results["num_classes"]
+    metric = "accuracy" if classes else "loss"
+    epochs = np.asarray(results["snapshot_epochs"])
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6.2))
+    for ax, part, title in ((axes[0], "layer", f"dense layer {results['layer_index']}"),
+                            (axes[1], "whole", "whole model")):
+        coords = np.asarray(results["pca"][part]["coords"])
+        ev = np.asarray(results["pca"][part]["explained_variance_ratio"])
+        for i, (name, run) in enumerate(runs.items()):
+            xy = coords[i]
+            values = np.asarray(run["snapshots"][metric], float)
+            color = f"C{i % 10}"
+            ax.plot(xy[:, 0], xy[:, 1], "-", color=color, lw=0.9, alpha=0.7)
+            ax.plot(xy[:, 0], xy[:, 1], "o", color=color, ms=3.5,
+                    label=f"{name} (seed {run['seed']}): final {metric} {values[-1]:.3g}")
+            ax.plot(xy[0, 0], xy[0, 1], "s", mfc="none", color=color, ms=8)
+            ax.plot(xy[-1, 0], xy[-1, 1], "*", color=color, ms=11)
+            for (px, py), v in zip(xy, values):
+                ax.annotate(f"{v:.2f}" if classes else f"{v:.1e}", (px, py),
+                            textcoords="offset points", xytext=(3, 3), fontsize=5.5,
+                            color=color)
+        ax.plot([], [], "s", mfc="none", color="gray", label="initialisation (epoch 0)")
+        ax.plot([], [], "*", color="gray", ms=10, label=f"end (epoch {int(epochs[-1])})")
+        ax.set_title(f"{title} ({results['pca'][part]['num_weights']} weights)")
+        ax.set_xlabel(f"PC 1 ({100 * ev[0]:.1f}% of variance)")
+        ax.set_ylabel(f"PC 2 ({100 * ev[1]:.1f}% of variance)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle(f"HW1-2 weight trajectories of {len(runs)} runs on {results['task']}: PCA of "
+                 f"weights every {results['config']['snapshot_every']} epochs, "
+                 f"points annotated with training {metric}")
+    return [save(fig, figures_dir / "trajectory.png")]
+
+
+def _surface_levels(losses: np.ndarray, count: int = 25) -> tuple[np.ndarray, Any]:
+    """Contour levels (geometric where the losses span decades) and the matching norm."""
+    finite = losses[np.isfinite(losses)]
+    low, high = finite.min(), finite.max()
+    if low > 0 and spans_decades(finite, 1.0):
+        return (np.geomspace(low, high, count),
+                matplotlib.colors.LogNorm(vmin=low, vmax=high))
+    return np.linspace(low, high, count), None
+
+
+def _contour(ax, xs, ys, losses, title: str, xlabel: str, ylabel: str, loss_label: str):
+    levels, norm = _surface_levels(losses)
+    filled = ax.contourf(xs, ys, losses.T, levels=levels, norm=norm, cmap="viridis")
+    ax.contour(xs, ys, losses.T, levels=levels[::3], colors="white", linewidths=0.4,
+               norm=norm)
+    cbar = ax.figure.colorbar(filled, ax=ax, format=matplotlib.ticker.FormatStrFormatter("%.3g"))
+    cbar.set_label(loss_label + (" (log scale)" if norm is not None else ""))
+    ax.plot(0, 0, "r*", ms=12, label="trained weights θ")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+
+
+def _surface3d(xs, ys, losses, title: str, xlabel: str, ylabel: str, loss_label: str, path):
+    fig = plt.figure(figsize=(7.5, 6))
+    ax = fig.add_subplot(projection="3d")
+    gx, gy = np.meshgrid(xs, ys, indexing="ij")
+    log = spans_decades(losses, 1.0) and np.nanmin(losses) > 0
+    z = np.log10(losses) if log else losses
+    ax.plot_surface(gx, gy, z, cmap="viridis", linewidth=0, antialiased=True, alpha=0.95)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel,
+           zlabel=f"log10 {loss_label}" if log else loss_label)
+    return save(fig, path)
+
+
+@plotter("error_surface")
+def plot_error_surface(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """1-D curves (random directions, the trajectory's first PC, initial-to-trained line),
+    contours (random plane; PCA plane with the projected trajectory) and 3-D surfaces."""
+    out = []
+    loss_label = "training loss (" + ("cross-entropy" if results["num_classes"] else "MSE") + ")"
+    rnd, pca, interp = results["random"], results["pca"], results["interpolation"]
+    task = results["task"]
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    line_losses = np.asarray(rnd["line_losses"])
+    for k in range(len(line_losses)):
+        axes[0].plot(rnd["line"], line_losses[k], color=f"C{k}",
+                     label=f"filter-normalised random direction d{k + 1}")
+    _finish_axes(axes[0], f"{task}: 1-D along random directions", "step a (in units of the "
+                 "filter norms of θ)", loss_label, values=line_losses)
+    axes[1].plot(pca["line"], pca["line_losses"], color="C2", label="first PCA direction")
+    _finish_axes(axes[1], "1-D along the trajectory's first PC", "step along PC 1 (weight-space "
+                 "distance)", loss_label, values=pca["line_losses"])
+    axes[2].plot(interp["alpha"], interp["losses"], color="C3",
+                 label="(1-α) θ_initial + α θ_trained")
+    for a, text in ((0, "initial"), (1, "trained")):
+        axes[2].axvline(a, color="gray", ls=":", lw=1)
+    _finish_axes(axes[2], "straight line initial → trained", "α (0: initial, 1: trained)",
+                 loss_label, values=interp["losses"])
+    out.append(save(fig, figures_dir / "lines.png"))
+
+    losses = np.asarray(rnd["losses"])
+    fig, ax = plt.subplots(figsize=(7, 5.8))
+    _contour(ax, rnd["axis"], rnd["axis"], losses,
+             f"{task}: loss on two orthogonal filter-normalised random directions",
+             "a (along d1)", "b (along d2)", loss_label)
+    ax.legend(fontsize=8)
+    out.append(save(fig, figures_dir / "contour_random.png"))
+    out.append(_surface3d(rnd["axis"], rnd["axis"], losses,
+                          f"{task}: loss surface, random directions", "a (d1)", "b (d2)",
+                          loss_label, figures_dir / "surface_random.png"))
+
+    losses = np.asarray(pca["losses"])
+    ev = np.asarray(pca["explained_variance_ratio"])
+    fig, ax = plt.subplots(figsize=(7, 5.8))
+    xlabel = f"PC 1 ({100 * ev[0]:.1f}% of the trajectory's variance)"
+    ylabel = f"PC 2 ({100 * ev[1]:.1f}%)"
+    _contour(ax, pca["axis_x"], pca["axis_y"], losses,
+             f"{task}: loss on the training trajectory's PCA plane", xlabel, ylabel, loss_label)
+    traj = np.asarray(pca["trajectory"])
+    ax.plot(traj[:, 0], traj[:, 1], "o-", color="C3", ms=3.5, lw=1.2,
+            label="training trajectory (projected), one point per epoch")
+    ax.plot(traj[0, 0], traj[0, 1], "s", color="C3", ms=8, mfc="none", label="initialisation")
+    for (px, py), e in zip(traj, pca["trajectory_epochs"]):
+        if e % max(1, len(traj) // 6) == 0:
+            ax.annotate(f"ep {int(e)}", (px, py), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color="white")
+    ax.legend(fontsize=7, loc="best")
+    out.append(save(fig, figures_dir / "contour_pca.png"))
+    out.append(_surface3d(pca["axis_x"], pca["axis_y"], losses,
+                          f"{task}: loss surface, trajectory PCA plane", "PC 1", "PC 2",
+                          loss_label, figures_dir / "surface_pca.png"))
+    return out

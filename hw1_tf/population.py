@@ -80,22 +80,13 @@ def _member_sq_norms(tensors):
     return total
 
 
-def initial_weights(spec: models.ModelSpec, input_shape: tuple[int, ...], outputs: int,
-                    seed: int) -> list[np.ndarray]:
-    """The weights `training.build_instrumented` starts a run with seed `seed` from."""
-    keras.utils.set_random_seed(seed)
-    network = models.build(spec, input_shape, outputs)
-    return [v.numpy() for v in network.trainable_variables]
-
-
-def dense_logits(params, x, input_shape: tuple[int, ...], activation):
-    """Outputs (N, B, outputs) of N stacked dense members (kernels (N, in, out), biases (N, out),
-    alternating) for inputs shared by all members (B, *input_shape) or one batch per member
-    (N, B, *input_shape). Any tensors will do, so callers can differentiate through them."""
+def stacked_logits(params, x, activation, input_shape: tuple[int, ...]):
+    """Outputs (N, B, outputs) of the N dense nets whose weights are `params` (kernels
+    (N, in, out) and biases (N, out), alternating) for inputs shared by all of them
+    (B, *input_shape) or one batch each (N, B, *input_shape)."""
     flat = math.prod(input_shape)
     shared = x.shape.rank == len(input_shape) + 1
-    size = params[0].shape[0]
-    h = tf.reshape(x, [-1, flat] if shared else [size, -1, flat])
+    h = tf.reshape(x, [-1, flat] if shared else [tf.shape(params[0])[0], -1, flat])
     layers = len(params) // 2
     for j in range(layers):
         kernel, bias = params[2 * j], params[2 * j + 1]
@@ -107,6 +98,14 @@ def dense_logits(params, x, input_shape: tuple[int, ...], activation):
         if j < layers - 1:
             h = activation(h)
     return h
+
+
+def initial_weights(spec: models.ModelSpec, input_shape: tuple[int, ...], outputs: int,
+                    seed: int) -> list[np.ndarray]:
+    """The weights `training.build_instrumented` starts a run with seed `seed` from."""
+    keras.utils.set_random_seed(seed)
+    network = models.build(spec, input_shape, outputs)
+    return [v.numpy() for v in network.trainable_variables]
 
 
 # ---------------------------------------------------------------------------- optimizer
@@ -201,7 +200,7 @@ class Population:
     def logits(self, x):
         """Outputs (N, B, outputs) for inputs shared by all members (B, *input_shape) or one
         batch per member (N, B, *input_shape)."""
-        return dense_logits(self.params, x, self.input_shape, self.activation)
+        return stacked_logits(self.params, x, self.activation, self.input_shape)
 
     def predict(self, x: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
         """Every member's outputs on `x` (B, *input_shape), or member i's on x[i] when `x` is

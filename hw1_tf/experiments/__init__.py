@@ -16,7 +16,9 @@ import importlib
 
 from hw1_tf.errors import Hw1Error
 
-ORDER = ("simulate_function", "actual_task", "minimal_ratio", "scratch")
+ORDER = ("simulate_function", "actual_task",  # HW1-1
+         "trajectory", "grad_norm", "minimal_ratio", "error_surface",  # HW1-2
+         "scratch", "hessian_spectrum")  # from-scratch nets; curvature toolkit
 
 
 def get(name: str):

@@ -12,7 +12,8 @@ import numpy as np
 
 from absl import logging
 
-from hw1_tf import distribute, models, plots, store, training
+from hw1_tf import data, distribute, functions, models, plots, store, training
+from hw1_tf.config import TrainConfig, option
 from hw1_tf.data import Splits
 
 
@@ -90,3 +91,41 @@ def finish(experiment: str, config: Any, runs: dict[str, Any], paths: store.Path
 def strategy_from(config: Any):
     return distribute.make_strategy(getattr(config, "strategy", "default"))
 
+
+
+# ------------------------------------------------------ the two tasks of the HW1-2 studies
+
+
+@dataclasses.dataclass
+class TaskConfig(TrainConfig):
+    """The slides' two kinds of task for the optimisation studies: fitting a 1-D function with
+    a small dense net, or classifying images (MNIST) with a dense net."""
+
+    function: str = option("sinc", "Target of the function task.",
+                           choices=tuple(functions.names()))
+    function_depth: int = option(4, "Hidden layers of the function net.", lower=1)
+    function_params: int = option(571, "Parameter count the function net is solved to.",
+                                  lower=10)
+    function_activation: str = option("relu", "Hidden activation of the function net.")
+    n_train: int = option(4096, "Training points of the function task.", lower=8)
+    dataset: str = option("mnist", "Dataset of the image task (digits: tiny, for tests).",
+                          choices=data.IMAGE_DATASETS)
+    hidden: tuple[int, ...] = option((128,), "Hidden widths of the image task's dense net.",
+                                     lower=1)
+    train_size: int | None = option(None, "Seeded subset of the image training set.", lower=1)
+    test_size: int | None = option(None, "Seeded subset of the image test set.", lower=1)
+    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
+                                  "$HW1_DATA_DIR or <project>/data).")
+
+
+def task_setup(config: TaskConfig, task: str) -> tuple[str, Splits, models.ModelSpec]:
+    """(run name, splits, model spec) of `task` ("function" or "image") under `config`."""
+    if task == "function":
+        splits = data.function_splits(config.function, config.n_train, 1000, seed=config.seed)
+        hidden = models.solve_dense_widths(config.function_depth, config.function_params, 1, 1)
+        return (f"function_{config.function}", splits,
+                models.ModelSpec(f"dnn_d{config.function_depth}", "dense", hidden=hidden,
+                                 activation=config.function_activation))
+    splits = data.load(config.dataset, config.data_dir, train_size=config.train_size,
+                       test_size=config.test_size, seed=config.seed)
+    return config.dataset, splits, models.ModelSpec("dnn", "dense", hidden=tuple(config.hidden))

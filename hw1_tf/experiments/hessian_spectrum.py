@@ -15,6 +15,7 @@ from absl import logging
 
 from hw1_tf import data, functions, hessian, models, store
 from hw1_tf.config import RunConfig, option
+from hw1_tf.distribute import STRATEGIES
 from hw1_tf.errors import Hw1Error
 from hw1_tf.experiments import common
 
@@ -56,6 +57,11 @@ class Config(RunConfig):
     dtype: str = option("float32", "Precision of the products.",
                         choices=("float32", "float64"))
     jit_compile: bool | None = option(None, "XLA for the products (default: measured).")
+    strategy: str = option("default", "tf.distribute strategy: the examples are sharded over "
+                           "the replicas and the products all-reduced.", choices=STRATEGIES)
+    logical_cpus: int = option(1, "Split the CPU into this many logical devices, so "
+                               "--strategy=mirrored has several replicas without GPUs.",
+                               lower=1, process=True)
 
 
 def _source(config: Config, paths: store.Paths) -> tuple[str, Path, dict]:
@@ -153,3 +159,56 @@ def run(config: Config) -> dict:
                  np.round(result["bottom_eigenvalues"], 5), result["trace"],
                  result["trace_standard_error"], result["num_hvps"], result["seconds"])
     return common.finish(EXPERIMENT, config, {name: result}, paths)
+
+
+# -------------------------------------------------------------------------- REPORT.md section
+
+TITLE = "Curvature of a trained model: Hessian spectrum, trace and minimal ratio"
+QUESTIONS = (
+    "What do the Hessian's extreme eigenvalues, its trace and its spectral density say about "
+    "the point training ended at (minimum, saddle, flat directions)?",
+    "How close is the block-diagonal ||H||_2 of the slides (tf.hessians per weight tensor) to "
+    "the whole model's?",
+)
+
+
+def report_section(results: dict, ctx) -> str:
+    from hw1_tf import report
+
+    parts, rows, comments = [], [], []
+    for name, r in results["runs"].items():
+        parts.append(ctx.figure(f"density_{name}.png", f"Hessian spectral density of {name} "
+                                "(stochastic Lanczos quadrature)"))
+        top = report.series(r["top_eigenvalues"])
+        bottom = report.series(r["bottom_eigenvalues"])
+        block = r.get("blocks", {}).get("spectral_norm")
+        rows.append((name, r["num_params"], r["num_examples"], report.fmt(r["loss"]),
+                     report.fmt(r["grad_norm"]), report.fmt(top.max()),
+                     report.fmt(bottom.min()),
+                     f"{report.fmt(r['trace'])} ± {report.fmt(r['trace_standard_error'])}",
+                     report.fmt(r["hutchpp_trace"]), report.fmt(r["minimal_ratio"]),
+                     report.fmt(r["perturbation_ratio"]), report.fmt(block)))
+        lam_max, lam_min = float(top.max()), float(bottom.min())
+        shape = ("every computed eigenvalue is positive: a local minimum at this resolution"
+                 if lam_min > 0 else
+                 f"the most negative eigenvalue is {report.fmt(lam_min)}, "
+                 f"{report.fmt(abs(lam_min) / lam_max)} of the largest: "
+                 + ("a saddle, with clear negative curvature" if abs(lam_min) > 1e-3 * lam_max
+                    else "negative curvature only at the noise level, a near-flat minimum"))
+        if r["grad_norm"] > 1e-3:  # far from a critical point: curvature only, no verdict
+            shape += (f" (but ‖∇L‖ = {report.fmt(r['grad_norm'])}: not a critical point, so "
+                      "this describes the local curvature, not a minimum or saddle)")
+        comments.append(f"- **{name}**: largest eigenvalue {report.fmt(lam_max)}; {shape}. "
+                        f"{report.pct(r['perturbation_ratio'])} of random perturbations of "
+                        f"radius {report.fmt(results['config']['perturbation_radius'])} raise "
+                        f"the loss ({report.fmt(r['minimal_ratio'])} minimal ratio from "
+                        f"{r['minimal_ratio_from']}).")
+        if block is not None and lam_max > 0:
+            comments.append(f"  The block-diagonal estimate of ||H||_2 is {report.fmt(block)}, "
+                            f"{report.fmt(block / lam_max)}× the whole model's "
+                            f"{report.fmt(lam_max)}.")
+    parts.append(report.table(("run", "parameters", "examples", "loss", "‖∇L‖", "λ_max",
+                               "λ_min", "trace (Hutchinson ± s.e.)", "trace (Hutch++)",
+                               "minimal ratio", "perturbation ratio", "block ‖H‖₂"), rows))
+    parts.append("\n".join(comments))
+    return "\n\n".join(parts)

@@ -1,0 +1,217 @@
+"""HW1-2 bonus "visualize the error surface": one dense net is trained (its weights kept every
+epoch), then the training loss is evaluated on grids around the trained weights theta:
+  * theta + a d1 + b d2 along two filter-normalised random directions that are exactly
+    orthogonal (`landscape.filter_normalized_directions`), in 1-D and 2-D;
+  * theta + a u1 + b u2 along the top-2 PCA directions of the net's own training trajectory,
+    with the trajectory projected onto that plane;
+  * the straight line from the initial to the trained weights (linear interpolation).
+Every grid is stored as arrays, so the figures are redrawn without recomputation."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from absl import logging
+
+from hw1_tf import landscape, population, report
+from hw1_tf.config import option
+from hw1_tf.experiments import common
+
+EXPERIMENT = "error_surface"
+
+
+@dataclasses.dataclass
+class Config(common.TaskConfig):
+    task: str = option("image", "Train on the image dataset (--dataset) or the 1-D function.",
+                       choices=("image", "function"))
+    hidden: tuple[int, ...] = option((32,), "Hidden widths of the image task's dense net.",
+                                     lower=1)
+    epochs: int = option(20, "Training epochs (the weights are kept after every epoch for "
+                         "the trajectory's PCA).", lower=3)
+    eval_size: int = option(2000, "Training examples the surface's loss is evaluated on (a "
+                            "seeded subset; all when fewer).", lower=1)
+    grid_points: int = option(25, "Points per axis of each 2-D grid (odd keeps the trained "
+                              "weights on the grid).", lower=3)
+    line_points: int = option(51, "Points of each 1-D curve.", lower=3)
+    span: float = option(1.0, "Random-direction grids cover [-span, span] x [-span, span] "
+                         "(1 = a step as long as the weights, filter by filter).", lower=0.0)
+    pca_margin: float = option(1.3, "PCA grids cover the projected trajectory times this.",
+                               lower=1.0)
+    interpolation_range: tuple[float, float] = option(
+        (-0.5, 1.5), "alpha range of the initial-to-trained line (1 - alpha) theta_0 + alpha "
+        "theta.")
+    save_models: bool = option(False, "Export the trained net as a SavedModel.")
+
+
+def run(config: Config) -> dict:
+    paths = common.paths_from(config)
+    strategy = common.strategy_from(config)
+    name, splits, spec = common.task_setup(config, config.task)
+    settings = population.PopulationSettings(**dataclasses.asdict(common.settings_from(config)))
+    rng = np.random.RandomState(config.seed)
+    chosen = np.sort(rng.choice(len(splits.x_train), min(config.eval_size, len(splits.x_train)),
+                                replace=False))
+    x, y = splits.x_train[chosen], splits.y_train[chosen]
+    outputs = splits.num_classes or 1
+    snaps = landscape.Snapshots(1, config.epochs, 0, x, y, splits.num_classes)
+    snaps.initial(population.Population(spec, splits.input_shape, outputs, [config.seed],
+                                        strategy))
+    pop, histories = population.train_population(spec, splits, settings, [config.seed],
+                                                 strategy=strategy, run_name=name,
+                                                 callbacks=[snaps])
+    arrays = snaps.arrays()
+    weights = pop.member_weights(0)
+    theta = landscape.flatten(weights)
+    trajectory = arrays["whole"][0]
+
+    losses = landscape.SurfaceEvaluator(weights, x, y, splits.num_classes, spec.activation)
+
+    start = time.perf_counter()
+    evaluated = 0
+    # random directions: 1-D along each, 2-D on the plane
+    random_dirs = landscape.filter_normalized_directions(weights, 2, seed=config.seed)
+    line = np.linspace(-config.span, config.span, config.line_points)
+    axis = np.linspace(-config.span, config.span, config.grid_points)
+    random = {
+        "line": line,
+        "line_losses": np.stack([losses(random_dirs[k:k + 1], line[:, None]) for k in (0, 1)]),
+        "axis": axis,
+        "losses": losses(random_dirs, landscape.mesh(axis, axis)).reshape(len(axis), len(axis)),
+        "direction_norms": np.linalg.norm(random_dirs, axis=1),
+        "cosine": float(random_dirs[0] @ random_dirs[1] / np.prod(
+            np.linalg.norm(random_dirs, axis=1))),
+    }
+    evaluated += 2 * len(line) + len(axis) ** 2
+    # the trajectory's own PCA plane
+    pca_dirs, coords, explained = landscape.trajectory_directions(trajectory, theta,
+                                                                  seed=config.seed)
+    extent = config.pca_margin * np.maximum(np.abs(coords).max(0), 1e-6)
+    axis_x = np.linspace(-extent[0], extent[0], config.grid_points)
+    axis_y = np.linspace(-extent[1], extent[1], config.grid_points)
+    pca = {
+        "axis_x": axis_x, "axis_y": axis_y,
+        "losses": losses(pca_dirs, landscape.mesh(axis_x, axis_y)).reshape(len(axis_x),
+                                                                           len(axis_y)),
+        "line": np.linspace(-extent[0], extent[0], config.line_points),
+        "trajectory": coords, "trajectory_epochs": arrays["epochs"],
+        "trajectory_loss": arrays["loss"][0],
+        # the trajectory's projection loses what lies off the plane: its share per snapshot
+        "off_plane_fraction": _off_plane(trajectory - theta, pca_dirs),
+        "explained_variance_ratio": explained,
+    }
+    pca["line_losses"] = losses(pca_dirs[:1], pca["line"][:, None])
+    evaluated += len(axis_x) * len(axis_y) + config.line_points
+    # straight line initial -> trained: theta + (1 - alpha) (theta_0 - theta)
+    alpha = np.linspace(*config.interpolation_range, config.line_points)
+    interpolation = {"alpha": alpha,
+                     "losses": losses((trajectory[0] - theta)[None], (1 - alpha)[:, None])}
+    evaluated += len(alpha)
+    seconds = time.perf_counter() - start
+    logging.info("%s: %d grid points on %d examples in %.1f s (%.0f points/s)", name,
+                 evaluated, len(x), seconds, evaluated / seconds)
+
+    history = histories[0]
+    run_record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
+                  "num_params": history.pop("num_params"),
+                  "history": common.history_arrays(history),
+                  "seed": config.seed, "trajectory": trajectory, "weights": theta}
+    if config.save_models:
+        run_record["saved_model"] = str(population.export_members(
+            pop, lambda i: paths.saved_model(EXPERIMENT, name))[0])
+    centre = config.grid_points // 2
+    return common.finish(
+        EXPERIMENT, config, {name: run_record}, paths, task=name, random=random, pca=pca,
+        interpolation=interpolation, trained_loss=float(arrays["loss"][0, -1]),
+        centre_loss=float(random["losses"][centre, centre]) if config.grid_points % 2 else None,
+        eval_examples=int(len(x)), num_classes=splits.num_classes,
+        surface_seconds=seconds, grid_points_evaluated=int(evaluated))
+
+
+def _off_plane(offsets: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Per snapshot, the fraction of its offset from the end point's length that is NOT in the
+    plane of `directions` (orthonormal rows): 0 when the projection is exact."""
+    norms = np.linalg.norm(offsets, axis=1)
+    inside = np.linalg.norm(offsets @ directions.T, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, np.sqrt(np.maximum(norms ** 2 - inside ** 2, 0)) / norms, 0.)
+
+
+# -------------------------------------------------------------------------- REPORT.md section
+
+TITLE = "HW1-2 Optimization (bonus): the error surface"
+QUESTIONS = (
+    "Use any method to visualize the error surface.",
+    "Concretely describe your method and comment your result.",
+)
+
+
+def report_section(results: dict, ctx: report.Context) -> str:
+    config, rnd, pca, interp = (results["config"], results["random"], results["pca"],
+                                results["interpolation"])
+    run = next(iter(results["runs"].values()))
+    loss_name = "cross-entropy" if results["num_classes"] else "MSE"
+    r_losses, p_losses = np.asarray(rnd["losses"]), np.asarray(pca["losses"])
+    ev = report.series(pca["explained_variance_ratio"])
+    off = report.series(pca["off_plane_fraction"])
+    out = ["### Method", "",
+           f"A {run['description']} net ({run['num_params']} parameters) is trained on "
+           f"{results['task']} for {config['epochs']} epochs ({config['optimizer']}, learning "
+           f"rate {config['learning_rate']:g}), its weights kept after every epoch. Around the "
+           f"trained weights θ the training {loss_name} (on {results['eval_examples']} "
+           "training examples) is evaluated on grids θ + a·d1 + b·d2:",
+           "",
+           f"- **random directions** d1, d2, filter-normalised as in Li et al. 2018 (every "
+           "output unit's incoming weights scaled to the norm of θ's; biases not moved) and "
+           "exactly orthogonal: d2 is orthogonalised against d1 inside every filter before "
+           f"the scaling (measured cosine {report.fmt(rnd['cosine'])}); a, b in "
+           f"[-{config['span']:g}, {config['span']:g}], {config['grid_points']}² points;",
+           f"- **the training trajectory's PCA plane**: the top-2 principal directions of the "
+           f"{len(pca['trajectory'])} snapshots' offsets from θ (explaining "
+           f"{report.pct(ev[0])} and {report.pct(ev[1])}), with the trajectory projected on "
+           f"it (at most {report.pct(np.nanmax(off))} of a snapshot's offset lies off the "
+           "plane);",
+           f"- the straight line from the initial weights (α=0) to θ (α=1).",
+           "",
+           f"All {results['grid_points_evaluated']} points took "
+           f"{report.fmt(results['surface_seconds'])} s, evaluated in batches of grid points "
+           "(stacked weight sets, one batched matmul per layer).", "",
+           ctx.figure("lines.png", "1-D loss curves"),
+           ctx.figure("contour_random.png", "contour along random directions"),
+           ctx.figure("contour_pca.png", "contour on the trajectory's PCA plane"),
+           ctx.figure("surface_random.png", "3-D surface along random directions"),
+           ctx.figure("surface_pca.png", "3-D surface on the PCA plane"), "",
+           "### Comment", ""]
+    centre = results["trained_loss"]
+    out.append(f"- The surface's centre is the trained net: {report.fmt(results['centre_loss'])}"
+               f" on the grid vs {report.fmt(centre)} evaluated directly.")
+    for label, losses in (("random plane", r_losses), ("PCA plane", p_losses)):
+        finite = losses[np.isfinite(losses)]
+        i, j = np.unravel_index(np.nanargmin(losses), losses.shape)
+        c = losses.shape[0] // 2
+        out.append(f"- {label}: loss from {report.fmt(finite.min())} to "
+                   f"{report.fmt(finite.max())} "
+                   f"({report.times(finite.max() / max(finite.min(), 1e-30))} range); "
+                   + ("the minimum of the grid is at its centre: θ sits in a basin."
+                      if (i, j) == (c, c) else
+                      f"the grid's minimum is off-centre at grid cell ({i}, {j}) vs centre "
+                      f"({c}, {c}), {report.pct(1 - finite.min() / centre)} below θ's loss: "
+                      "training had not reached the bottom along this plane."))
+    line = np.asarray(rnd["line_losses"])
+    k = line.shape[1] // 2
+    rise = [line[d, [0, -1]].mean() / line[d, k] for d in range(2)]
+    out.append(f"- Along the random directions the loss rises {report.times(rise[0])} and "
+               f"{report.times(rise[1])} from θ to the ends (±{config['span']:g}); along the "
+               f"trajectory's first PC the curve spans {report.fmt(np.min(pca['line_losses']))}"
+               f" to {report.fmt(np.max(pca['line_losses']))}.")
+    alpha, il = report.series(interp["alpha"]), report.series(interp["losses"])
+    inside = (alpha >= 0) & (alpha <= 1)
+    bump = il[inside].max() - max(il[inside][0], il[inside][-1])
+    monotone = np.all(np.diff(il[inside]) <= 1e-6 * max(il[inside].max(), 1e-12))
+    out.append(f"- Initial to trained weights: the loss goes from {report.fmt(il[inside][0])} "
+               f"to {report.fmt(il[inside][-1])} "
+               + ("decreasing monotonically along the line: no barrier between them "
+                  "(as Goodfellow et al. 2015 observed)." if monotone else
+                  f"not monotonically (a bump of {report.fmt(max(bump, 0))} above the ends)."))
+    return "\n".join(out)

@@ -1,0 +1,154 @@
+"""HW1-2 "visualize the optimization process": one dense architecture trained several times
+(different seeds: initialisation and batch order) as one population; every member's weights are
+collected every few epochs, for the whole model and for one layer, with the training loss and
+accuracy at those weights; PCA fitted on all runs' snapshots together reduces them to 2-D."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hw1_tf import landscape, population, report
+from hw1_tf.config import option
+from hw1_tf.experiments import common
+
+EXPERIMENT = "trajectory"
+
+
+@dataclasses.dataclass
+class Config(common.TaskConfig):
+    task: str = option("image", "Train on the image dataset (--dataset) or the 1-D function.",
+                       choices=("image", "function"))
+    runs: int = option(8, "Training runs (seeds seed, seed+1, ...), trained as one population.",
+                       lower=2)
+    snapshot_every: int = option(3, "Collect the weights every this many epochs (and before "
+                                 "the first and after the last).", lower=1)
+    layer: int = option(0, "Dense layer whose weights get their own PCA (0: the first; "
+                        "negative counts from the output).")
+    hidden: tuple[int, ...] = option((32,), "Hidden widths of the image task's dense net.",
+                                     lower=1)
+    eval_size: int = option(10000, "Training examples the loss/accuracy at each snapshot is "
+                            "evaluated on (a seeded subset; all when fewer).", lower=1)
+    epochs: int = option(24, "Training epochs per run.", lower=1)
+    save_models: bool = option(False, "Export each trained member as a SavedModel.")
+
+
+def run(config: Config) -> dict:
+    paths = common.paths_from(config)
+    strategy = common.strategy_from(config)
+    name, splits, spec = common.task_setup(config, config.task)
+    settings = population.PopulationSettings(**dataclasses.asdict(common.settings_from(config)))
+    seeds = [config.seed + i for i in range(config.runs)]
+    rng = np.random.RandomState(config.seed)
+    chosen = np.sort(rng.choice(len(splits.x_train), min(config.eval_size, len(splits.x_train)),
+                                replace=False))
+    outputs = splits.num_classes or 1
+    snaps = landscape.Snapshots(config.snapshot_every, config.epochs, config.layer,
+                                splits.x_train[chosen], splits.y_train[chosen],
+                                splits.num_classes)
+    # a population of the same seeds holds exactly the weights training starts from
+    snaps.initial(population.Population(spec, splits.input_shape, outputs, seeds, strategy))
+    pop, histories = population.train_population(spec, splits, settings, seeds,
+                                                 strategy=strategy, run_name=name,
+                                                 callbacks=[snaps])
+    arrays = snaps.arrays()
+    pca = {}
+    for part in ("whole", "layer"):
+        coords, explained = landscape.pca_2d(arrays[part], seed=config.seed)
+        pca[part] = {"coords": coords, "explained_variance_ratio": explained,
+                     "num_weights": int(arrays[part].shape[-1])}
+    if config.save_models:
+        saved = population.export_members(pop, lambda i: paths.saved_model(EXPERIMENT,
+                                                                          f"run{i}"))
+    runs = {}
+    for i, history in enumerate(histories):
+        runs[f"run{i}"] = {
+            "seed": seeds[i], "model": dataclasses.asdict(spec), "description": spec.describe(),
+            "num_params": history.pop("num_params"), "history": common.history_arrays(history),
+            "snapshots": {"whole": arrays["whole"][i], "layer": arrays["layer"][i],
+                          "loss": arrays["loss"][i], "accuracy": arrays["accuracy"][i]}}
+        if config.save_models:
+            runs[f"run{i}"]["saved_model"] = str(saved[i])
+    layers = len(spec.hidden) + 1
+    return common.finish(EXPERIMENT, config, runs, paths, task=name, pca=pca,
+                         snapshot_epochs=arrays["epochs"],
+                         layer_index=int(config.layer % layers), num_layers=layers,
+                         eval_examples=int(len(chosen)), num_classes=splits.num_classes)
+
+
+# -------------------------------------------------------------------------- REPORT.md section
+
+TITLE = "HW1-2 Optimization: visualize the optimization process"
+QUESTIONS = (
+    "Describe your experiment settings. (The cycle you record the model parameters, "
+    "optimizer, dimension reduction method, etc)",
+    "Train the model for 8 times, selecting the parameters of any one layer and whole model "
+    "and plot them on the figures separately.",
+    "Comment on your result.",
+)
+
+
+def _spread(coords: np.ndarray) -> tuple[float, float]:
+    """(mean distance of the runs' end points from their centroid, mean length of a run's
+    path) in PCA units: do the runs end together, relative to how far they travel?"""
+    ends = coords[:, -1]
+    spread = float(np.mean(np.linalg.norm(ends - ends.mean(0), axis=1)))
+    path = float(np.mean(np.sum(np.linalg.norm(np.diff(coords, axis=1), axis=2), axis=1)))
+    return spread, path
+
+
+def report_section(results: dict, ctx: report.Context) -> str:
+    """Settings, the figure, per-run final loss/accuracy and a comment from the PCA numbers."""
+    config, runs, pca = results["config"], results["runs"], results["pca"]
+    first = next(iter(runs.values()))
+    epochs = [int(e) for e in results["snapshot_epochs"]]
+    classes = results["num_classes"]
+    layer = results["layer_index"]
+    out = ["### Settings", "",
+           f"- Task: {results['task']}; model {first['description']}, {first['num_params']} "
+           f"parameters; {len(runs)} runs with seeds {first['seed']}.."
+           f"{first['seed'] + len(runs) - 1}"
+           " (initialisation and batch order), trained together as one population.",
+           f"- Optimizer {config['optimizer']}, learning rate {config['learning_rate']:g}, batch "
+           f"{config['batch_size']}, {config['epochs']} epochs.",
+           f"- Weights recorded every {config['snapshot_every']} epochs, at epochs "
+           f"{', '.join(map(str, epochs))} (0: initialisation), each with the training "
+           f"{'accuracy and ' if classes else ''}loss at those weights on "
+           f"{results['eval_examples']} training examples.",
+           f"- Dimension reduction: scikit-learn PCA to 2-D, fitted on all "
+           f"{len(runs) * len(epochs)} snapshots of all runs together; once on the whole "
+           f"model ({pca['whole']['num_weights']} weights) and once on dense layer {layer} of "
+           f"{results['num_layers']} ({pca['layer']['num_weights']} weights: kernel and bias).",
+           "", ctx.figure("trajectory.png", "weight trajectories of all runs after PCA"), ""]
+    metric = "accuracy" if classes else "loss"
+    final = {n: float(report.series(r["snapshots"][metric])[-1]) for n, r in runs.items()}
+    rows = [(n, r["seed"], float(report.series(r["snapshots"]["loss"])[-1]),
+             *( [float(report.series(r["snapshots"]["accuracy"])[-1])] if classes else []))
+            for n, r in runs.items()]
+    out += [report.table(("run", "seed", "final training loss",
+                          *(["final training accuracy"] if classes else [])), rows), ""]
+    out += ["### Comment", ""]
+    for part, label in (("whole", "whole model"), ("layer", f"layer {layer}")):
+        coords = np.asarray(pca[part]["coords"])
+        ev = report.series(pca[part]["explained_variance_ratio"])
+        spread, path = _spread(coords)
+        out.append(f"- **{label}**: the 2 PCA axes explain {report.pct(ev[0])} and "
+                   f"{report.pct(ev[1])} of the variance ({report.pct(ev.sum())} together). "
+                   f"The runs' end points lie {report.fmt(spread)} (mean distance to their "
+                   f"centroid) apart against paths of {report.fmt(path)} on average: "
+                   + ("they end in DIFFERENT places, each moving along its own direction "
+                      "away from its own initialisation"
+                      if spread > 0.5 * path else "they end close together, relative to "
+                      "how far they travelled") + ".")
+    values = np.asarray(list(final.values()))
+    best, worst = report.ranked(final, lower_is_better=not classes)[0], \
+        report.ranked(final, lower_is_better=not classes)[-1]
+    out.append(f"- Yet they perform alike: final training {metric} {report.fmt(values.min())}"
+               f" to {report.fmt(values.max())} (best {best[0]}, worst {worst[0]}), so "
+               "different weights give (nearly) the same loss: many equally good minima, "
+               "related e.g. by permuting hidden units." if values.max() - values.min()
+               < 0.1 * max(abs(values.mean()), 1e-12) else
+               f"- Their final training {metric} differs: {report.fmt(values.min())} to "
+               f"{report.fmt(values.max())} (best {best[0]}, worst {worst[0]}).")
+    return "\n".join(out)
