@@ -160,7 +160,8 @@ def find_critical_points(losses, theta0: np.ndarray,
                          settings: CriticalSettings) -> tuple[np.ndarray, dict]:
     """Drives ||grad L|| of every row of theta0 (M, P) towards zero. `losses`: a MemberLosses, or
     anything with gradients(theta (M, P)) -> (M, P) and hessians(theta) -> (M, P, P), row by
-    row. Returns the end points and a record: per-iteration ||g|| (iterations+1, M), elapsed seconds per iteration, the
+    row. Returns the end points and a record: per-iteration ||g|| (iterations+1, M), elapsed
+    seconds per iteration, the
     iteration each member stopped at (-1: still moving at the end) and why."""
     if settings.method not in ("newton", "lm"):
         raise Hw1Error(f"unknown second-order method {settings.method!r}; choose newton or lm")

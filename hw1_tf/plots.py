@@ -332,7 +332,7 @@ def plot_hvp_scaling(rows: list[dict[str, Any]], path: Path) -> Path:
     return save(fig, path)
 
 
-# ------------------------------------------------------------ HW1-2 minimal ratio at critical points
+# ------------------------------------------------------- HW1-2 minimal ratio at critical points
 
 
 def _ratio_panel(ax, x, loss, norm, reached, norm_scale, xlabel: str, title: str,

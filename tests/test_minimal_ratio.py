@@ -1,8 +1,6 @@
 """Critical points and the minimal ratio: the second-order steps on closed-form functions, the
 per-member Hessians against hessian.FlatLoss, and the experiment's `reached` flag."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
