@@ -334,6 +334,97 @@ def plot_hvp_scaling(rows: list[dict[str, Any]], path: Path) -> Path:
     return save(fig, path)
 
 
+# ------------------------------------------------------- HW1-2 minimal ratio at critical points
+
+
+def _ratio_panel(ax, x, loss, norm, reached, norm_scale, xlabel: str, title: str,
+                 threshold: float):
+    """Loss against a minimal ratio: critical runs as dots coloured by ||grad L||, the others
+    as crosses (same colours), so no run is silently mixed in."""
+    points = None
+    for mask, marker, label in ((reached, "o", f"||grad L|| <= {threshold:g}"),
+                                (~reached, "x", f"||grad L|| > {threshold:g} (not critical)")):
+        if mask.any():
+            points = ax.scatter(x[mask], loss[mask], c=norm[mask], cmap="viridis",
+                                norm=norm_scale, marker=marker, s=28,
+                                label=f"{label}: {int(mask.sum())} runs")
+    _finish_axes(ax, title, xlabel, "training loss (MSE, float64, full batch)", loss)
+    ax.set_xlim(-0.02, 1.02)
+    return points
+
+
+@plotter("minimal_ratio")
+def plot_minimal_ratio(results: dict[str, Any], figures_dir: Path) -> list[Path]:
+    """minimal_ratio.png: loss vs minimal ratio, one panel per definition; tolerances.png: the
+    eigenvalue ratio at every tolerance; critical_phase.png: ||grad L|| per iteration."""
+    from matplotlib.colors import LogNorm
+
+    config, end = results["config"], results["runs"]["endpoints"]
+    loss = np.asarray(end["loss"], float)
+    norm = np.asarray(end["grad_norm"], float)
+    reached = np.asarray(end["reached"], bool)
+    ratio = np.asarray(end["eigenvalue_ratio"], float)
+    tols = np.asarray(end["eigen_tolerances"], float)
+    positive = norm[norm > 0]
+    norm_scale = LogNorm(vmin=positive.min() if positive.size else 1e-12,
+                         vmax=max(positive.max() if positive.size else 1.0, 1e-12))
+    threshold = float(config["critical_grad_norm"])
+    title_tail = f"{len(loss)} runs, {results['critical_phase']['method']}"
+    out = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    panels = ((ratio[:, 0], f"minimal ratio: share of eigenvalues > {tols[0]:g} max|λ|",
+               "Exact Hessian eigenvalues"),
+              (np.asarray(end["perturbation_ratio"], float),
+               "minimal ratio: share of perturbations raising the loss",
+               f"{config['perturbation_samples']} random perturbations, radius "
+               f"{config['perturbation_radius']:g}"))
+    for ax, (x, xlabel, title) in zip(axes, panels):
+        points = _ratio_panel(ax, x, loss, norm, reached, norm_scale, xlabel,
+                              f"{title}\n({title_tail})", threshold)
+    fig.colorbar(points, ax=axes, label="final ||grad L|| (log scale)")
+    out.append(save_no_layout(fig, figures_dir / "minimal_ratio.png"))
+
+    fig, axes = plt.subplots(1, len(tols), figsize=(5.5 * len(tols), 5), squeeze=False)
+    near = np.asarray(end["near_zero_ratio"], float)
+    for j, (ax, tol) in enumerate(zip(axes[0], tols)):
+        points = _ratio_panel(ax, ratio[:, j], loss, norm, reached, norm_scale,
+                              f"share of eigenvalues > {tol:g} max|λ|",
+                              f"tol = {tol:g} max|λ|\nmedian {np.median(near[:, j]):.0%} of "
+                              "eigenvalues within it", threshold)
+        if j:  # one legend is enough
+            ax.get_legend().remove()
+    fig.colorbar(points, ax=list(axes[0]), label="final ||grad L|| (log scale)")
+    out.append(save_no_layout(fig, figures_dir / "tolerances.png"))
+
+    phase = results["critical_phase"]
+    history = np.asarray(phase.get("grad_norm", []), float)
+    if history.ndim == 2 and history.shape[0] > 1:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        steps = np.arange(history.shape[0])
+        ax.plot(steps, history, color="C0", lw=0.6, alpha=0.35)
+        ax.plot(steps, np.nanmedian(history, axis=1), color="k", lw=2, label="median run")
+        ax.axhline(threshold, color="C3", ls="--", label=f"critical threshold {threshold:g}")
+        unit = ("iteration after the switch (mini-batch norms, float32)"
+                if phase["method"] == "grad_norm" else
+                f"{phase['method']} iteration (float64, full batch)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        _finish_axes(ax, f"||grad L|| in the critical-point phase ({title_tail})", unit,
+                     "||grad L||", log_y=True)
+        out.append(save(fig, figures_dir / "critical_phase.png"))
+    return out
+
+
+def save_no_layout(fig, path: Path) -> Path:
+    """`save` for figures whose colour bar spans several axes (tight_layout cannot place it)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return store.atomic_write_bytes(path, buf.getvalue())
+
+
 # ------------------------------------------------------------------ HW1-2 optimization
 
 
