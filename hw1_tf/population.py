@@ -537,6 +537,7 @@ def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data
     logging.info("%s: %d members of %s, %d parameters each, %d epochs", run_name,
                  population.size, spec.describe(), population.num_params, settings.epochs)
     n = splits.x_train.shape[1 if trainer.data_per_member else 0]
+    training.warn_if_batch_exceeds(run_name, settings.batch_size, n)
     chunks = iter(_index_chunks(n, settings, population.seeds, chunk))
     per_epoch = pipeline.chunks_per_epoch(n, settings.batch_size, chunk)
     size = population.size

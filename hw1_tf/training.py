@@ -405,6 +405,14 @@ def _align_steps_per_execution(model: InstrumentedModel, steps_per_epoch: int) -
         model.make_train_function(force=True)
 
 
+def warn_if_batch_exceeds(run_name: str, batch_size: int, examples: int) -> None:
+    """A batch larger than the training set is not an error: each epoch is one full-batch step
+    (every training path behaves so); the log says it."""
+    if batch_size > examples:
+        logging.warning("%s: --batch_size=%d exceeds the %d training examples: each epoch is "
+                        "one full-batch step", run_name, batch_size, examples)
+
+
 def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_xy=None,
           run_name: str = "run", callbacks=(), tensorboard_dir=None,
           backup_dir=None) -> dict[str, Any]:
@@ -417,9 +425,7 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
     Returns {"num_params", "iteration": {loss, grad_norm, objective},
     "epoch": {train_loss, test_loss, (train_/test_)accuracy}, "epoch_end_iteration", ...}.
     """
-    if settings.batch_size > len(train_xy[0]):
-        logging.warning("%s: --batch_size=%d exceeds the %d training examples: each epoch is "
-                        "one full-batch step", run_name, settings.batch_size, len(train_xy[0]))
+    warn_if_batch_exceeds(run_name, settings.batch_size, len(train_xy[0]))
     log = IterationLog(run_name)
     switch = ObjectiveSwitch(log, settings.switch_grad_norm_below, settings.switch_after_epochs,
                              settings.stop_grad_norm_below, settings.grad_norm_learning_rate)

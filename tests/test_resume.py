@@ -23,27 +23,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _binary(flags, out):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, "bin/run_simulate_function", *flags,
+    return subprocess.Popen([sys.executable, "bin/run_actual_task", *flags,
                              f"--output_dir={out}"], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _weights(out):
-    model = keras.saving.load_model(out / "saved_models/simulate_function/sinc_dnn_d2.keras",
+    model = keras.saving.load_model(out / "saved_models/actual_task/digits_dnn_shallow.keras",
                                     compile=False)
     return [w.numpy() for w in model.weights]
 
 
 def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(tmp_path):
-    # 500 one-step executions per epoch (seconds): a kill lands inside an epoch
-    flags = ["--functions=sinc", "--depths=2", "--target_params=60", "--n_train=2000",
+    # 360 one-step executions per epoch (seconds) through the training core (simulate_function
+    # trains populations, which do not back up): a kill lands inside an epoch
+    flags = ["--datasets=digits", "--models=dnn_shallow", "--target_params=3000",
              "--batch_size=4", "--epochs=3", "--steps_per_execution=1", "--notensorboard",
              "--verbose=0"]
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     started = time.perf_counter()
     procs = [_binary(flags, reference), _binary(flags, killed)]
     try:
-        metadata = killed / "results/simulate_function/backup/sinc_dnn_d2/current" \
+        metadata = killed / "results/actual_task/backup/digits_dnn_shallow/current" \
                             "/training_metadata.json"
         while not metadata.is_file():  # the first epoch's backup
             assert procs[1].poll() is None, procs[1].stderr.read()[-2000:]
@@ -56,7 +57,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(tmp_path):
         killed_at = time.perf_counter()
         assert procs[1].returncode == -signal.SIGKILL
         epoch = json.loads(metadata.read_text())["epoch"]
-        assert 1 <= epoch < 3 and not (killed / "results/simulate_function/results.json").exists()
+        assert 1 <= epoch < 3 and not (killed / "results/actual_task/results.json").exists()
         restart = _binary(flags, killed)
         procs.append(restart)
         _, log = restart.communicate(timeout=180)
@@ -71,17 +72,17 @@ def test_sigkill_mid_epoch_then_rerun_equals_uninterrupted(tmp_path):
                 p.wait()
     print(f"\nfirst backup {backed_up - started:.1f} s, killed {killed_at - started:.1f} s "
           f"(after epoch {epoch}), both done {time.perf_counter() - started:.1f} s")
-    a = store.load_results(store.Paths.create(killed), "simulate_function")["runs"]
-    b = store.load_results(store.Paths.create(reference), "simulate_function")["runs"]
-    ha, hb = a["sinc_dnn_d2"]["history"], b["sinc_dnn_d2"]["history"]
-    assert len(ha["iteration"]["loss"]) == 1500 and ha["epoch_end_iteration"] == [500, 1000, 1500]
+    a = store.load_results(store.Paths.create(killed), "actual_task")["runs"]
+    b = store.load_results(store.Paths.create(reference), "actual_task")["runs"]
+    ha, hb = a["digits_dnn_shallow"]["history"], b["digits_dnn_shallow"]["history"]
+    assert len(ha["iteration"]["loss"]) == 1080 and ha["epoch_end_iteration"] == [360, 720, 1080]
     for key in ("loss", "grad_norm", "objective"):
         np.testing.assert_allclose(ha["iteration"][key], hb["iteration"][key], rtol=1e-6,
                                    atol=0)
     np.testing.assert_allclose(ha["epoch"]["train_loss"], hb["epoch"]["train_loss"], rtol=1e-6)
     for wa, wb in zip(_weights(killed), _weights(reference)):
         np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-7)
-    assert not (killed / "results/simulate_function/backup").exists()  # removed once recorded
+    assert not (killed / "results/actual_task/backup").exists()  # removed once recorded
 
 
 class _Crash(keras.callbacks.Callback):

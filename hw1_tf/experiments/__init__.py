@@ -17,11 +17,9 @@ import importlib
 from hw1_tf.errors import Hw1Error
 
 ORDER = ("simulate_function", "actual_task",  # HW1-1
-ORDER = ("simulate_function", "actual_task",  # HW1-1
          "trajectory", "grad_norm", "minimal_ratio", "error_surface",  # HW1-2
          "random_labels", "capacity", "flatness",  # HW1-3 part 1
          "sensitivity", "sharpness", "reparametrization", "measures",  # HW1-3 part 2
-         "scratch", "hessian_spectrum")  # from-scratch nets; curvature toolkit
          "scratch", "hessian_spectrum")  # from-scratch nets; curvature toolkit
 
 
