@@ -4,12 +4,30 @@ initial weights and the exact loss and accuracy of its final weights on both spl
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from hw1_tf import callbacks, data, measures, models
+from hw1_tf.config import option
 from hw1_tf.experiments import common
+
+
+@dataclasses.dataclass
+class SharpnessOptions:
+    """The knobs of the three sharpness definitions (hw1_tf.measures), shared by every
+    experiment that computes them."""
+
+    epsilon: float = option(1e-4, "Radius eps of the slides' sharpness.", lower=0.0)
+    keskar_epsilon: float = option(1e-3, "Box size eps of Keskar et al.'s sharpness.",
+                                   lower=0.0)
+    keskar_maxiter: int = option(10, "L-BFGS-B iterations per start (Keskar et al.: 10).",
+                                 lower=1)
+    keskar_restarts: int = option(2, "L-BFGS-B starts: the centre, then seeded random "
+                                  "points in the box.", lower=1)
+    max_block_mb: float = option(256.0, "tf.hessians blocks up to this size; larger blocks' "
+                                 "norms come from HVPs.", lower=0.0)
 
 
 def approach_name(batch_size: int, learning_rate: float) -> str:
@@ -17,8 +35,9 @@ def approach_name(batch_size: int, learning_rate: float) -> str:
 
 
 def load_splits(config: Any) -> data.Splits:
-    return data.load(config.dataset, config.data_dir, train_size=config.train_size,
-                     test_size=config.test_size, seed=config.seed)
+    """The config's dataset and subsets, fetched on first use (`common.load_dataset`)."""
+    return common.load_dataset(config.dataset, config.data_dir, train_size=config.train_size,
+                               test_size=config.test_size, seed=config.seed)
 
 
 def train_approach(experiment: str, config: Any, splits: data.Splits, spec: models.ModelSpec,

@@ -44,7 +44,7 @@ GAPS = {"loss_gap": "test - training loss", "error_gap": "test - training error"
 
 
 @dataclasses.dataclass
-class Config(RunConfig):
+class Config(approaches.SharpnessOptions, RunConfig):
     sources: tuple[str, ...] = option(("sensitivity", "sharpness", "capacity", "flatness"),
                                       "Experiments whose SavedModels are measured (those "
                                       "without results are skipped).")
@@ -61,12 +61,6 @@ class Config(RunConfig):
                                        "sigma.", lower=0.0)
     pac_bayes_samples: int = option(16, "Gaussian weight draws per sigma.", lower=1)
     trace_probes: int = option(20, "Rademacher probes of the Hessian trace.", lower=2)
-    epsilon: float = option(1e-4, "Radius eps of the slides' sharpness.", lower=0.0)
-    keskar_epsilon: float = option(1e-3, "Box size eps of Keskar et al.'s sharpness.",
-                                   lower=0.0)
-    keskar_maxiter: int = option(10, "L-BFGS-B iterations per start.", lower=1)
-    keskar_restarts: int = option(2, "L-BFGS-B starts.", lower=1)
-    max_block_mb: float = option(256.0, "tf.hessians blocks up to this size.", lower=0.0)
     max_models: int | None = option(None, "Measure at most this many models per source.",
                                     lower=1)
 

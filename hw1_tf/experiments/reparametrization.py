@@ -46,7 +46,7 @@ def rescaled(network: keras.Model, layer: int, alpha: float) -> keras.Model:
 
 
 @dataclasses.dataclass
-class Config(TrainConfig):
+class Config(approaches.SharpnessOptions, TrainConfig):
     dataset: str = option("mnist", "Dataset of the model.", choices=data.IMAGE_DATASETS)
     data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
                                   "$HW1_DATA_DIR or <project>/data).")
@@ -59,12 +59,6 @@ class Config(TrainConfig):
     test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
     analysis_examples: int = option(500, "Training examples of the loss and sharpness.",
                                     lower=1)
-    epsilon: float = option(1e-4, "Radius eps of the slides' sharpness.", lower=0.0)
-    keskar_epsilon: float = option(1e-3, "Box size eps of Keskar et al.'s sharpness.",
-                                   lower=0.0)
-    keskar_maxiter: int = option(10, "L-BFGS-B iterations per start.", lower=1)
-    keskar_restarts: int = option(2, "L-BFGS-B starts.", lower=1)
-    max_block_mb: float = option(256.0, "tf.hessians blocks up to this size.", lower=0.0)
     tolerance: float = option(1e-10, "Largest relative change of outputs and loss accepted "
                               "as 'unchanged' (float64).", lower=0.0)
     epochs: int = option(5, "Training epochs of the model.", lower=1)

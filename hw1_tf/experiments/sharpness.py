@@ -19,7 +19,7 @@ EXPERIMENT = "sharpness"
 
 
 @dataclasses.dataclass
-class Config(TrainConfig):
+class Config(approaches.SharpnessOptions, TrainConfig):
     dataset: str = option("mnist", "Dataset of the models.", choices=data.IMAGE_DATASETS)
     data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
                                   "$HW1_DATA_DIR or <project>/data).")
@@ -33,15 +33,6 @@ class Config(TrainConfig):
     test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
     analysis_examples: int = option(500, "Training examples every sharpness is computed on "
                                     "(the same for every model).", lower=1)
-    epsilon: float = option(1e-4, "Radius eps of the slides' sharpness.", lower=0.0)
-    keskar_epsilon: float = option(1e-3, "Box size eps of Keskar et al.'s sharpness.",
-                                   lower=0.0)
-    keskar_maxiter: int = option(10, "L-BFGS-B iterations per start (Keskar et al.: 10).",
-                                 lower=1)
-    keskar_restarts: int = option(2, "L-BFGS-B starts: the centre, then seeded random "
-                                  "points in the box.", lower=1)
-    max_block_mb: float = option(256.0, "tf.hessians blocks up to this size; larger blocks' "
-                                 "norms come from HVPs.", lower=0.0)
     eigen_tolerance: float = option(1e-4, "Relative tolerance of eigsh.", lower=0.0)
     epochs: int = option(10, "Training epochs per run.", lower=1)
 
