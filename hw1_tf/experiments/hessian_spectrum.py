@@ -81,8 +81,8 @@ def _source(config: Config, paths: store.Paths) -> tuple[str, Path, dict]:
 
 def _examples(config: Config, dataset: str) -> tuple[np.ndarray, np.ndarray]:
     if dataset in data.IMAGE_DATASETS:
-        splits = data.load(dataset, config.data_dir, train_size=config.num_examples,
-                           seed=config.seed)
+        splits = common.load_dataset(dataset, config.data_dir,
+                                     train_size=config.num_examples, seed=config.seed)
     elif dataset in functions.names():
         splits = data.function_splits(dataset, config.num_examples, 2, seed=config.seed)
     else:

@@ -129,8 +129,9 @@ def run(config: Config) -> dict:
         key = (dataset, source_config.get("train_size"), source_config.get("test_size"),
                source_config.get("seed", 0))
         if key not in splits_cache:
-            splits_cache[key] = data.load(dataset, config.data_dir, train_size=key[1],
-                                          test_size=key[2], seed=key[3])
+            splits_cache[key] = common.load_dataset(dataset, config.data_dir,
+                                                    train_size=key[1], test_size=key[2],
+                                                    seed=key[3])
         try:
             network = hessian.keras_model_for_saved_model(saved)
         except (ModelNotFoundError, Hw1Error) as e:
