@@ -1,7 +1,7 @@
 """Every figure of the study, drawn from results dicts (results.json) only, never from models.
 
 `PLOTTERS[experiment](results, figures_dir) -> [paths]` redraws an experiment's figures;
-`bin/make_figures --experiment=X` calls it without retraining. Each figure answers one question
+`bin/make_figures --experiments=X` calls it without retraining. Each figure answers one question
 of the slides, with a title, labelled axes (units / scale), a legend, and log scales where the
 values span decades.
 """
