@@ -348,7 +348,9 @@ def _ratio_panel(ax, x, loss, norm, reached, norm_scale, xlabel: str, title: str
             points = ax.scatter(x[mask], loss[mask], c=norm[mask], cmap="viridis",
                                 norm=norm_scale, marker=marker, s=28,
                                 label=f"{label}: {int(mask.sum())} runs")
-    _finish_axes(ax, title, xlabel, "training loss (MSE, float64, full batch)", loss)
+    # log once the losses span a decade: the runs' end points differ by orders of magnitude
+    _finish_axes(ax, title, xlabel, "training loss (MSE, float64, full batch)", loss,
+                 log_y=spans_decades(loss, 1.0))
     ax.set_xlim(-0.02, 1.02)
     return points
 
@@ -372,7 +374,7 @@ def plot_minimal_ratio(results: dict[str, Any], figures_dir: Path) -> list[Path]
     title_tail = f"{len(loss)} runs, {results['critical_phase']['method']}"
     out = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
     panels = ((ratio[:, 0], f"minimal ratio: share of eigenvalues > {tols[0]:g} max|λ|",
                "Exact Hessian eigenvalues"),
               (np.asarray(end["perturbation_ratio"], float),
