@@ -34,11 +34,6 @@ def approach_name(batch_size: int, learning_rate: float) -> str:
     return f"bs{batch_size}_lr{learning_rate:g}"
 
 
-def load_splits(config: Any) -> data.Splits:
-    """The config's dataset and subsets, fetched on first use (`common.load_dataset`)."""
-    return common.load_dataset(config.dataset, config.data_dir, train_size=config.train_size,
-                               test_size=config.test_size, seed=config.seed)
-
 
 def train_approach(experiment: str, config: Any, splits: data.Splits, spec: models.ModelSpec,
                    batch_size: int, learning_rate: float, *, strategy, paths) -> tuple[Any, dict]:

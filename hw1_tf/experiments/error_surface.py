@@ -172,7 +172,7 @@ def report_section(results: dict, ctx: report.Context) -> str:
            f"{report.pct(ev[0])} and {report.pct(ev[1])}), with the trajectory projected on "
            f"it (at most {report.pct(np.nanmax(off))} of a snapshot's offset lies off the "
            "plane);",
-           f"- the straight line from the initial weights (α=0) to θ (α=1).",
+           "- the straight line from the initial weights (α=0) to θ (α=1).",
            "",
            f"All {results['grid_points_evaluated']} points took "
            f"{report.fmt(results['surface_seconds'])} s, evaluated in batches of grid points "

@@ -273,7 +273,7 @@ def report_section(results: dict, ctx: report.Context) -> str:
 
 def _line_comment(line: dict, runs: dict, label1: str, label2: str) -> str:
     a = report.series(line["alphas"])
-    test, train = report.series(line["test_loss"]), report.series(line["train_loss"])
+    train = report.series(line["train_loss"])
     i0, i1 = int(np.argmin(abs(a))), int(np.argmin(abs(a - 1)))
     between = np.where((a > 0) & (a < 1))[0]
     text = []

@@ -10,7 +10,6 @@ import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
 from absl import logging
 
 from hw1_tf import data, hessian, measures, report, store

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 from absl import logging
 
-from hw1_tf import data, hessian, measures, models, report, store
-from hw1_tf.config import TrainConfig, option
+from hw1_tf import hessian, measures, models, report, store
+from hw1_tf.config import option
 from hw1_tf.errors import Hw1Error
 from hw1_tf.experiments import approaches, common
 
@@ -46,17 +46,12 @@ def rescaled(network: keras.Model, layer: int, alpha: float) -> keras.Model:
 
 
 @dataclasses.dataclass
-class Config(approaches.SharpnessOptions, TrainConfig):
-    dataset: str = option("mnist", "Dataset of the model.", choices=data.IMAGE_DATASETS)
-    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
-                                  "$HW1_DATA_DIR or <project>/data).")
+class Config(approaches.SharpnessOptions, common.ImageTrainConfig):
     hidden: tuple[int, ...] = option((32, 32), "Hidden widths of the dense ReLU model.",
                                      lower=1)
     layer: int = option(0, "Dense layer scaled by alpha (the next one by 1/alpha).", lower=0)
     alphas: tuple[float, ...] = option(tuple(float(a) for a in np.logspace(-3, 3, 13)),
                                        "Scale factors alpha.", lower=0.0)
-    train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
-    test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
     analysis_examples: int = option(500, "Training examples of the loss and sharpness.",
                                     lower=1)
     tolerance: float = option(1e-10, "Largest relative change of outputs and loss accepted "
@@ -67,7 +62,7 @@ class Config(approaches.SharpnessOptions, TrainConfig):
 def run(config: Config) -> dict:
     paths = common.paths_from(config)
     strategy = common.strategy_from(config)
-    splits = approaches.load_splits(config)
+    splits = common.load_splits(config)
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
     network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
                                                 config.batch_size, config.learning_rate,

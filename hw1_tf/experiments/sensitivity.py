@@ -8,21 +8,17 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import numpy as np
 from absl import logging
 
-from hw1_tf import data, measures, models, report
-from hw1_tf.config import TrainConfig, option
+from hw1_tf import measures, models, report
+from hw1_tf.config import option
 from hw1_tf.experiments import approaches, common
 
 EXPERIMENT = "sensitivity"
 
 
 @dataclasses.dataclass
-class Config(TrainConfig):
-    dataset: str = option("mnist", "Dataset of the models.", choices=data.IMAGE_DATASETS)
-    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
-                                  "$HW1_DATA_DIR or <project>/data).")
+class Config(common.ImageTrainConfig):
     vary: str = option("batch_size", "What the approaches vary (the other stays at "
                        "--batch_size / --learning_rate).", choices=("batch_size",
                                                                     "learning_rate"))
@@ -32,8 +28,6 @@ class Config(TrainConfig):
                                                "rates, one model each (with "
                                                "--vary=learning_rate).", lower=0.0)
     hidden: tuple[int, ...] = option((128,), "Hidden widths of the dense ReLU model.", lower=1)
-    train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
-    test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
     sensitivity_examples: int | None = option(None, "Test examples the sensitivities average "
                                               "over (default: the whole test split).", lower=1)
     epochs: int = option(10, "Training epochs per run.", lower=1)
@@ -49,7 +43,7 @@ def approaches_of(config) -> list[tuple[int, float]]:
 def run(config: Config) -> dict:
     paths = common.paths_from(config)
     strategy = common.strategy_from(config)
-    splits = approaches.load_splits(config)
+    splits = common.load_splits(config)
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
     n = min(config.sensitivity_examples or len(splits.x_test), len(splits.x_test))
     runs = {}

@@ -11,26 +11,21 @@ import time
 
 from absl import logging
 
-from hw1_tf import data, measures, models, report
-from hw1_tf.config import TrainConfig, option
+from hw1_tf import measures, models, report
+from hw1_tf.config import option
 from hw1_tf.experiments import approaches, common
 
 EXPERIMENT = "sharpness"
 
 
 @dataclasses.dataclass
-class Config(approaches.SharpnessOptions, TrainConfig):
-    dataset: str = option("mnist", "Dataset of the models.", choices=data.IMAGE_DATASETS)
-    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files (default "
-                                  "$HW1_DATA_DIR or <project>/data).")
+class Config(approaches.SharpnessOptions, common.ImageTrainConfig):
     batch_sizes: tuple[int, ...] = option((16, 64, 256, 1024, 4096), "Batch sizes (each "
                                           "with every learning rate).", lower=1)
     learning_rates: tuple[float, ...] = option((1e-3, 1e-2), "Learning rates (each with "
                                                "every batch size).", lower=0.0)
     hidden: tuple[int, ...] = option((32,), "Hidden widths of the dense ReLU model (32: "
                                      "25,450 parameters on MNIST).", lower=1)
-    train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
-    test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
     analysis_examples: int = option(500, "Training examples every sharpness is computed on "
                                     "(the same for every model).", lower=1)
     eigen_tolerance: float = option(1e-4, "Relative tolerance of eigsh.", lower=0.0)
@@ -40,7 +35,7 @@ class Config(approaches.SharpnessOptions, TrainConfig):
 def run(config: Config) -> dict:
     paths = common.paths_from(config)
     strategy = common.strategy_from(config)
-    splits = approaches.load_splits(config)
+    splits = common.load_splits(config)
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
     x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
     runs = {}
