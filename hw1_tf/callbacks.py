@@ -114,6 +114,42 @@ class ObjectiveSwitch(keras.callbacks.Callback):
             self.model.set_objective(state["objective"], learning_rate=self.learning_rate)
 
 
+class StopAtTarget(keras.callbacks.Callback):
+    """Ends training after the first epoch whose training loss (the epoch's mean, as logged)
+    is <= `loss_below` or whose training accuracy is >= `accuracy_above`: models compared at
+    the same training loss (Jiang et al. 2019 train every model to cross-entropy 0.01), or a
+    memorisation run stopped once it has fitted its training set."""
+
+    def __init__(self, log: IterationLog, loss_below: float | None = None,
+                 accuracy_above: float | None = None):
+        super().__init__()
+        self.log = log
+        self.loss_below = loss_below
+        self.accuracy_above = accuracy_above
+        self.stopped_at_epoch: int | None = None  # 1-based, None: ran every epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        loss, accuracy = logs.get("loss"), logs.get("accuracy")
+        reached = []
+        if self.loss_below is not None and loss is not None and loss <= self.loss_below:
+            reached.append(f"training loss {loss:.4g} <= {self.loss_below:g}")
+        if (self.accuracy_above is not None and accuracy is not None
+                and accuracy >= self.accuracy_above):
+            reached.append(f"training accuracy {accuracy:.4f} >= {self.accuracy_above:g}")
+        if reached:
+            self.stopped_at_epoch = epoch + 1
+            self.model.stop_training = True
+            logging.info("%s: stopping after epoch %d: %s", self.log.run_name, epoch + 1,
+                         " and ".join(reached))
+
+    def backup_state(self) -> dict:
+        return {"stopped_at_epoch": self.stopped_at_epoch}
+
+    def restore_state(self, state: dict) -> None:
+        self.stopped_at_epoch = state["stopped_at_epoch"]
+
+
 class ProgressLog(keras.callbacks.Callback):
     """One log line per tenth of the run (epoch, loss, last ||g||, elapsed, ETA): progress for
     long quiet runs (verbose=0), where Keras prints nothing."""

@@ -200,15 +200,20 @@ def randomize_labels(labels: np.ndarray, fraction: float,
 CORRUPTIONS = ("labels", "shuffled_pixels", "random_pixels", "gaussian")
 
 
+def _flat(x: np.ndarray) -> np.ndarray:
+    """(n, ...) -> (n, pixels), also for n = 0 (nothing chosen at fraction 0)."""
+    return x.reshape(len(x), int(np.prod(x.shape[1:])))
+
+
 def shuffle_pixels(x: np.ndarray, permutation: np.ndarray) -> np.ndarray:
     """Every image's pixels reordered by one fixed permutation (the same for all images)."""
-    flat = x.reshape(len(x), -1)
+    flat = _flat(x)
     return flat[:, permutation].reshape(x.shape)
 
 
 def random_pixels(x: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
     """Every image's pixels reordered by its own random permutation."""
-    flat = x.reshape(len(x), -1)
+    flat = _flat(x)
     order = np.argsort(rng.random_sample(flat.shape), axis=1)
     return np.take_along_axis(flat, order, axis=1).reshape(x.shape)
 

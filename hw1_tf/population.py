@@ -519,6 +519,10 @@ def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data
     `population_size`; `seconds` is the whole population's time). `callbacks` are called as
     fn(epoch, population) after every epoch.
     """
+    if settings.stop_loss_below is not None or settings.stop_accuracy_above is not None:
+        raise Hw1Error("a population does not stop at a training loss or accuracy target; "
+                       "train these models one by one to use --stop_loss_below / "
+                       "--stop_accuracy_above")
     strategy = strategy or tf.distribute.get_strategy()
     if not isinstance(splits, data.Splits):
         if len(splits) != len(seeds):

@@ -30,7 +30,7 @@ from absl import logging
 
 from hw1_tf import distribute, pipeline
 from hw1_tf.callbacks import (HistoryTensorBoard, IterationLog, ObjectiveSwitch, ProgressLog,
-                              RunBackup)
+                              RunBackup, StopAtTarget)
 from hw1_tf.errors import Hw1Error
 
 OBJECTIVES = ("loss", "grad_norm")
@@ -313,6 +313,8 @@ class TrainSettings:
     switch_grad_norm_below: float | None = None
     switch_after_epochs: int | None = None
     stop_grad_norm_below: float | None = None
+    stop_loss_below: float | None = None  # after the epoch whose mean training loss is <= this
+    stop_accuracy_above: float | None = None  # ... or whose training accuracy is >= this
     grad_norm_learning_rate: float | None = None  # after the switch (None: learning_rate)
     shuffle: bool = True
     verbose: int = 1
@@ -430,6 +432,10 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
     switch = ObjectiveSwitch(log, settings.switch_grad_norm_below, settings.switch_after_epochs,
                              settings.stop_grad_norm_below, settings.grad_norm_learning_rate)
     all_callbacks = [log, switch, *callbacks]
+    target = None
+    if settings.stop_loss_below is not None or settings.stop_accuracy_above is not None:
+        target = StopAtTarget(log, settings.stop_loss_below, settings.stop_accuracy_above)
+        all_callbacks.insert(2, target)
     first_epoch = 0
     if backup_dir is not None:  # after the stateful callbacks: it saves what they did
         stateful = [c for c in all_callbacks if hasattr(c, "backup_state")]
@@ -466,4 +472,5 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
         "epoch_end_iteration": log.epoch_end_iteration,
         "switched_at_iteration": switch.switched_at_iteration,
         "stopped_at_iteration": switch.stopped_at_iteration,
+        "stopped_at_epoch": target.stopped_at_epoch if target is not None else None,
     }

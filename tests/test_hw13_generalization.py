@@ -2,6 +2,7 @@
 experiments on sklearn digits (seconds each), and the interpolation between SavedModels checked
 against the SavedModels' own `serve` and a numpy forward pass."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -316,3 +317,81 @@ def test_capacity_parameter_counts_and_final_evaluation(tmp_path):
         np.testing.assert_allclose(run["final_train_accuracy"], acc, atol=1e-6)
     assert runs[-1]["final_train_accuracy"] > runs[0]["final_train_accuracy"]
     assert len(results["figures"]) == 2
+
+
+@pytest.mark.parametrize("corruption", ["shuffled_pixels", "random_pixels", "gaussian"])
+def test_random_labels_input_corruptions_end_to_end(tmp_path, corruption):
+    from hw1_tf.experiments import random_labels
+
+    config = random_labels.Config(**dict(TINY, epochs=3, hidden=(16,), ratios=(0.0, 1.0),
+                                         corruption=corruption, output_dir=str(tmp_path)))
+    results = random_labels.run(config)
+    assert set(results["runs"]) == {f"{corruption}_0p00", f"{corruption}_1p00"}
+    for run in results["runs"].values():
+        assert run["labels_changed"] == 0.0  # the inputs are corrupted, never the labels
+        assert len(run["history"]["epoch"]["train_loss"]) == 3
+    # the corrupted run saw other inputs than the clean one: its first iterations differ
+    losses = [results["runs"][f"{corruption}_{r}"]["history"]["iteration"]["loss"]
+              for r in ("0p00", "1p00")]
+    assert not np.allclose(losses[0], losses[1])
+    assert {Path(p).name for p in results["figures"]} == {
+        f"epochs_{corruption}_0p00.png", f"epochs_{corruption}_1p00.png", "ratio_sweep.png"}
+    stored = store.read_results(store.Paths.create(tmp_path).results_json("random_labels"))
+    assert stored["config"]["corruption"] == corruption
+
+
+def test_random_labels_stops_once_fitted_and_a_rerun_skips_finished_fractions(tmp_path,
+                                                                              monkeypatch):
+    from hw1_tf.experiments import random_labels
+
+    config = random_labels.Config(**dict(TINY, epochs=30, hidden=(64,), ratios=(0.0,),
+                                         learning_rate=3e-3, batch_size=64,
+                                         stop_accuracy_above=0.95, output_dir=str(tmp_path)))
+    results = random_labels.run(config)
+    run = results["runs"]["labels_0p00"]
+    acc = run["history"]["epoch"]["train_accuracy"]
+    # it stopped after the first epoch at the target, well before the 30 allowed
+    assert acc[-1] >= 0.95 and all(a < 0.95 for a in acc[:-1]) and len(acc) < 30
+    assert run["history"]["stopped_at_epoch"] == len(acc)
+    assert len(run["history"]["iteration"]["loss"]) == run["history"]["epoch_end_iteration"][-1]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished fraction was trained again")
+
+    # the same config again: the finished fraction is reused, nothing trains
+    monkeypatch.setattr(common, "train_run", no_training)
+    again = random_labels.run(dataclasses.replace(config))
+    np.testing.assert_array_equal(again["runs"]["labels_0p00"]["history"]["iteration"]["loss"],
+                                  run["history"]["iteration"]["loss"])
+
+
+def test_core_stops_at_a_training_loss_target(tmp_path):
+    splits = _splits()
+    spec = models.ModelSpec("m", "dense", hidden=(32,))
+    settings = common.settings_from(flatness.Config(**TINY), epochs=25, batch_size=64,
+                                    learning_rate=3e-3)
+    free = common.train_run("t", "free", spec, splits, settings,
+                            strategy=tf.distribute.get_strategy(),
+                            paths=store.Paths.create(tmp_path / "a"), save_model=False,
+                            tensorboard=False)[1]["history"]
+    losses = free["epoch"]["train_loss"]
+    target = float(losses[6])  # reached at epoch 7 at the latest
+    first = next(i for i, v in enumerate(losses) if v <= target) + 1
+    settings.stop_loss_below = target
+    stopped = common.train_run("t", "stopped", spec, splits, settings,
+                               strategy=tf.distribute.get_strategy(),
+                               paths=store.Paths.create(tmp_path / "b"), save_model=False,
+                               tensorboard=False)[1]["history"]
+    # the same run, cut after the first epoch at the target: same history up to there
+    assert stopped["stopped_at_epoch"] == first == len(stopped["epoch"]["train_loss"])
+    np.testing.assert_allclose(stopped["epoch"]["train_loss"], losses[:first], rtol=1e-6)
+    assert free["stopped_at_epoch"] is None
+
+
+def test_population_refuses_a_loss_target():
+    from hw1_tf import population
+
+    settings = population.PopulationSettings(epochs=1, stop_loss_below=0.1)
+    with pytest.raises(Hw1Error, match="does not stop at a training loss"):
+        population.train_population(models.ModelSpec("m", "dense", hidden=(4,)), _splits(),
+                                    settings, seeds=(0, 1))

@@ -307,6 +307,12 @@ class ImageTrainConfig(TrainConfig):
                                   "$HW1_DATA_DIR or <project>/data).")
     train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
     test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
+    stop_loss_below: float | None = option(
+        None, "Stop a run after the first epoch whose training loss is at most this (models "
+        "compared at one training loss; --epochs is then the most it may take).", lower=0.0)
+    stop_accuracy_above: float | None = option(
+        None, "Stop a run after the first epoch whose training accuracy is at least this "
+        "(e.g. once the training set is fitted).", lower=0.0, upper=1.0)
 
 
 def load_splits(config: ImageTrainConfig, **kwargs: Any) -> Splits:

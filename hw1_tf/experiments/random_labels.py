@@ -6,6 +6,7 @@ Gaussian inputs). Test labels stay clean unless --corrupt_test."""
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
@@ -18,6 +19,8 @@ EXPERIMENT = "random_labels"
 
 @dataclasses.dataclass
 class Config(common.ImageTrainConfig):
+    RUN_SELECTION: ClassVar[tuple[str, ...]] = ("ratios",)
+
     hidden: tuple[int, ...] = option((256, 256, 256), "Hidden widths of the dense net (the "
                                      "slides: 3 layers of 256).", lower=1)
     corruption: str = option("labels", "What is corrupted: labels (shuffled), shuffled_pixels "
@@ -53,19 +56,25 @@ def run(config: Config) -> dict:
     spec = models.ModelSpec("dnn", "dense", hidden=tuple(config.hidden))
     runs = {}
     for ratio in config.ratios:
-        splits = data.corrupt(clean, config.corruption, ratio, seed=config.seed,
-                              corrupt_test=config.corrupt_test)
         name = run_name(config.corruption, ratio)
-        _, record = common.train_run(EXPERIMENT, name, spec, splits, settings,
-                                     strategy=strategy, paths=paths,
-                                     save_model=config.save_models,
-                                     tensorboard=config.tensorboard)
-        epoch = record["history"]["epoch"]
-        record.update(ratio=float(ratio),
-                      epochs_to_fit=epochs_to_fit(epoch["train_accuracy"], config.fit_accuracy),
-                      labels_changed=float(np.mean(splits.y_train != splits.y_train_clean)),
-                      **{f"final_{k}": v[-1] for k, v in epoch.items()})
-        runs[name] = record
+
+        def train(ratio=ratio, name=name):
+            splits = data.corrupt(clean, config.corruption, ratio, seed=config.seed,
+                                  corrupt_test=config.corrupt_test)
+            _, record = common.train_run(EXPERIMENT, name, spec, splits, settings,
+                                         strategy=strategy, paths=paths,
+                                         save_model=config.save_models,
+                                         tensorboard=config.tensorboard)
+            epoch = record["history"]["epoch"]
+            record.update(ratio=float(ratio),
+                          epochs_to_fit=epochs_to_fit(epoch["train_accuracy"],
+                                                      config.fit_accuracy),
+                          labels_changed=float(np.mean(splits.y_train != splits.y_train_clean)),
+                          **{f"final_{k}": v[-1] for k, v in epoch.items()})
+            return record
+
+        # each finished fraction is kept at once: an interrupted sweep resumes at the next one
+        runs[name] = common.run_once(EXPERIMENT, config, paths, name, train)
     return common.finish(EXPERIMENT, config, runs, paths, dataset=clean.name,
                          train_examples=len(clean.x_train), test_examples=len(clean.x_test),
                          model=spec.describe())
@@ -80,14 +89,24 @@ QUESTIONS = (
 )
 
 
+def _epochs_text(config: dict) -> str:
+    stops = [f"training loss <= {config[k]:g}" if k == "stop_loss_below" else
+             f"training accuracy >= {report.pct(config[k])}"
+             for k in ("stop_loss_below", "stop_accuracy_above") if config.get(k) is not None]
+    if not stops:
+        return f"{config['epochs']} epochs"
+    return (f"at most {config['epochs']} epochs, each run stopping after the first epoch "
+            f"with {' or '.join(stops)}")
+
+
 def report_section(results: dict, ctx: report.Context) -> str:
     config, runs = results["config"], results["runs"]
     main = max(runs.values(), key=lambda r: r["ratio"])
     out = [f"{results['dataset']}: {results['train_examples']} training / "
            f"{results['test_examples']} test examples, model {results['model']} "
            f"({main['num_params']} parameters), {config['optimizer']} with learning rate "
-           f"{config['learning_rate']:g}, batch {config['batch_size']}, {config['epochs']} "
-           f"epochs; corruption `{config['corruption']}` of a fraction "
+           f"{config['learning_rate']:g}, batch {config['batch_size']}, {_epochs_text(config)}"
+           f"; corruption `{config['corruption']}` of a fraction "
            f"{', '.join(f'{r:g}' for r in config['ratios'])} of the training examples "
            f"(test set {'corrupted too' if config['corrupt_test'] else 'clean'}); seed "
            f"{config['seed']}.", ""]
@@ -101,12 +120,12 @@ def report_section(results: dict, ctx: report.Context) -> str:
              report.pct(r["final_train_accuracy"]), r["final_test_loss"],
              report.pct(r["final_test_accuracy"]),
              "not reached" if r["epochs_to_fit"] is None else r["epochs_to_fit"],
-             report.fmt(r["history"]["seconds"]))
+             len(r["history"]["epoch"]["train_loss"]), report.fmt(r["history"]["seconds"]))
             for r in sorted(runs.values(), key=lambda r: r["ratio"])]
     out += ["", report.table(("fraction", "labels changed", "train loss", "train acc",
                               "test loss", "test acc",
                               f"epochs to {report.pct(config['fit_accuracy'], 0)} train acc",
-                              "seconds"), rows), ""]
+                              "epochs run", "seconds"), rows), ""]
     train_loss = report.series(main["history"]["epoch"]["train_loss"])
     test_loss = report.series(main["history"]["epoch"]["test_loss"])
     low = int(np.nanargmin(test_loss))
