@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import ClassVar
 
 from absl import logging
 
@@ -19,6 +20,8 @@ EXPERIMENT = "sensitivity"
 
 @dataclasses.dataclass
 class Config(common.ImageTrainConfig):
+    RUN_SELECTION: ClassVar[tuple[str, ...]] = ("batch_sizes", "learning_rates")
+
     vary: str = option("batch_size", "What the approaches vary (the other stays at "
                        "--batch_size / --learning_rate).", choices=("batch_size",
                                                                     "learning_rate"))
@@ -48,20 +51,26 @@ def run(config: Config) -> dict:
     n = min(config.sensitivity_examples or len(splits.x_test), len(splits.x_test))
     runs = {}
     for batch_size, lr in approaches_of(config):
-        network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
-                                                    batch_size, lr, strategy=strategy,
-                                                    paths=paths)
-        start = time.perf_counter()
-        grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n])
-        record.update({"sensitivity_loss_grad": float(grad.mean()),
-                       "sensitivity_jacobian": float(jac.mean()),
-                       "sensitivity_seconds": time.perf_counter() - start,
-                       "sensitivity_examples": n})
-        logging.info("%s: test acc %.4f, sensitivities %.4g (loss grad) %.4g (Jacobian) on %d "
-                     "examples in %.2fs", approaches.approach_name(batch_size, lr),
-                     record["test_accuracy"], grad.mean(), jac.mean(), n,
-                     record["sensitivity_seconds"])
-        runs[approaches.approach_name(batch_size, lr)] = record
+        name = approaches.approach_name(batch_size, lr)
+
+        def train(batch_size=batch_size, lr=lr, name=name):
+            network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
+                                                        batch_size, lr, strategy=strategy,
+                                                        paths=paths)
+            start = time.perf_counter()
+            grad, jac = measures.input_sensitivities(network, splits.x_test[:n],
+                                                     splits.y_test[:n])
+            record.update({"sensitivity_loss_grad": float(grad.mean()),
+                           "sensitivity_jacobian": float(jac.mean()),
+                           "sensitivity_seconds": time.perf_counter() - start,
+                           "sensitivity_examples": n})
+            logging.info("%s: test acc %.4f, sensitivities %.4g (loss grad) %.4g (Jacobian) on "
+                         "%d examples in %.2fs", name, record["test_accuracy"], grad.mean(),
+                         jac.mean(), n, record["sensitivity_seconds"])
+            return record
+
+        # each finished approach is kept at once: an interrupted study resumes at the next
+        runs[name] = common.run_once(EXPERIMENT, config, paths, name, train)
     return common.finish(EXPERIMENT, config, runs, paths, vary=config.vary)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import ClassVar
 
 from absl import logging
 
@@ -20,6 +21,8 @@ EXPERIMENT = "sharpness"
 
 @dataclasses.dataclass
 class Config(approaches.SharpnessOptions, common.ImageTrainConfig):
+    RUN_SELECTION: ClassVar[tuple[str, ...]] = ("batch_sizes", "learning_rates")
+
     batch_sizes: tuple[int, ...] = option((16, 64, 256, 1024, 4096), "Batch sizes (each "
                                           "with every learning rate).", lower=1)
     learning_rates: tuple[float, ...] = option((1e-3, 1e-2), "Learning rates (each with "
@@ -41,19 +44,24 @@ def run(config: Config) -> dict:
     runs = {}
     for lr in config.learning_rates:
         for batch_size in config.batch_sizes:
-            network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
-                                                        batch_size, lr, strategy=strategy,
-                                                        paths=paths)
-            start = time.perf_counter()
-            record.update(measures.sharpness_measures(
-                network, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
-                keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
-                max_block_mb=config.max_block_mb, eigen_tolerance=config.eigen_tolerance,
-                seed=config.seed))
-            record["sharpness_seconds"] = time.perf_counter() - start
-            logging.info("%s: sharpness in %.1fs", approaches.approach_name(batch_size, lr),
-                         record["sharpness_seconds"])
-            runs[approaches.approach_name(batch_size, lr)] = record
+            name = approaches.approach_name(batch_size, lr)
+
+            def train(batch_size=batch_size, lr=lr, name=name):
+                network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
+                                                            batch_size, lr, strategy=strategy,
+                                                            paths=paths)
+                start = time.perf_counter()
+                record.update(measures.sharpness_measures(
+                    network, x, y, epsilon=config.epsilon,
+                    keskar_epsilon=config.keskar_epsilon, keskar_maxiter=config.keskar_maxiter,
+                    keskar_restarts=config.keskar_restarts, max_block_mb=config.max_block_mb,
+                    eigen_tolerance=config.eigen_tolerance, seed=config.seed))
+                record["sharpness_seconds"] = time.perf_counter() - start
+                logging.info("%s: sharpness in %.1fs", name, record["sharpness_seconds"])
+                return record
+
+            # each finished approach is kept at once: an interrupted study resumes at the next
+            runs[name] = common.run_once(EXPERIMENT, config, paths, name, train)
     return common.finish(EXPERIMENT, config, runs, paths, analysis_examples=len(x))
 
 
