@@ -28,6 +28,7 @@ the SavedModel's `trainable_variables` to it, so the weights analysed are the Sa
 from __future__ import annotations
 
 import dataclasses
+import logging as pylogging
 import math
 import time
 from pathlib import Path
@@ -41,6 +42,23 @@ from absl import logging
 
 from hw1_tf import models, store, training
 from hw1_tf.errors import Hw1Error, ModelNotFoundError
+
+
+class _PerModelFunctions(pylogging.Filter):
+    """Drops TensorFlow's "N out of the last M calls ... triggered tf.function retracing"
+    warning for the functions this package builds once per model on purpose (a FlatLoss's,
+    the input sensitivities'): traced once each, they only look like a function re-created
+    in a loop by mistake when a study measures many models. Any other retracing still warns."""
+
+    OWN = ("FlatLoss.", "_sensitivity_function.")
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message
+                    and any(name in message for name in self.OWN))
+
+
+pylogging.getLogger("tensorflow").addFilter(_PerModelFunctions())
 
 HVP_MODES = ("auto", "forward_over_reverse", "double_backprop")
 
@@ -58,7 +76,7 @@ def _mb(num_bytes: float) -> float:
     return num_bytes / 2**20
 
 
-def _as_float64_model(model: keras.Model) -> keras.Model:
+def as_float64_model(model: keras.Model) -> keras.Model:
     """A float64 copy of `model` (stateless_call casts values to each variable's dtype, so a
     float32 model cannot be evaluated in float64 as it is)."""
     def clone(layer):
@@ -123,7 +141,7 @@ class FlatLoss:
             raise Hw1Error(f"unknown hvp_mode {hvp_mode!r}; choose from {', '.join(HVP_MODES)}")
         if len(x) == 0 or len(x) != len(y):
             raise Hw1Error(f"need as many labels as examples, got {len(x)} and {len(y)}")
-        self.model = _as_float64_model(model) if dtype == "float64" else model
+        self.model = as_float64_model(model) if dtype == "float64" else model
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         variables = self.model.trainable_variables

@@ -742,7 +742,9 @@ def plot_measures(results: dict[str, Any], figures_dir: Path) -> list[Path]:
     """Kendall's tau of every measure against both generalization gaps, best first."""
     from hw1_tf.experiments.measures import GAPS, MEASURES
 
-    taus = results["kendall_tau"]
+    # an undefined tau (a measure constant over the models) is stored as null
+    taus = {m: {g: np.nan if v is None else float(v) for g, v in t.items()}
+            for m, t in results["kendall_tau"].items()}
     names = sorted(taus, key=lambda m: -np.nan_to_num(taus[m]["loss_gap"], nan=-2))
     y = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))

@@ -104,7 +104,7 @@ def test_full_hessian_equals_finite_differences_and_nested_tape(tiny):
     np.testing.assert_allclose(full, fd, atol=1e-8)
     # nested tapes through the model's own call on float64 copies of its variables (no
     # stateless_call, no flat vector, no batching)
-    model64 = hessian._as_float64_model(model)
+    model64 = hessian.as_float64_model(model)
     variables = model64.trainable_variables
     with tf.GradientTape(persistent=True) as outer:
         with tf.GradientTape() as inner:

@@ -234,3 +234,40 @@ def test_hessian_norm_takes_the_negative_end_when_it_dominates():
     result = measures.hessian_norm(hessian.matrix_operator(h))
     np.testing.assert_allclose([result.top, result.bottom, result.norm], [2.0, -7.0, 7.0],
                                rtol=1e-6)
+
+
+def test_measures_end_to_end_ranks_the_sensitivity_models(tmp_path):
+    """sensitivity trains three models to one loss target (or its epoch limit), measures reads
+    their SavedModels: every measure per model, tau overall and within the source, and the
+    report section; tau is recomputed here from the stored values."""
+    from hw1_tf import report
+    from hw1_tf.experiments import measures as measures_exp, sensitivity
+
+    tiny = dict(dataset="digits", epochs=3, verbose=0, steps_per_execution=8,
+                tensorboard=False, jit_compile=False, output_dir=str(tmp_path))
+    trained = sensitivity.run(sensitivity.Config(**tiny, hidden=(8,), batch_sizes=(16, 64, 256),
+                                                 stop_loss_below=0.5))
+    for run in trained["runs"].values():
+        epochs = run["history"]["epoch"]["train_loss"]
+        assert epochs[-1] <= 0.5 or len(epochs) == 3  # stopped at the target, or ran out
+    config = measures_exp.Config(output_dir=str(tmp_path), sources=("sensitivity", "sharpness"),
+                                 analysis_examples=40, sensitivity_examples=40, trace_probes=2,
+                                 pac_bayes_samples=2, keskar_maxiter=2, keskar_restarts=1)
+    results = measures_exp.run(config)
+    runs = list(results["runs"].values())
+    assert len(runs) == 3 and {r["source"] for r in runs} == {"sensitivity"}
+    assert all(r["loss_target"] == 0.5 for r in runs)
+    for m in measures_exp.MEASURES:
+        for g in measures_exp.GAPS:
+            expected = measures.kendall_tau([r[m] for r in runs], [r[g] for r in runs])
+            got = results["kendall_tau"][m][g]
+            assert (got is None and math.isnan(expected)) or got == pytest.approx(expected, 1e-6)
+    assert results["kendall_tau_by_source"]["sensitivity"] == results["kendall_tau"]
+    # the stored test losses are the SavedModels' own: equal to sensitivity's final numbers
+    by_run = {r["run"]: r for r in runs}
+    for name, run in trained["runs"].items():
+        np.testing.assert_allclose(by_run[name]["test_loss"], run["test_loss"], rtol=1e-5)
+    from hw1_tf import store
+    text = measures_exp.report_section(results, report.Context(store.Paths.create(tmp_path),
+                                                               "measures"))
+    assert "Within each source" in text and "trained to training loss 0.5" in text

@@ -69,7 +69,7 @@ def run(config: Config) -> dict:
                                                 strategy=strategy, paths=paths)
     x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
     x = x.astype(np.float64)
-    base = hessian._as_float64_model(network)  # float64: "unchanged" to 1e-10, not 1e-6
+    base = hessian.as_float64_model(network)  # float64: "unchanged" to 1e-10, not 1e-6
     logits = measures.logits_of(base, x)
     scale = float(np.max(np.abs(logits)))
     rows = {k: [] for k in ("output_change", "loss_change", "analysis_loss",
