@@ -96,7 +96,18 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")  # hw1_tf.training.make_optim
 
 
 @dataclasses.dataclass
-class TrainConfig(RunConfig):
+class DistributeOptions:
+    """Where the heavy computation runs: an experiment's training, Hessian-vector products,
+    interpolation and input Jacobians all follow these two fields."""
+
+    strategy: str = option("default", "tf.distribute strategy.", choices=STRATEGIES)
+    logical_cpus: int = option(1, "Split the CPU into this many logical devices, so "
+                               "--strategy=mirrored has several replicas without GPUs.",
+                               lower=1, process=True)
+
+
+@dataclasses.dataclass
+class TrainConfig(DistributeOptions, RunConfig):
     """The knobs of the instrumented training core; an experiment that trains Keras models
     subclasses it (and redeclares a field to change its default)."""
 
@@ -104,10 +115,6 @@ class TrainConfig(RunConfig):
     batch_size: int = option(128, "Global batch size (split across replicas).", lower=1)
     learning_rate: float = option(1e-3, "Optimizer learning rate.", lower=0.0)
     optimizer: str = option("adam", "Optimizer of the training runs.", choices=OPTIMIZERS)
-    strategy: str = option("default", "tf.distribute strategy.", choices=STRATEGIES)
-    logical_cpus: int = option(1, "Split the CPU into this many logical devices, so "
-                               "--strategy=mirrored has several replicas without GPUs.",
-                               lower=1, process=True)
     jit_compile: bool = option(True, "XLA-compile the train step (one device only; off for "
                                "convolutions on CPU, where XLA is slow).")
     steps_per_execution: int = option(64, "Train steps per tf.function call (one device only); "

@@ -353,11 +353,13 @@ def sharpness_measures(network: keras.Model, x: np.ndarray, y: np.ndarray, *,
                        keskar_epsilon: float = KESKAR_EPSILON, keskar_maxiter: int = 10,
                        keskar_restarts: int = 2, max_block_mb: float = 256.0,
                        eigen_tolerance: float = 1e-4, dtype: str | None = None,
-                       seed: int = 0, flat_loss: hessian.FlatLoss | None = None
-                       ) -> dict[str, float]:
+                       seed: int = 0, flat_loss: hessian.FlatLoss | None = None,
+                       strategy=None) -> dict[str, float]:
     """The three sharpness definitions on the examples (x, y), with the Hessian norms they
-    rest on and how far the block-diagonal norm is from the whole-model one."""
-    fl = flat_loss or hessian.FlatLoss(network, x, y, dtype=dtype, jit_compile=False)
+    rest on and how far the block-diagonal norm is from the whole-model one; the examples are
+    sharded over `strategy`'s replicas (default: the current strategy)."""
+    fl = flat_loss or hessian.FlatLoss(network, x, y, dtype=dtype, jit_compile=False,
+                                       strategy=strategy)
     loss = fl.loss()
     blocks = fl.block_diagonal_hessian(max_block_mb=max_block_mb)
     start = time.perf_counter()

@@ -271,3 +271,29 @@ def test_measures_end_to_end_ranks_the_sensitivity_models(tmp_path):
     text = measures_exp.report_section(results, report.Context(store.Paths.create(tmp_path),
                                                                "measures"))
     assert "Within each source" in text and "trained to training loss 0.5" in text
+
+
+def test_sharpness_measures_under_mirrored_strategy_equal_one_device(monkeypatch):
+    """The examples sharded over 2 logical CPUs and the sums all-reduced: the same Hessian
+    norms and sharpness values as one device (float64, so only the reduction order differs)."""
+    from hw1_tf import distribute
+
+    strategy = distribute.make_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    net = _relu_net(seed=2, hidden=(6, 5))
+    x, y = _data(n=37, seed=4)  # odd: the replicas get uneven shards
+    kw = dict(keskar_maxiter=3, keskar_restarts=2, seed=1)
+    built = []
+    original = hessian.FlatLoss
+
+    def recording(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(hessian, "FlatLoss", recording)
+    one = measures.sharpness_measures(net, x, y, **kw)
+    two = measures.sharpness_measures(net, x, y, strategy=strategy, **kw)
+    assert [fl.replicas for fl in built] == [1, 2]  # the second really ran on two replicas
+    for key in ("analysis_loss", "block_hessian_norm", "hessian_norm", "sharpness_slides",
+                "sharpness_whole", "sharpness_keskar", "gradient_norm"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key

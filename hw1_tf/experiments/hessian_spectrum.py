@@ -14,8 +14,7 @@ import numpy as np
 from absl import logging
 
 from hw1_tf import data, functions, hessian, models, store
-from hw1_tf.config import RunConfig, option
-from hw1_tf.distribute import STRATEGIES
+from hw1_tf.config import DistributeOptions, RunConfig, option
 from hw1_tf.errors import Hw1Error
 from hw1_tf.experiments import common
 
@@ -23,7 +22,7 @@ EXPERIMENT = "hessian_spectrum"
 
 
 @dataclasses.dataclass
-class Config(RunConfig):
+class Config(RunConfig, DistributeOptions):
     saved_model: str | None = option(None, "SavedModel to analyse (a store export).")
     experiment: str | None = option(None, "Experiment whose run to analyse (with --run).")
     run: str | None = option(None, "Run name under saved_models/<experiment>/ (with "
@@ -57,11 +56,6 @@ class Config(RunConfig):
     dtype: str = option("float32", "Precision of the products.",
                         choices=("float32", "float64"))
     jit_compile: bool | None = option(None, "XLA for the products (default: measured).")
-    strategy: str = option("default", "tf.distribute strategy: the examples are sharded over "
-                           "the replicas and the products all-reduced.", choices=STRATEGIES)
-    logical_cpus: int = option(1, "Split the CPU into this many logical devices, so "
-                               "--strategy=mirrored has several replicas without GPUs.",
-                               lower=1, process=True)
 
 
 def _source(config: Config, paths: store.Paths) -> tuple[str, Path, dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from absl import logging
 
 from hw1_tf import data, hessian, measures, report, store
-from hw1_tf.config import RunConfig, option
+from hw1_tf.config import DistributeOptions, RunConfig, option
 from hw1_tf.errors import Hw1Error, ModelNotFoundError
 from hw1_tf.experiments import approaches, common
 
@@ -43,7 +43,7 @@ GAPS = {"loss_gap": "test - training loss", "error_gap": "test - training error"
 
 
 @dataclasses.dataclass
-class Config(approaches.SharpnessOptions, RunConfig):
+class Config(approaches.SharpnessOptions, RunConfig, DistributeOptions):
     sources: tuple[str, ...] = option(("sensitivity", "sharpness", "capacity", "flatness"),
                                       "Experiments whose SavedModels are measured (those "
                                       "without results are skipped).")
@@ -83,7 +83,8 @@ def _models(config: Config, paths: store.Paths):
             yield source, name, record, results.get("config", {}), Path(saved)
 
 
-def measure_model(network, splits: data.Splits, record: dict, config: Config) -> dict:
+def measure_model(network, splits: data.Splits, record: dict, config: Config,
+                  strategy=None) -> dict:
     """Every measure of one classifier, and its exact generalization gaps."""
     final = {"train": measures.evaluate(network, splits.x_train, splits.y_train),
              "test": measures.evaluate(network, splits.x_test, splits.y_test)}
@@ -98,7 +99,7 @@ def measure_model(network, splits: data.Splits, record: dict, config: Config) ->
     out.update(measures.parameter_norms(network, initial))
     out["path_norm"] = measures.path_norm(network)
     out.update(measures.margin_measures(network, x, y, config.margin_percentile))
-    fl = hessian.FlatLoss(network, x, y, jit_compile=False)
+    fl = hessian.FlatLoss(network, x, y, jit_compile=False, strategy=strategy)
     out.update(measures.sharpness_measures(
         network, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
         keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
@@ -118,6 +119,7 @@ def measure_model(network, splits: data.Splits, record: dict, config: Config) ->
 
 def run(config: Config) -> dict:
     paths = common.paths_from(config)
+    strategy = common.strategy_from(config)
     splits_cache: dict[tuple, data.Splits] = {}
     runs = {}
     for source, name, record, source_config, saved in _models(config, paths):
@@ -137,7 +139,7 @@ def run(config: Config) -> dict:
             logging.warning("measures: %s/%s skipped: %s", source, name, e)
             continue
         start = time.perf_counter()
-        values = measure_model(network, splits_cache[key], record, config)
+        values = measure_model(network, splits_cache[key], record, config, strategy)
         values.update({"source": source, "run": name, "dataset": dataset,
                        "description": record.get("description", ""),
                        "loss_target": source_config.get("stop_loss_below"),

@@ -82,7 +82,7 @@ def run(config: Config) -> dict:
         result = measures.sharpness_measures(
             model, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
             keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
-            max_block_mb=config.max_block_mb, seed=config.seed)
+            max_block_mb=config.max_block_mb, seed=config.seed, strategy=strategy)
         base_loss = result["analysis_loss"] if base_loss is None else base_loss
         loss_change = abs(result["analysis_loss"] - base_loss) / base_loss
         if change > config.tolerance or loss_change > config.tolerance:

@@ -55,7 +55,8 @@ def run(config: Config) -> dict:
                     network, x, y, epsilon=config.epsilon,
                     keskar_epsilon=config.keskar_epsilon, keskar_maxiter=config.keskar_maxiter,
                     keskar_restarts=config.keskar_restarts, max_block_mb=config.max_block_mb,
-                    eigen_tolerance=config.eigen_tolerance, seed=config.seed))
+                    eigen_tolerance=config.eigen_tolerance, seed=config.seed,
+                    strategy=strategy))
                 record["sharpness_seconds"] = time.perf_counter() - start
                 logging.info("%s: sharpness in %.1fs", name, record["sharpness_seconds"])
                 return record
