@@ -523,6 +523,9 @@ def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data
         raise Hw1Error("a population does not stop at a training loss or accuracy target; "
                        "train these models one by one to use --stop_loss_below / "
                        "--stop_accuracy_above")
+    if settings.learning_rate_decay is not None:
+        raise Hw1Error("a population keeps its learning rate; train these models one by one "
+                       "to use --learning_rate_decay")
     strategy = strategy or tf.distribute.get_strategy()
     if not isinstance(splits, data.Splits):
         if len(splits) != len(seeds):

@@ -30,7 +30,7 @@ from absl import logging
 
 from hw1_tf import distribute, pipeline
 from hw1_tf.callbacks import (HistoryTensorBoard, IterationLog, ObjectiveSwitch, ProgressLog,
-                              RunBackup, StopAtTarget)
+                              EpochDecay, RunBackup, StopAtTarget)
 from hw1_tf.errors import Hw1Error
 
 OBJECTIVES = ("loss", "grad_norm")
@@ -315,6 +315,7 @@ class TrainSettings:
     stop_grad_norm_below: float | None = None
     stop_loss_below: float | None = None  # after the epoch whose mean training loss is <= this
     stop_accuracy_above: float | None = None  # ... or whose training accuracy is >= this
+    learning_rate_decay: float | None = None  # learning_rate * decay**epoch (loss phase)
     grad_norm_learning_rate: float | None = None  # after the switch (None: learning_rate)
     shuffle: bool = True
     verbose: int = 1
@@ -436,6 +437,8 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
     if settings.stop_loss_below is not None or settings.stop_accuracy_above is not None:
         target = StopAtTarget(log, settings.stop_loss_below, settings.stop_accuracy_above)
         all_callbacks.insert(2, target)
+    if settings.learning_rate_decay is not None:
+        all_callbacks.append(EpochDecay(settings.learning_rate, settings.learning_rate_decay))
     first_epoch = 0
     if backup_dir is not None:  # after the stateful callbacks: it saves what they did
         stateful = [c for c in all_callbacks if hasattr(c, "backup_state")]

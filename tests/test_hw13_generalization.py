@@ -395,3 +395,28 @@ def test_population_refuses_a_loss_target():
     with pytest.raises(Hw1Error, match="does not stop at a training loss"):
         population.train_population(models.ModelSpec("m", "dense", hidden=(4,)), _splits(),
                                     settings, seeds=(0, 1))
+
+
+def test_learning_rate_decays_every_epoch(tmp_path):
+    splits = _splits()
+    spec = models.ModelSpec("m", "dense", hidden=(16,))
+    settings = common.settings_from(flatness.Config(**TINY), epochs=3, batch_size=64,
+                                    learning_rate=1e-2)
+
+    def history(decay, folder):
+        settings.learning_rate_decay = decay
+        model, record = common.train_run("t", folder, spec, splits, settings,
+                                         strategy=tf.distribute.get_strategy(),
+                                         paths=store.Paths.create(tmp_path / folder),
+                                         save_model=False, tensorboard=False)
+        return model, record["history"]
+
+    plain_model, plain = history(None, "plain")
+    model, decayed = history(0.5, "decayed")
+    first = plain["epoch_end_iteration"][0]
+    loss, ref = decayed["iteration"]["loss"], plain["iteration"]["loss"]
+    # epoch 1 runs at the base rate: the same iterations; later epochs at half, a quarter
+    np.testing.assert_array_equal(loss[:first], ref[:first])
+    assert not np.allclose(loss[first + 1:], ref[first + 1:])
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-2 * 0.5 ** 2)
+    assert float(plain_model.optimizer.learning_rate) == pytest.approx(1e-2)

@@ -313,6 +313,9 @@ class ImageTrainConfig(TrainConfig):
     stop_accuracy_above: float | None = option(
         None, "Stop a run after the first epoch whose training accuracy is at least this "
         "(e.g. once the training set is fitted).", lower=0.0, upper=1.0)
+    learning_rate_decay: float | None = option(
+        None, "Multiply the learning rate by this after every epoch (Zhang et al. 2017: "
+        "0.95).", lower=0.0, upper=1.0)
 
 
 def load_splits(config: ImageTrainConfig, **kwargs: Any) -> Splits:

@@ -99,7 +99,8 @@ def run_name(config: Config, batch_size: int, learning_rate: float) -> str:
     SavedModel is reused only for the same training."""
     key = {k: getattr(config, k) for k in ("dataset", "train_size", "hidden", "activation",
                                            "batch_norm", "epochs", "optimizer", "seed")}
-    key.update({k: getattr(config, k) for k in ("stop_loss_below", "stop_accuracy_above")
+    key.update({k: getattr(config, k) for k in ("stop_loss_below", "stop_accuracy_above",
+                                                "learning_rate_decay")
                 if getattr(config, k) is not None})  # only when set: older hashes still hold
     digest = hashlib.sha1(json.dumps(store.to_jsonable(key), sort_keys=True).encode())
     rate = f"{learning_rate:g}".replace(".", "p")  # no dots: <run>.keras / <run>.json beside it
