@@ -237,11 +237,12 @@ def test_hessian_norm_takes_the_negative_end_when_it_dominates():
 
 
 def test_measures_end_to_end_ranks_the_sensitivity_models(tmp_path):
-    """sensitivity trains three models to one loss target (or its epoch limit), measures reads
-    their SavedModels: every measure per model, tau overall and within the source, and the
-    report section; tau is recomputed here from the stored values."""
+    """sensitivity trains three models to one loss target (or its epoch limit), sharpness three
+    for a fixed number of epochs; measures reads their SavedModels: every measure per model,
+    tau overall and within each source, and the report section; tau is recomputed here from
+    the stored values."""
     from hw1_tf import report
-    from hw1_tf.experiments import measures as measures_exp, sensitivity
+    from hw1_tf.experiments import measures as measures_exp, sensitivity, sharpness
 
     tiny = dict(dataset="digits", epochs=3, verbose=0, steps_per_execution=8,
                 tensorboard=False, jit_compile=False, output_dir=str(tmp_path))
@@ -250,23 +251,36 @@ def test_measures_end_to_end_ranks_the_sensitivity_models(tmp_path):
     for run in trained["runs"].values():
         epochs = run["history"]["epoch"]["train_loss"]
         assert epochs[-1] <= 0.5 or len(epochs) == 3  # stopped at the target, or ran out
+    sharp = sharpness.run(sharpness.Config(**tiny, hidden=(8,), batch_sizes=(16, 64, 256),
+                                           learning_rates=(3e-3,), analysis_examples=40,
+                                           keskar_maxiter=2, keskar_restarts=1))
+    for run in sharp["runs"].values():  # the slides' formula from its own parts
+        assert run["sharpness_slides"] == pytest.approx(
+            run["block_hessian_norm"] * 1e-8 / (2 * (1 + run["analysis_loss"])), rel=1e-5)
+        assert run["sharpness_seconds"] > 0
     config = measures_exp.Config(output_dir=str(tmp_path), sources=("sensitivity", "sharpness"),
                                  analysis_examples=40, sensitivity_examples=40, trace_probes=2,
                                  pac_bayes_samples=2, keskar_maxiter=2, keskar_restarts=1)
     results = measures_exp.run(config)
     runs = list(results["runs"].values())
-    assert len(runs) == 3 and {r["source"] for r in runs} == {"sensitivity"}
-    assert all(r["loss_target"] == 0.5 for r in runs)
+    assert len(runs) == 6 and {r["source"] for r in runs} == {"sensitivity", "sharpness"}
+    assert [r["loss_target"] for r in runs] == [0.5] * 3 + [None] * 3
     for m in measures_exp.MEASURES:
         for g in measures_exp.GAPS:
             expected = measures.kendall_tau([r[m] for r in runs], [r[g] for r in runs])
             got = results["kendall_tau"][m][g]
             assert (got is None and math.isnan(expected)) or got == pytest.approx(expected, 1e-6)
-    assert results["kendall_tau_by_source"]["sensitivity"] == results["kendall_tau"]
-    # the stored test losses are the SavedModels' own: equal to sensitivity's final numbers
-    by_run = {r["run"]: r for r in runs}
-    for name, run in trained["runs"].items():
-        np.testing.assert_allclose(by_run[name]["test_loss"], run["test_loss"], rtol=1e-5)
+    for source in ("sensitivity", "sharpness"):  # tau within each source, from its 3 models
+        members = [r for r in runs if r["source"] == source]
+        tau = results["kendall_tau_by_source"][source]["path_norm"]["loss_gap"]
+        assert tau == pytest.approx(measures.kendall_tau([r["path_norm"] for r in members],
+                                                         [r["loss_gap"] for r in members]))
+    # the stored test losses are the SavedModels' own: equal to each source's final numbers
+    by_run = {(r["source"], r["run"]): r for r in runs}
+    for source, done in (("sensitivity", trained), ("sharpness", sharp)):
+        for name, run in done["runs"].items():
+            np.testing.assert_allclose(by_run[source, name]["test_loss"], run["test_loss"],
+                                       rtol=1e-5)
     from hw1_tf import store
     text = measures_exp.report_section(results, report.Context(store.Paths.create(tmp_path),
                                                                "measures"))

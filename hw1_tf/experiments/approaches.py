@@ -5,9 +5,11 @@ initial weights and the exact loss and accuracy of its final weights on both spl
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
+from absl import logging
 
 from hw1_tf import callbacks, data, measures, models
 from hw1_tf.config import option
@@ -57,6 +59,32 @@ def train_approach(experiment: str, config: Any, splits: data.Splits, spec: mode
         "loss_gap": final["test"]["loss"] - final["train"]["loss"],
         "error_gap": final["test"]["error"] - final["train"]["error"]})
     return network, record
+
+
+def run_approaches(experiment: str, config: Any, splits: data.Splits, spec: models.ModelSpec,
+                   pairs: Sequence[tuple[int, float]],
+                   measure: Callable[[Any, dict], dict[str, Any]], *, strategy,
+                   paths) -> dict[str, dict]:
+    """Every (batch size, learning rate) of `pairs` trained (`train_approach`), its record
+    completed with `measure(network, record)`'s values and `<experiment>_seconds` (the time
+    `measure` took). Each finished approach is kept at once (`common.run_once`): an
+    interrupted study resumes at the next one, and a rerun skips those already done."""
+    runs = {}
+    for batch_size, lr in pairs:
+        name = approach_name(batch_size, lr)
+
+        def train(batch_size=batch_size, lr=lr, name=name):
+            network, record = train_approach(experiment, config, splits, spec, batch_size, lr,
+                                             strategy=strategy, paths=paths)
+            start = time.perf_counter()
+            record.update(measure(network, record))
+            record[f"{experiment}_seconds"] = time.perf_counter() - start
+            logging.info("%s/%s: test accuracy %.4f, measured in %.1fs", experiment, name,
+                         record["test_accuracy"], record[f"{experiment}_seconds"])
+            return record
+
+        runs[name] = common.run_once(experiment, config, paths, name, train)
+    return runs
 
 
 def analysis_subset(splits: data.Splits, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,6 @@ of the final weights and two input sensitivities averaged over the test set: the
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import ClassVar
 
 from absl import logging
@@ -49,28 +48,16 @@ def run(config: Config) -> dict:
     splits = common.load_splits(config)
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
     n = min(config.sensitivity_examples or len(splits.x_test), len(splits.x_test))
-    runs = {}
-    for batch_size, lr in approaches_of(config):
-        name = approaches.approach_name(batch_size, lr)
 
-        def train(batch_size=batch_size, lr=lr, name=name):
-            network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
-                                                        batch_size, lr, strategy=strategy,
-                                                        paths=paths)
-            start = time.perf_counter()
-            grad, jac = measures.input_sensitivities(network, splits.x_test[:n],
-                                                     splits.y_test[:n])
-            record.update({"sensitivity_loss_grad": float(grad.mean()),
-                           "sensitivity_jacobian": float(jac.mean()),
-                           "sensitivity_seconds": time.perf_counter() - start,
-                           "sensitivity_examples": n})
-            logging.info("%s: test acc %.4f, sensitivities %.4g (loss grad) %.4g (Jacobian) on "
-                         "%d examples in %.2fs", name, record["test_accuracy"], grad.mean(),
-                         jac.mean(), n, record["sensitivity_seconds"])
-            return record
+    def sensitivities(network, record):
+        grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n])
+        logging.info("sensitivities %.4g (loss grad) %.4g (Jacobian) on %d test examples",
+                     grad.mean(), jac.mean(), n)
+        return {"sensitivity_loss_grad": float(grad.mean()),
+                "sensitivity_jacobian": float(jac.mean()), "sensitivity_examples": n}
 
-        # each finished approach is kept at once: an interrupted study resumes at the next
-        runs[name] = common.run_once(EXPERIMENT, config, paths, name, train)
+    runs = approaches.run_approaches(EXPERIMENT, config, splits, spec, approaches_of(config),
+                                     sensitivities, strategy=strategy, paths=paths)
     return common.finish(EXPERIMENT, config, runs, paths, vary=config.vary)
 
 

@@ -7,10 +7,8 @@ Keskar et al.'s own box maximisation by L-BFGS-B (hw1_tf.measures)."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import ClassVar
 
-from absl import logging
 
 from hw1_tf import measures, models, report
 from hw1_tf.config import option
@@ -41,28 +39,17 @@ def run(config: Config) -> dict:
     splits = common.load_splits(config)
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
     x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
-    runs = {}
-    for lr in config.learning_rates:
-        for batch_size in config.batch_sizes:
-            name = approaches.approach_name(batch_size, lr)
 
-            def train(batch_size=batch_size, lr=lr, name=name):
-                network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
-                                                            batch_size, lr, strategy=strategy,
-                                                            paths=paths)
-                start = time.perf_counter()
-                record.update(measures.sharpness_measures(
-                    network, x, y, epsilon=config.epsilon,
-                    keskar_epsilon=config.keskar_epsilon, keskar_maxiter=config.keskar_maxiter,
-                    keskar_restarts=config.keskar_restarts, max_block_mb=config.max_block_mb,
-                    eigen_tolerance=config.eigen_tolerance, seed=config.seed,
-                    strategy=strategy))
-                record["sharpness_seconds"] = time.perf_counter() - start
-                logging.info("%s: sharpness in %.1fs", name, record["sharpness_seconds"])
-                return record
+    def sharpness(network, record):
+        return measures.sharpness_measures(
+            network, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
+            keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
+            max_block_mb=config.max_block_mb, eigen_tolerance=config.eigen_tolerance,
+            seed=config.seed, strategy=strategy)
 
-            # each finished approach is kept at once: an interrupted study resumes at the next
-            runs[name] = common.run_once(EXPERIMENT, config, paths, name, train)
+    pairs = [(b, lr) for lr in config.learning_rates for b in config.batch_sizes]
+    runs = approaches.run_approaches(EXPERIMENT, config, splits, spec, pairs, sharpness,
+                                     strategy=strategy, paths=paths)
     return common.finish(EXPERIMENT, config, runs, paths, analysis_examples=len(x))
 
 
