@@ -4,9 +4,11 @@ again with the same arguments, ends with the history and weights of an uninterru
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,3 +100,196 @@ def test_population_ended_by_its_stop_threshold_resumes_as_ended(tmp_path, caplo
     assert h1[0]["stopped_at_iteration"] == 1 and h1[0]["epoch_end_iteration"] == [1]
     assert [h["iteration"] for h in h1] == [h["iteration"] for h in h2]
     assert [h["epoch_end_iteration"] for h in h2] == [[1]] * 3
+
+
+def test_solver_restored_from_its_backup_continues_bit_identically(tmp_path, monkeypatch):
+    """Adam, batch norm, dropout (seeded by the step), lr decay and the accuracy subsample
+    (the Solver's RNG) across an interruption after epoch 2 of 4."""
+    from hw1_tf.scratch import FullyConnectedNet, Solver
+
+    monkeypatch.setattr(store.BackupSchedule, "due", lambda self, final=False: True)
+    rng = np.random.RandomState(0)
+    arrays = {"X_train": rng.randn(90, 6), "y_train": rng.randint(0, 3, 90),
+              "X_val": rng.randn(30, 6), "y_val": rng.randint(0, 3, 30)}
+
+    def solver(path):
+        model = FullyConnectedNet((8, 8), 6, 3, dropout=0.2, normalization="batchnorm",
+                                  weight_scale=0.1, seed=2)
+        return Solver(model, arrays, update_rule="adam", optim_config={"learning_rate": 1e-2},
+                      lr_decay=0.9, batch_size=16, num_epochs=4, num_train_samples=40,
+                      compile="eager", seed=3, verbose=False, backup_path=path)
+
+    interrupted = solver(tmp_path / "solver.npz")
+    original = interrupted._end_of_epoch
+
+    def end_of_epoch():
+        original()
+        if interrupted.epoch == 2:
+            raise _Interrupt
+
+    interrupted._end_of_epoch = end_of_epoch
+    with pytest.raises(_Interrupt):
+        interrupted.train()
+    assert store.load_state(tmp_path / "solver.npz")["epoch"] == 2
+    resumed = solver(tmp_path / "solver.npz").train()
+    straight = solver(None).train()
+    assert len(resumed.loss_history) == 4 * (90 // 16)
+    assert resumed.loss_history == straight.loss_history
+    assert resumed.train_acc_history == straight.train_acc_history
+    assert resumed.val_acc_history == straight.val_acc_history
+    assert (resumed.best_epoch, resumed.best_val_acc) == (straight.best_epoch,
+                                                          straight.best_val_acc)
+    a, b = resumed.model.get_weights(), straight.model.get_weights()
+    for key in b:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+# ------------------------------------------------------------------- SIGKILL, subprocesses
+
+
+def _start(binary, flags, out):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen([sys.executable, f"bin/{binary}", *flags, f"--output_dir={out}"],
+                            cwd=ROOT, env=env, text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _kill_mid_epoch_and_rerun(binary, flags, tmp_path, backup, epoch_line, epochs_done,
+                              epochs):
+    """Runs `binary` twice side by side; SIGKILLs the second half an epoch after its log shows
+    the second epoch's end (`epoch_line`: a regex of the per-epoch log line; its first backup,
+    `backup` relative to the output folder, exists then), starts it again with the same flags
+    and waits for both. Returns the (killed, reference) output folders, the restarted run's
+    log and the backup's epoch (`epochs_done(state)`) at the kill."""
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    started = time.perf_counter()
+    procs = [_start(binary, flags, reference), _start(binary, flags, killed)]
+    ends = []  # when the killed run logged its epoch ends
+
+    def watch(stream):
+        for line in stream:
+            if re.search(epoch_line, line):
+                ends.append(time.perf_counter())
+
+    watcher = threading.Thread(target=watch, args=(procs[1].stderr,), daemon=True)
+    watcher.start()
+    path = killed / backup
+    try:
+        while len(ends) < 2:
+            assert procs[1].poll() is None, f"{binary} ended before its second epoch"
+            assert time.perf_counter() - started < 120
+            time.sleep(0.01)
+        time.sleep((ends[1] - ends[0]) / 2)  # into the third epoch
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait(timeout=30)
+        killed_at = time.perf_counter() - started
+        assert procs[1].returncode == -signal.SIGKILL
+        epoch = epochs_done(store.load_state(path))
+        assert 1 <= epoch < epochs
+        restart = _start(binary, flags, killed)
+        procs.append(restart)
+        _, log = restart.communicate(timeout=180)
+        assert restart.returncode == 0, log[-3000:]
+        assert f"resuming after epoch {epoch} " in log
+        _, ref_log = procs[0].communicate(timeout=180)
+        assert procs[0].returncode == 0, ref_log[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    print(f"\n{binary}: killed at {killed_at:.1f} s, backed up after epoch {epoch} of "
+          f"{epochs}, both done {time.perf_counter() - started:.1f} s")
+    assert not path.exists()  # removed once the results are kept
+    return killed, reference, log, epoch
+
+
+def _weights(path):
+    import keras
+
+    model = keras.saving.load_model(path, compile=False)
+    return [w.numpy() for w in model.weights]
+
+
+def test_population_experiment_killed_mid_epoch_resumes_exactly(tmp_path):
+    # one population: two functions x two restarts, 200 one-step executions per epoch
+    epochs = 4
+    flags = ["--functions=sinc,sign", "--depths=2", "--target_params=60", "--n_train=800",
+             "--n_test=50", "--restarts=2", f"--epochs={epochs}", "--batch_size=4",
+             "--steps_per_execution=1", "--learning_rate=0.003", "--save_models",
+             "--verbose=2"]
+    killed, reference, log, _ = _kill_mid_epoch_and_rerun(
+        "run_simulate_function", flags, tmp_path,
+        "results/simulate_function/backup/dnn_d2/population.npz", r": epoch \d+/",
+        lambda state: state["progress"]["epochs_done"], epochs)
+    a = store.load_results(store.Paths.create(killed), "simulate_function")["runs"]
+    b = store.load_results(store.Paths.create(reference), "simulate_function")["runs"]
+    assert set(a) == set(b) and len(a) == 4
+    for name in b:
+        ha, hb = a[name]["history"], b[name]["history"]
+        assert len(ha["iteration"]["loss"]) == epochs * 200
+        assert ha["epoch_end_iteration"] == hb["epoch_end_iteration"]
+        for key in ("loss", "grad_norm", "objective"):
+            np.testing.assert_allclose(ha["iteration"][key], hb["iteration"][key], rtol=1e-6,
+                                       atol=0)
+        np.testing.assert_allclose(ha["epoch"]["train_loss"], hb["epoch"]["train_loss"],
+                                   rtol=1e-6)
+        np.testing.assert_allclose(a[name]["prediction"], b[name]["prediction"], rtol=1e-6,
+                                   atol=1e-7)
+        for wa, wb in zip(_weights(killed / f"saved_models/simulate_function/{name}.keras"),
+                          _weights(reference / f"saved_models/simulate_function/{name}.keras")):
+            np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-7)
+    assert not (killed / "results/simulate_function/backup").exists()
+
+
+def test_trajectory_killed_mid_epoch_resumes_with_all_its_snapshots(tmp_path):
+    epochs = 4
+    flags = ["--task=function", "--function=sinc", "--function_depth=2",
+             "--function_params=60", "--n_train=800", "--runs=2", "--snapshot_every=1",
+             "--eval_size=200", f"--epochs={epochs}", "--batch_size=4",
+             "--steps_per_execution=1", "--learning_rate=0.003", "--verbose=2"]
+    killed, reference, _, epoch = _kill_mid_epoch_and_rerun(
+        "run_trajectory", flags, tmp_path, "results/trajectory/backup/population/population.npz",
+        r": epoch \d+/", lambda state: state["progress"]["epochs_done"], epochs)
+    a = store.load_results(store.Paths.create(killed), "trajectory")
+    b = store.load_results(store.Paths.create(reference), "trajectory")
+    assert list(a["snapshot_epochs"]) == list(range(epochs + 1))  # before the kill too
+    for name, run in b["runs"].items():
+        for key in ("loss", "grad_norm"):
+            np.testing.assert_allclose(a["runs"][name]["history"]["iteration"][key],
+                                       run["history"]["iteration"][key], rtol=1e-6, atol=0)
+        for key in ("whole", "layer", "loss"):  # (no accuracy: regression)
+            # the last "whole" snapshot is the final weights
+            np.testing.assert_allclose(a["runs"][name]["snapshots"][key],
+                                       run["snapshots"][key], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a["pca"]["whole"]["coords"], b["pca"]["whole"]["coords"],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_scratch_killed_mid_epoch_resumes_and_skips_finished_runs(tmp_path):
+    epochs = 5
+    flags = ["--dataset=digits", "--fallback_dataset=digits", "--val_size=200",
+             "--overfit_samples=50", "--overfit_hidden_dims=20", "--overfit_epochs=2",
+             "--search_hidden_dims=20", "--search_weight_scales=0.1",
+             "--search_learning_rates=0.1", "--update_rules=sgd", "--rule_learning_rates=0.01",
+             "--rules_train_size=200", "--rules_hidden_dims=20", "--rules_epochs=1",
+             "--hidden_dims=64,64", f"--epochs={epochs}", "--batch_size=2", "--dropout=0.1",
+             "--print_every=100000", "--verbose=1"]
+    killed, reference, log, _ = _kill_mid_epoch_and_rerun(
+        "run_scratch", flags, tmp_path, "results/scratch/backup/final/solver.npz",
+        r"final: \(Epoch [1-9]", lambda state: state["epoch"], epochs)
+    assert log.count("already finished for this config, skipped") == 3  # all but final
+    a = store.load_results(store.Paths.create(killed), "scratch")
+    b = store.load_results(store.Paths.create(reference), "scratch")
+    assert set(a["runs"]) == set(b["runs"]) == {"overfit", "search/ws=0.1,lr=0.1", "rule/sgd",
+                                               "final"}
+    fa, fb = a["runs"]["final"], b["runs"]["final"]
+    assert len(fa["loss_history"]) == epochs * fb["iterations_per_epoch"]
+    np.testing.assert_allclose(fa["loss_history"], fb["loss_history"], rtol=1e-6, atol=0)
+    for key in ("train_acc_history", "val_acc_history", "best_epoch", "test_accuracy"):
+        assert fa[key] == fb[key], key
+    ca = np.load(killed / "results/scratch/checkpoints/final.npz")
+    cb = np.load(reference / "results/scratch/checkpoints/final.npz")
+    assert set(ca.files) == set(cb.files)
+    for key in cb.files:  # last and best parameters, slots, histories
+        np.testing.assert_allclose(ca[key], cb[key], rtol=1e-6, atol=1e-7)
