@@ -144,6 +144,46 @@ def test_solver_restored_from_its_backup_continues_bit_identically(tmp_path, mon
         np.testing.assert_array_equal(a[key], b[key])
 
 
+def _keras_run(backup_dir, crash_in_epoch=None):
+    """A tiny core run with weight snapshots every 2 epochs (and a crash in the middle of
+    epoch `crash_in_epoch`, counted from 0)."""
+    import keras
+
+    from hw1_tf import callbacks, training
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == crash_in_epoch and batch >= 2:
+                raise _Interrupt
+
+    settings = training.TrainSettings(epochs=5, batch_size=8, steps_per_execution=2, verbose=0,
+                                      seed=1)
+    model = training.build_instrumented(
+        lambda: keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                                  keras.layers.Dense(3)]), 3, settings)
+    snaps = callbacks.WeightSnapshots(every_epochs=2, layer=1)
+    history = training.train(model, (CLASSES.x_train, CLASSES.y_train), settings,
+                             callbacks=[snaps, Crash()], backup_dir=backup_dir)
+    return model, history, snaps
+
+
+def test_weight_snapshots_of_a_resumed_core_run_are_all_there(tmp_path):
+    with pytest.raises(_Interrupt):
+        _keras_run(tmp_path, crash_in_epoch=3)
+    model, history, snaps = _keras_run(tmp_path)
+    straight, straight_history, straight_snaps = _keras_run(None)
+    assert history["iteration"] == straight_history["iteration"]
+    a, b = snaps.arrays(), straight_snaps.arrays()
+    assert list(a["epochs"]) == [0, 2, 4, 5]  # 0 and 2 were taken before the crash
+    for key in b:
+        np.testing.assert_array_equal(a[key], b[key])
+    for wa, wb in zip(model.network.weights, straight.network.weights):
+        np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+
+
 # ------------------------------------------------------------------- SIGKILL, subprocesses
 
 
@@ -267,8 +307,8 @@ def test_trajectory_killed_mid_epoch_resumes_with_all_its_snapshots(tmp_path):
 
 
 def test_scratch_killed_mid_epoch_resumes_and_skips_finished_runs(tmp_path):
-    epochs = 5
-    flags = ["--dataset=digits", "--fallback_dataset=digits", "--val_size=200",
+    epochs = 4
+    flags = ["--dataset=digits", "--nojit_compile", "--fallback_dataset=digits", "--val_size=200",
              "--overfit_samples=50", "--overfit_hidden_dims=20", "--overfit_epochs=2",
              "--search_hidden_dims=20", "--search_weight_scales=0.1",
              "--search_learning_rates=0.1", "--update_rules=sgd", "--rule_learning_rates=0.01",
