@@ -52,7 +52,8 @@ def run(config: Config) -> dict:
                                                     batch_size, lr, strategy=strategy,
                                                     paths=paths)
         start = time.perf_counter()
-        grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n])
+        grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n],
+                                                 strategy=strategy)
         record.update({"sensitivity_loss_grad": float(grad.mean()),
                        "sensitivity_jacobian": float(jac.mean()),
                        "sensitivity_seconds": time.perf_counter() - start,
