@@ -247,13 +247,13 @@ class RunBackup(keras.callbacks.BackupAndRestore):
 
     At each epoch end Keras writes the weights, the optimizer state and the epoch, and this
     writes the `stateful` callbacks' `backup_state()` (the per-iteration history, the objective
-    switch, weight snapshots; `store.save_state`, exact), all into `<backup_dir>/staging`, which then replaces `<backup_dir>/current` by
-    renames: a kill leaves one complete backup, the previous or the new one. Started again,
-    `restored_epoch()` tells where the data must start, `restore_state(model)` restores the
-    callbacks' state, and Keras the weights and the epoch in `on_train_begin`. It must come
-    after the stateful callbacks in `fit`'s list, so their epoch end is in the backup. The
-    caller removes `backup_dir` once the run's results are recorded (Keras' own
-    delete-at-end is off for that reason)."""
+    switch, weight snapshots; `store.save_state`, exact), all into `<backup_dir>/staging`, which
+    then replaces `<backup_dir>/current` by renames: a kill leaves one complete backup, the
+    previous or the new one. Started again, `restored_epoch()` tells where the data must start,
+    `restore_state(model)` restores the callbacks' state, and Keras the weights and the epoch in
+    `on_train_begin`. It must come after the stateful callbacks in `fit`'s list, so their epoch
+    end is in the backup. The caller removes `backup_dir` once the run's results are recorded
+    (Keras' own delete-at-end is off for that reason)."""
 
     def __init__(self, backup_dir: str | Path, stateful=(), run_name: str = "run"):
         self.root = Path(backup_dir)

@@ -19,7 +19,9 @@ becomes NaN/inf is frozen at its last finite weights and marked failed; the othe
 
 `train_population` returns the population and one history per member with the structure of
 `training.train`'s, so experiments and figures treat a member like any run; `Population.member(i)`
-is an ordinary Keras model and `export_members` writes members as SavedModels.
+is an ordinary Keras model and `export_members` writes members as SavedModels. With
+`backup_dir`, a population killed mid-run and started again continues from its last epoch-end
+backup to the numbers an uninterrupted run ends with.
 
 It pays where a member is too small to keep the cores busy (the HW1-1 function nets: several
 times faster per member, bench/population.py); members with large matmuls (an MNIST MLP) gain

@@ -47,7 +47,8 @@ def _train(backup_dir, callbacks=(), **kw):
     # adam with a switch to ||grad L||^2 after 3 epochs: slots, step counters and a restart
     settings = population.PopulationSettings(**{
         **dict(epochs=EPOCHS, batch_size=8, learning_rate=0.05, optimizer="adam", verbose=0,
-               steps_per_execution=3, switch_after_epochs=3, grad_norm_learning_rate=0.01),
+               steps_per_execution=3, switch_after_epochs=3, grad_norm_learning_rate=0.01,
+               jit_compile=False),  # the same loop as a plain tf.function: no compile time
         **kw})
     snaps = landscape.Snapshots(2, EPOCHS, 0, CLASSES.x_train, CLASSES.y_train, 3)
     pop, histories = population.train_population(
