@@ -55,6 +55,8 @@ class Config(RunConfig):
     standardize: bool = option(True, "Standardise inputs with the training mean and std.")
     jit_compile: bool = option(True, "XLA-compile the Solver's step (parts 3 and 4).")
     print_every: int = option(100, "Log the loss every this many iterations.", lower=1)
+    force: bool = option(False, "Rerun the runs already finished for the same config (they "
+                         "are recorded in results/; without --force they are skipped).")
     # 1. overfit a few examples
     overfit_samples: int = option(50, "Part 1: training examples the 3-layer net must fit "
                                   "perfectly.", lower=1)
