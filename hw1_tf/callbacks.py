@@ -2,8 +2,8 @@
 progress lines) and the ones an experiment adds per run (weight snapshots for trajectories,
 TensorBoard with the per-iteration history), and `RunBackup`, the per-epoch backup a killed
 run resumes from. Any `keras.callbacks.Callback` can be passed to `hw1_tf.training.train`
-beside them; one with `backup_state()` (JSON-able) and `restore_state(state)` is backed up and
-restored with the run.
+beside them; one with `backup_state()` (numbers, strings, lists, dicts and numpy arrays) and
+`restore_state(state)` is backed up and restored with the run.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from hw1_tf import store
 from hw1_tf.errors import Hw1Error, TrainingDivergedError
 
 
@@ -230,6 +231,15 @@ class WeightSnapshots(keras.callbacks.Callback):
             if not self.epochs or self.epochs[-1] != done:
                 self._take(done)
 
+    def backup_state(self) -> dict:
+        """The snapshots so far (a resumed run keeps those taken before its kill)."""
+        return {"epochs": list(self.epochs), "whole": list(self.whole),
+                "layer": list(self.layer_weights)}
+
+    def restore_state(self, state: dict) -> None:
+        self.epochs = [int(e) for e in state["epochs"]]
+        self.whole, self.layer_weights = list(state["whole"]), list(state["layer"])
+
     def arrays(self) -> dict[str, np.ndarray]:
         """{"epochs": (k,), "whole": (k, params), "layer": (k, layer params)}."""
         return {"epochs": np.asarray(self.epochs), "whole": np.stack(self.whole),
@@ -288,13 +298,13 @@ class RunBackup(keras.callbacks.BackupAndRestore):
 
     At each epoch end Keras writes the weights, the optimizer state and the epoch, and this
     writes the `stateful` callbacks' `backup_state()` (the per-iteration history, the objective
-    switch), all into `<backup_dir>/staging`, which then replaces `<backup_dir>/current` by
-    renames: a kill leaves one complete backup, the previous or the new one. Started again,
-    `restored_epoch()` tells where the data must start, `restore_state(model)` restores the
-    callbacks' state, and Keras the weights and the epoch in `on_train_begin`. It must come
-    after the stateful callbacks in `fit`'s list, so their epoch end is in the backup. The
-    caller removes `backup_dir` once the run's results are recorded (Keras' own
-    delete-at-end is off for that reason)."""
+    switch, weight snapshots; `store.save_state`, exact), all into `<backup_dir>/staging`, which
+    then replaces `<backup_dir>/current` by renames: a kill leaves one complete backup, the
+    previous or the new one. Started again, `restored_epoch()` tells where the data must start,
+    `restore_state(model)` restores the callbacks' state, and Keras the weights and the epoch in
+    `on_train_begin`. It must come after the stateful callbacks in `fit`'s list, so their epoch
+    end is in the backup. The caller removes `backup_dir` once the run's results are recorded
+    (Keras' own delete-at-end is off for that reason)."""
 
     def __init__(self, backup_dir: str | Path, stateful=(), run_name: str = "run"):
         self.root = Path(backup_dir)
@@ -314,10 +324,10 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     def restore_state(self, model) -> None:
         """Restores the stateful callbacks (before `fit`, so they start from it; the weights
         and epoch are restored by Keras in `on_train_begin`)."""
-        state = self.root / "current" / "run_state.json"
+        state = self.root / "current" / "run_state.npz"
         if not state.is_file():
             return
-        for callback, value in zip(self.stateful, json.loads(state.read_text())):
+        for callback, value in zip(self.stateful, store.load_state(state)):
             callback.set_model(model)
             callback.restore_state(value)
         logging.info("%s: resuming after epoch %d from the backup in %s", self.run_name,
@@ -337,8 +347,8 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self._use_folder(staging)
         try:
             super()._save_model()
-            (staging / "run_state.json").write_text(
-                json.dumps([c.backup_state() for c in self.stateful]))
+            store.save_state(staging / "run_state.npz",
+                             [c.backup_state() for c in self.stateful])
         finally:
             self._use_folder(current)
         if current.is_dir():

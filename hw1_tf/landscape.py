@@ -132,6 +132,17 @@ class Snapshots:
         if done % self.every_epochs == 0 or done == self.epochs:
             self._take(done, pop)
 
+    def backup_state(self) -> dict[str, Any]:
+        """The snapshots so far (a resumed run keeps those taken before its kill)."""
+        return {"taken": list(self.taken), "whole": list(self.whole),
+                "layer": list(self.layer_weights), "loss": list(self.loss),
+                "accuracy": list(self.accuracy)}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.taken = [int(e) for e in state["taken"]]
+        self.whole, self.layer_weights = list(state["whole"]), list(state["layer"])
+        self.loss, self.accuracy = list(state["loss"]), list(state["accuracy"])
+
     def arrays(self) -> dict[str, np.ndarray]:
         """epochs (k,); whole (N, k, P); layer (N, k, P_layer); loss, accuracy (N, k)."""
         return {"epochs": np.asarray(self.taken),

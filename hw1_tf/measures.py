@@ -90,14 +90,29 @@ def _sensitivity_function(network: keras.Model) -> Callable:
 
 
 def input_sensitivities(network: keras.Model, x: np.ndarray, y: np.ndarray,
-                        batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Per example: (||d loss_i / d x_i||_F, ||d softmax(f(x_i)) / d x_i||_F)."""
+                        batch_size: int = 500, strategy=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per example: (||d loss_i / d x_i||_F, ||d softmax(f(x_i)) / d x_i||_F); each batch of
+    `batch_size` examples split evenly across the replicas of `strategy` (default: the
+    current one; `network` must have been built in its scope)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
     fn = _sensitivity_function(network)
+    run = tf.function(lambda xs, ys: strategy.run(fn, args=(xs, ys)), reduce_retracing=True)
     grads, jacs = [], []
     for i in range(0, len(x), batch_size):
-        g, j = fn(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]))
-        grads.append(g.numpy())
-        jacs.append(j.numpy())
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        # contiguous equal shards, zero-padded at the end: replica k holds rows
+        # [k*share, (k+1)*share), so gathering the replicas' rows in order restores the batch
+        share = -(-len(xb) // replicas)
+        pad = share * replicas - len(xb)
+        shards = [np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+                  for a in (xb, yb)]
+        args = [strategy.experimental_distribute_values_from_function(
+            lambda ctx, a=a: tf.constant(a[ctx.replica_id_in_sync_group * share:][:share]))
+            for a in shards]
+        g, j = (strategy.gather(v, axis=0).numpy()[:len(xb)] for v in run(*args))
+        grads.append(g)
+        jacs.append(j)
     return np.concatenate(grads).astype(np.float64), np.concatenate(jacs).astype(np.float64)
 
 

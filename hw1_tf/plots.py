@@ -215,7 +215,7 @@ def plot_scratch(results: dict[str, Any], figures_dir: Path) -> list[Path]:
     fig.colorbar(image, ax=ax, label="training accuracy")
     paths.append(save(fig, figures_dir / "search.png"))
 
-    rules = results["update_rules"]
+    rules = {rule: runs[name] for rule, name in results["update_rules"].items()}
     fig, (ax_loss, ax_train, ax_val) = plt.subplots(1, 3, figsize=(15, 4.2))
     all_losses = []
     for k, (name, run) in enumerate(rules.items()):

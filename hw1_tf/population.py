@@ -19,7 +19,9 @@ becomes NaN/inf is frozen at its last finite weights and marked failed; the othe
 
 `train_population` returns the population and one history per member with the structure of
 `training.train`'s, so experiments and figures treat a member like any run; `Population.member(i)`
-is an ordinary Keras model and `export_members` writes members as SavedModels.
+is an ordinary Keras model and `export_members` writes members as SavedModels. With
+`backup_dir`, a population killed mid-run and started again continues from its last epoch-end
+backup to the numbers an uninterrupted run ends with.
 
 It pays where a member is too small to keep the cores busy (the HW1-1 function nets: several
 times faster per member, bench/population.py); members with large matmuls (an MNIST MLP) gain
@@ -33,6 +35,7 @@ chunks into data held on the device, one iteration per call without XLA under se
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -417,6 +420,25 @@ class _Trainer:
             out = self.run_chunk(chunk)
         return {k: v.numpy() for k, v in out.items()}
 
+    def state(self) -> dict[str, Any]:
+        """Everything the next iteration depends on: weights, optimizer slots and per-member
+        step counters and learning rates, objective and active masks."""
+        opt = self.optimizer
+        return {"params": [p.numpy() for p in self.pop.params], "steps": opt.steps.numpy(),
+                "learning_rate": opt.learning_rate.numpy(),
+                "slots": [[v.numpy() for v in slots] for slots in opt.slots],
+                "objective": self.objective.numpy(), "active": self.active.numpy()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        opt = self.optimizer
+        variables = [*self.pop.params, opt.steps, opt.learning_rate,
+                     *(v for slots in opt.slots for v in slots), self.objective, self.active]
+        values = [*state["params"], state["steps"], state["learning_rate"],
+                  *(v for slots in state["slots"] for v in slots), state["objective"],
+                  state["active"]]
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+
     def switch(self, mask: np.ndarray) -> None:
         """Host-side switch (after N epochs) for the members in `mask`."""
         mask = tf.constant(mask) & tf.equal(self.objective, 0)
@@ -447,13 +469,14 @@ class _Trainer:
 # ------------------------------------------------------------------------------- training
 
 
-def _index_chunks(n: int, settings: PopulationSettings, seeds: Sequence[int], chunk: int):
+def _index_chunks(n: int, settings: PopulationSettings, seeds: Sequence[int], chunk: int,
+                  first_epoch: int = 0):
     """Chunks (k, N, B) of per-member batch indices (each member's `pipeline.index_chunks`
     with its own seed, so its batches are those of a single run with that seed), or (k, B)
-    shared."""
+    shared; from epoch `first_epoch` on (an epoch's order depends only on seed and epoch)."""
     def chunks(seed):
         return pipeline.index_chunks(n, settings.batch_size, chunk, shuffle=settings.shuffle,
-                                     seed=seed, epochs=settings.epochs)
+                                     seed=seed, epochs=settings.epochs, first_epoch=first_epoch)
 
     if settings.shared_order or not settings.shuffle:
         return chunks(settings.seed)
@@ -507,17 +530,100 @@ def stack_splits(splits: Sequence[data.Splits]) -> data.Splits:
                        num_classes=first.num_classes)
 
 
+BACKUP_FILE = "population.npz"
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What the loop has collected so far: the record blocks, batch sizes, epoch ends, test
+    history, switch iterations, epochs done and the seconds trained before a resume."""
+
+    blocks: list[dict[str, np.ndarray]]
+    batch_sizes: list[int]
+    epoch_ends: list[int]
+    test: dict[str, list[np.ndarray]]
+    switched_at: np.ndarray
+    iterations: int = 0
+    epochs_done: int = 0
+    seconds_before: float = 0.0
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {key: np.concatenate([b[key] for b in self.blocks]) for key in RECORD}
+
+    def state(self, seconds: float) -> dict[str, Any]:
+        return {"columns": self.columns() if self.blocks else None,
+                "batch_sizes": np.asarray(self.batch_sizes, np.int64),
+                "epoch_ends": list(self.epoch_ends),
+                "test": {k: np.asarray(v) for k, v in self.test.items()},
+                "switched_at": self.switched_at.copy(), "iterations": self.iterations,
+                "epochs_done": self.epochs_done, "seconds": seconds}
+
+    @classmethod
+    def restored(cls, state: dict[str, Any]) -> "_Progress":
+        return cls([state["columns"]] if state["columns"] is not None else [],
+                   [int(b) for b in state["batch_sizes"]], list(state["epoch_ends"]),
+                   {k: list(v) for k, v in state["test"].items()},
+                   np.asarray(state["switched_at"]), state["iterations"],
+                   state["epochs_done"], state["seconds"])
+
+
+def _fingerprint(population: Population, settings: PopulationSettings, splits: data.Splits
+                 ) -> dict[str, Any]:
+    """What a backup must match to be resumed: members, model, settings and training data."""
+    digest = hashlib.sha1()
+    for array in (splits.x_train, splits.y_train):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    values = {k: v for k, v in dataclasses.asdict(settings).items() if k != "verbose"}
+    return store.to_jsonable({"spec": population.spec, "seeds": population.seeds,
+                              "settings": values, "input_shape": population.input_shape,
+                              "data": digest.hexdigest()})
+
+
+def _restore_backup(path: Path, fingerprint: dict[str, Any], trainer: _Trainer,
+                    stateful: Sequence[Any], run_name: str) -> _Progress | None:
+    """The progress of the backup at `path` with the trainer and the stateful callbacks set to
+    it, or None (no backup, or one of other settings, members or data: ignored)."""
+    if not path.is_file():
+        return None
+    try:
+        state = store.load_state(path)
+    except Hw1Error as e:
+        logging.warning("%s: %s; starting afresh", run_name, e)
+        return None
+    if state.get("fingerprint") != fingerprint or len(state["callbacks"]) != len(stateful):
+        logging.warning("%s: the backup in %s is of other settings, members or data; starting "
+                        "afresh (it will be replaced)", run_name, path)
+        return None
+    trainer.restore(state["trainer"])
+    for fn, value in zip(stateful, state["callbacks"]):
+        fn.restore_state(value)
+    progress = _Progress.restored(state["progress"])
+    logging.info("%s: resuming after epoch %d from the backup in %s", run_name,
+                 progress.epochs_done, path.parent)
+    return progress
+
+
 def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data.Splits],
                      settings: PopulationSettings,
                      seeds: Sequence[int], *, strategy=None, run_name: str = "population",
-                     callbacks: Sequence[Callable[[int, Population], None]] = ()
+                     callbacks: Sequence[Callable[[int, Population], None]] = (),
+                     backup_dir: str | Path | None = None
                      ) -> tuple[Population, list[dict[str, Any]]]:
     """Trains one member per seed of `spec` on `splits` (shared, or a sequence with one
     Splits per member, all of one shape); returns (population, histories).
 
     histories[i] has the keys of `training.train`'s history (plus `failed_at_iteration`,
     `population_size`; `seconds` is the whole population's time). `callbacks` are called as
-    fn(epoch, population) after every epoch.
+    fn(epoch, population) after every epoch; those with `backup_state()` (arrays, numbers,
+    lists, dicts) and `restore_state(state)` are backed up with the run.
+
+    With `backup_dir`, the whole state (weights, optimizer slots and step counters, masks, the
+    history so far, the callbacks' state) is written there atomically at epoch ends
+    (`store.BackupSchedule`: the first, the last, and as often as costs under 5% of the
+    time); started again after a kill with the same arguments, training continues from the
+    epoch after the backup and ends exactly where an uninterrupted run ends (an epoch's batch
+    order depends only on the seed and the epoch). The caller removes `backup_dir` once the
+    results are kept.
     """
     if settings.stop_loss_below is not None or settings.stop_accuracy_above is not None:
         raise Hw1Error("a population does not stop at a training loss or accuracy target; "
@@ -545,49 +651,66 @@ def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data
                  population.size, spec.describe(), population.num_params, settings.epochs)
     n = splits.x_train.shape[1 if trainer.data_per_member else 0]
     training.warn_if_batch_exceeds(run_name, settings.batch_size, n)
-    chunks = iter(_index_chunks(n, settings, population.seeds, chunk))
-    per_epoch = pipeline.chunks_per_epoch(n, settings.batch_size, chunk)
     size = population.size
-    blocks, batch_sizes, epoch_ends = [], [], []
     evaluate_test = settings.evaluate_test and splits.x_test is not None and splits.x_test.size
-    test = {"test_loss": [], **({"test_accuracy": []} if splits.num_classes else {})}
-    switched_at = np.full(size, -1)
-    switched_at[trainer.objective.numpy() == 1] = -2  # minimised the norm from the start
-    iterations = 0
+    stateful = [fn for fn in callbacks if hasattr(fn, "backup_state")]
+    backup_path = Path(backup_dir) / BACKUP_FILE if backup_dir is not None else None
+    fingerprint = _fingerprint(population, settings, splits) if backup_path else None
+    progress = backup_path and _restore_backup(backup_path, fingerprint, trainer, stateful,
+                                               run_name)
+    if not progress:
+        switched_at = np.full(size, -1)
+        switched_at[trainer.objective.numpy() == 1] = -2  # minimised the norm from the start
+        progress = _Progress([], [], [], {"test_loss": [], **(
+            {"test_accuracy": []} if splits.num_classes else {})}, switched_at)
+    schedule = store.BackupSchedule()
+    per_epoch = pipeline.chunks_per_epoch(n, settings.batch_size, chunk)
     start = time.perf_counter()
-    for epoch in range(settings.epochs):
+    first_epoch = progress.epochs_done
+    # a run whose members had all stopped was over when it was backed up
+    done = first_epoch >= settings.epochs or not trainer.active.numpy().any()
+    chunks = iter(_index_chunks(n, settings, population.seeds, chunk, first_epoch)
+                  if not done else ())
+    for epoch in range(first_epoch, settings.epochs if not done else first_epoch):
         for _ in range(per_epoch):
             idx = next(chunks)
             block = trainer.step_block(idx)
             k = block["loss"].shape[0]
             first_on_norm = np.where(block["objective"].any(axis=0),
                                      block["objective"].argmax(axis=0), k)
-            blocks.append(block)
-            batch_sizes += [idx.shape[-1]] * k
-            iterations += k
-            _note_switches(switched_at, trainer.objective.numpy(), iterations - k + first_on_norm,
-                           iterations)
-        epoch_ends.append(iterations)
+            progress.blocks.append(block)
+            progress.batch_sizes += [idx.shape[-1]] * k
+            progress.iterations += k
+            _note_switches(progress.switched_at, trainer.objective.numpy(),
+                           progress.iterations - k + first_on_norm, progress.iterations)
+        progress.epoch_ends.append(progress.iterations)
         if settings.switch_after_epochs is not None and epoch + 1 >= settings.switch_after_epochs:
             trainer.switch(trainer.active.numpy())
-            _note_switches(switched_at, trainer.objective.numpy(), np.full(size, iterations),
-                           iterations)
+            _note_switches(progress.switched_at, trainer.objective.numpy(),
+                           np.full(size, progress.iterations), progress.iterations)
         if evaluate_test:
             loss, accuracy = trainer.evaluate(splits.x_test, splits.y_test)
-            test["test_loss"].append(loss)
+            progress.test["test_loss"].append(loss)
             if splits.num_classes:
-                test["test_accuracy"].append(accuracy)
+                progress.test["test_accuracy"].append(accuracy)
         for fn in callbacks:
             fn(epoch, population)
+        progress.epochs_done = epoch + 1
         active = trainer.active.numpy()
-        _log_progress(run_name, epoch, settings, blocks[-1], active, start)
+        if backup_path and schedule.due(final=epoch + 1 == settings.epochs or not active.any()):
+            schedule.write(backup_path, {
+                "fingerprint": fingerprint, "trainer": trainer.state(),
+                "callbacks": [fn.backup_state() for fn in stateful],
+                "progress": progress.state(progress.seconds_before
+                                           + time.perf_counter() - start)})
+        _log_progress(run_name, epoch, first_epoch, settings, progress.blocks[-1], active, start)
         if not active.any():
             break
-    seconds = time.perf_counter() - start
-    columns = {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}
-    return population, _histories(population, columns, np.asarray(batch_sizes), epoch_ends,
-                                  {k: np.asarray(v) for k, v in test.items() if v},
-                                  splits.num_classes, switched_at, seconds, run_name)
+    seconds = progress.seconds_before + time.perf_counter() - start
+    return population, _histories(population, progress.columns(),
+                                  np.asarray(progress.batch_sizes), progress.epoch_ends,
+                                  {k: np.asarray(v) for k, v in progress.test.items() if v},
+                                  splits.num_classes, progress.switched_at, seconds, run_name)
 
 
 def _note_switches(switched_at: np.ndarray, objective: np.ndarray, first_on_norm: np.ndarray,
@@ -598,16 +721,17 @@ def _note_switches(switched_at: np.ndarray, objective: np.ndarray, first_on_norm
     switched_at[new] = np.minimum(first_on_norm[new], iterations)
 
 
-def _log_progress(run_name, epoch, settings, block, active, start) -> None:
+def _log_progress(run_name, epoch, first_epoch, settings, block, active, start) -> None:
     done = epoch + 1
     every = max(1, settings.epochs // 10)
     if settings.verbose == 0 and done % every and done != settings.epochs:
         return
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start  # of this session: a resumed run started later
     losses = block["loss"][-1][active] if active.any() else block["loss"][-1]
     logging.info("%s: epoch %d/%d, %d/%d members active, median loss %.4g, %.0f s elapsed, "
                  "ETA %.0f s", run_name, done, settings.epochs, int(active.sum()), active.size,
-                 float(np.median(losses)), elapsed, elapsed / done * (settings.epochs - done))
+                 float(np.median(losses)), elapsed,
+                 elapsed / (done - first_epoch) * (settings.epochs - done))
 
 
 def _histories(population, columns, batch_sizes, epoch_ends, test, num_classes, switched_at,

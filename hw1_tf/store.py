@@ -24,6 +24,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,18 +204,20 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
         raise Hw1Error(f"{path}: not a readable .npz ({e}); rerun the experiment") from None
 
 
-def _extract_arrays(obj: Any, key: str, out: dict[str, np.ndarray]) -> Any:
-    """`obj` with each large ndarray replaced by a reference {"$array": key} into `out`."""
-    if isinstance(obj, np.ndarray) and obj.size > ARRAY_MIN_SIZE:
+def _extract_arrays(obj: Any, key: str, out: dict[str, np.ndarray],
+                    min_size: int = ARRAY_MIN_SIZE) -> Any:
+    """`obj` with each ndarray of more than `min_size` elements replaced by a reference
+    {"$array": key} into `out`."""
+    if isinstance(obj, np.ndarray) and obj.size > min_size:
         out[key] = obj
         return {_ARRAY_REF: key, "shape": list(obj.shape), "dtype": str(obj.dtype)}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = dataclasses.asdict(obj)
     if isinstance(obj, dict):
-        return {k: _extract_arrays(v, f"{key}/{k}" if key else str(k), out)
+        return {k: _extract_arrays(v, f"{key}/{k}" if key else str(k), out, min_size)
                 for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_extract_arrays(v, f"{key}/{i}", out) for i, v in enumerate(obj)]
+        return [_extract_arrays(v, f"{key}/{i}", out, min_size) for i, v in enumerate(obj)]
     return obj
 
 
@@ -226,6 +229,53 @@ def _restore_arrays(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(obj, list):
         return [_restore_arrays(v, arrays) for v in obj]
     return obj
+
+
+_STATE_KEY = "$state"
+
+
+def save_state(path: str | Path, state: Any) -> Path:
+    """Writes `state` (dicts, lists, numbers, strings and numpy arrays) as one .npz, atomically
+    and exactly: every array keeps its dtype and bits, every float its repr (a training backup
+    must resume bit for bit, which results.json's 7 digits would not allow)."""
+    arrays: dict[str, np.ndarray] = {}
+    skeleton = _extract_arrays(state, "", arrays, min_size=-1)
+    arrays[_STATE_KEY] = np.asarray(json.dumps(
+        skeleton, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+    return save_arrays(path, arrays)
+
+
+def load_state(path: str | Path) -> Any:
+    """What `save_state` wrote at `path` (one-line Hw1Error when missing or unreadable)."""
+    arrays = load_arrays(path)
+    if _STATE_KEY not in arrays:
+        raise Hw1Error(f"{path}: not a saved state; delete it")
+    return _restore_arrays(json.loads(str(arrays.pop(_STATE_KEY))), arrays)
+
+
+class BackupSchedule:
+    """When a training loop backs up at an epoch end: always after the first and the last
+    epoch, otherwise once the time since the last backup is `factor` times what that backup
+    took. Epochs of a tiny population last milliseconds while its backup grows with the
+    history, so backing up every epoch could cost more than training; this keeps backups
+    below 1/factor of the run's time, and a kill loses at most that much of it."""
+
+    def __init__(self, factor: float = 20.0):
+        self.factor = factor
+        self.cost = 0.0
+        self.done_at: float | None = None
+
+    def due(self, final: bool = False) -> bool:
+        return (final or self.done_at is None
+                or time.perf_counter() - self.done_at >= self.factor * self.cost)
+
+    def write(self, path: str | Path, state: Any) -> Path:
+        """`save_state(path, state)`, timed."""
+        started = time.perf_counter()
+        out = save_state(path, state)
+        self.done_at = time.perf_counter()
+        self.cost = self.done_at - started
+        return out
 
 
 def save_results(paths: Paths, experiment: str, config: Any, runs: dict[str, Any],

@@ -120,7 +120,7 @@ def test_interrupted_run_resumes_with_the_same_history_and_weights(tmp_path, swi
     optimizer is replaced at the switch; the resumed run must rebuild it before loading)."""
     with pytest.raises(KeyboardInterrupt):
         _tiny(tmp_path / "a", [_Crash(3)], switch, spe)
-    assert (tmp_path / "a/backup/current/run_state.json").is_file()
+    assert (tmp_path / "a/backup/current/run_state.npz").is_file()
     resumed, h1 = _tiny(tmp_path / "a", [], switch, spe)
     straight, h2 = _tiny(tmp_path / "b", [], switch, spe)
     assert h1["iteration"] == h2["iteration"] and h1["epoch_end_iteration"] == [12, 24, 36, 48, 60]

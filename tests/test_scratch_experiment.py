@@ -53,8 +53,8 @@ def test_results_json_has_every_part(tiny_run):
     assert "not available" in saved["fallback_reason"]
     assert saved["overfit_train_accuracy"] == 1.0
     assert saved["runs"]["overfit"]["num_train"] == 50
-    assert set(saved["update_rules"]) == {"sgd", "adam"}
-    for rule in saved["update_rules"].values():
+    assert saved["update_rules"] == {"sgd": "rule/sgd", "adam": "rule/adam"}
+    for rule in (saved["runs"][name] for name in saved["update_rules"].values()):
         assert len(rule["loss_history"]) == 2 * (400 // 50)
         assert len(rule["train_acc_history"]) == len(rule["val_acc_history"]) == 3
     assert np.shape(saved["search"]["train_acc"]) == (2, 2)

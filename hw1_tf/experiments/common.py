@@ -181,17 +181,32 @@ def run_once(experiment: str, config: Any, paths: store.Paths, run_name: str,
             return record
     record = train()
     store.save_results(paths, _finished_name(experiment, run_name), config, {run_name: record})
-    folder = backup_dir(paths, experiment, run_name)
-    shutil.rmtree(folder, ignore_errors=True)
-    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
-        folder.parent.rmdir()
+    remove_backup(paths, experiment, run_name)
     return record
 
 
+def remove_backup(paths: store.Paths, experiment: str, name: str) -> None:
+    """Removes the backup `name` (its results are kept now), and backup/ once empty."""
+    folder = backup_dir(paths, experiment, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
+
+
+def run_backup_dir(paths: store.Paths, experiment: str, name: str, strategy) -> Path | None:
+    """`backup_dir` for a run or a population trained under `strategy`, or None across several
+    workers (each would restore from its own folder)."""
+    return None if distribute.in_multi_worker_mode(strategy) else backup_dir(paths, experiment,
+                                                                              name)
+
+
 def run_group_once(experiment: str, config: Any, paths: store.Paths, run_names: Sequence[str],
-                   train: Callable[[], dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+                   train: Callable[[], dict[str, dict[str, Any]]], *,
+                   backup: str | None = None) -> dict[str, dict[str, Any]]:
     """`run_once` for runs trained together (a population): the recorded records when every
-    one of `run_names` already finished for the same config, else `train()`'s, each kept."""
+    one of `run_names` already finished for the same config, else `train()`'s, each kept;
+    then the group's backup (`run_backup_dir`'s folder `backup`, where
+    `train` backs up) is removed."""
     if _may_skip(config):
         records = {n: finished_run(experiment, config, paths, n) for n in run_names}
         if all(r is not None for r in records.values()):
@@ -201,6 +216,8 @@ def run_group_once(experiment: str, config: Any, paths: store.Paths, run_names: 
     records = train()
     for name, record in records.items():
         store.save_results(paths, _finished_name(experiment, name), config, {name: record})
+    if backup is not None:
+        remove_backup(paths, experiment, backup)
     return records
 
 
@@ -235,9 +252,7 @@ def train_run(experiment: str, run_name: str, spec: models.ModelSpec, splits: Sp
         test_xy=(splits.x_test, splits.y_test) if evaluate_test else None, run_name=run_name,
         callbacks=callbacks,
         tensorboard_dir=paths.tensorboard_dir(experiment, run_name) if tensorboard else None,
-        # several workers would each restore from their own folder: no backup there
-        backup_dir=(backup_dir(paths, experiment, run_name)
-                    if backup and not distribute.in_multi_worker_mode(strategy) else None))
+        backup_dir=run_backup_dir(paths, experiment, run_name, strategy) if backup else None)
     record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
               "num_params": history.pop("num_params"), "history": history_arrays(history)}
     if save_model:

@@ -20,6 +20,7 @@ from hw1_tf.config import option
 from hw1_tf.experiments import common
 
 EXPERIMENT = "error_surface"
+BACKUP = "population"  # the trained net's backup folder, removed once the results are written
 
 
 @dataclasses.dataclass
@@ -58,9 +59,9 @@ def run(config: Config) -> dict:
     snaps = landscape.Snapshots(1, config.epochs, 0, x, y, splits.num_classes)
     snaps.initial(population.Population(spec, splits.input_shape, outputs, [config.seed],
                                         strategy))
-    pop, histories = population.train_population(spec, splits, settings, [config.seed],
-                                                 strategy=strategy, run_name=name,
-                                                 callbacks=[snaps])
+    pop, histories = population.train_population(
+        spec, splits, settings, [config.seed], strategy=strategy, run_name=name,
+        callbacks=[snaps], backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
     arrays = snaps.arrays()
     weights = pop.member_weights(0)
     theta = landscape.flatten(weights)
@@ -121,12 +122,14 @@ def run(config: Config) -> dict:
         run_record["saved_model"] = str(population.export_members(
             pop, lambda i: paths.saved_model(EXPERIMENT, name))[0])
     centre = config.grid_points // 2
-    return common.finish(
+    results = common.finish(
         EXPERIMENT, config, {name: run_record}, paths, task=name, random=random, pca=pca,
         interpolation=interpolation, trained_loss=float(arrays["loss"][0, -1]),
         centre_loss=float(random["losses"][centre, centre]) if config.grid_points % 2 else None,
         eval_examples=int(len(x)), num_classes=splits.num_classes,
         surface_seconds=seconds, grid_points_evaluated=int(evaluated))
+    common.remove_backup(paths, EXPERIMENT, BACKUP)
+    return results
 
 
 def _off_plane(offsets: np.ndarray, directions: np.ndarray) -> np.ndarray:

@@ -111,7 +111,8 @@ def measure_model(network, splits: data.Splits, record: dict, config: Config,
                                      samples=config.pac_bayes_samples, seed=config.seed)
     out["pac_bayes_sigma"], out["pac_bayes_flatness"] = sigma, 1.0 / sigma ** 2
     n = min(config.sensitivity_examples, len(splits.x_test))
-    grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n])
+    grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n],
+                                             strategy=strategy)
     out["sensitivity_loss_grad"], out["sensitivity_jacobian"] = float(grad.mean()), float(
         jac.mean())
     return out

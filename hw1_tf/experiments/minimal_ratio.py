@@ -79,8 +79,12 @@ def model_spec(config: Config) -> models.ModelSpec:
                             activation=config.activation)
 
 
-def _train(config: Config, spec, splits, seeds):
-    """The population on the loss (and, for grad_norm, on ||grad L||^2 after the switch)."""
+BACKUP = "population"  # the population's backup folder, removed once the results are written
+
+
+def _train(config: Config, spec, splits, seeds, paths):
+    """The population on the loss (and, for grad_norm, on ||grad L||^2 after the switch),
+    backed up to resume after a kill."""
     settings = common.settings_from(config)
     pop_settings = population.PopulationSettings(**dataclasses.asdict(settings),
                                                  evaluate_test=False)
@@ -90,9 +94,10 @@ def _train(config: Config, spec, splits, seeds):
         pop_settings.switch_grad_norm_below = None
         if pop_settings.stop_grad_norm_below is None:
             pop_settings.stop_grad_norm_below = config.critical_grad_norm
-    return population.train_population(spec, splits, pop_settings, seeds,
-                                       strategy=common.strategy_from(config),
-                                       run_name=EXPERIMENT)
+    strategy = common.strategy_from(config)
+    return population.train_population(
+        spec, splits, pop_settings, seeds, strategy=strategy, run_name=EXPERIMENT,
+        backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
 
 
 def measure(losses: critical.MemberLosses, theta: np.ndarray, config: Config) -> dict:
@@ -131,7 +136,7 @@ def run(config: Config) -> dict:
     seeds = [config.seed + i for i in range(config.runs)]
     timings = {}
     started = time.perf_counter()
-    pop, histories = _train(config, spec, splits, seeds)
+    pop, histories = _train(config, spec, splits, seeds, paths)
     timings["training"] = time.perf_counter() - started
     losses = critical.MemberLosses(spec, splits.x_train.astype(np.float64),
                                    splits.y_train.astype(np.float64))
@@ -175,12 +180,14 @@ def run(config: Config) -> dict:
     timings["total"] = sum(timings.values())
     fn = functions.get(config.function)
     runs = {"endpoints": endpoints}
-    return common.finish(
+    results = common.finish(
         EXPERIMENT, config, runs, paths, critical_phase=phase, timings=timings,
         norm_table=[{"threshold": t, "runs": n} for t, n in table],
         model={**dataclasses.asdict(spec), "num_params": losses.num_params,
                "description": spec.describe()},
         target={"name": config.function, "formula": fn.formula, "domain": fn.domain})
+    common.remove_backup(paths, EXPERIMENT, BACKUP)
+    return results
 
 
 def _unstack(losses: critical.MemberLosses, theta: np.ndarray) -> list[np.ndarray]:

@@ -12,9 +12,12 @@ fallback (MNIST by default; which one was used is recorded in the results).
   4. final: the best net (batch norm, dropout, L2, Adam, lr decay) on the full training set,
      best validation parameters kept (and checkpointed), accuracy on the test set.
 
-Results go to results/scratch/results.json (`overfit_train_accuracy`, `search`, `update_rules`
-with each rule's histories, `final` with `test_accuracy`, `dataset_used`), the final net's
-best parameters to results/scratch/checkpoints/final.npz, figures to figures/scratch/.
+Results go to results/scratch/results.json (`runs`: every trained net's histories, "overfit",
+"search/ws=..,lr=..", "rule/<rule>", "final"; `overfit_train_accuracy`, `search`, `update_rules`
+naming each rule's run, `final` with `test_accuracy`, `dataset_used`), the final net's best
+parameters to results/scratch/checkpoints/final.npz, figures to figures/scratch/. Each run is
+done once (`common.run_once`: a rerun skips the finished ones) and its Solver backs up at epoch
+ends, so a killed run started again resumes where it was.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class Config(RunConfig):
     standardize: bool = option(True, "Standardise inputs with the training mean and std.")
     jit_compile: bool = option(True, "XLA-compile the Solver's step (parts 3 and 4).")
     print_every: int = option(100, "Log the loss every this many iterations.", lower=1)
+    force: bool = option(False, "Rerun the runs already finished for the same config (they "
+                         "are recorded in results/; without --force they are skipped).")
     # 1. overfit a few examples
     overfit_samples: int = option(50, "Part 1: training examples the 3-layer net must fit "
                                   "perfectly.", lower=1)
@@ -149,7 +154,8 @@ def _subset(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
 
 def _train(arrays, hidden_dims, *, num_classes, weight_scale, update_rule, learning_rate,
            epochs, batch_size, config: Config, compile: str, name: str, lr_decay=1.0,
-           dropout=0.0, normalization=None, reg=0.0, checkpoint_path=None, verbose=None):
+           dropout=0.0, normalization=None, reg=0.0, checkpoint_path=None, verbose=None,
+           backup_path=None):
     from hw1_tf.scratch import FullyConnectedNet, Solver
 
     model = FullyConnectedNet(hidden_dims, arrays["X_train"].shape[1], num_classes,
@@ -159,7 +165,7 @@ def _train(arrays, hidden_dims, *, num_classes, weight_scale, update_rule, learn
                     optim_config={"learning_rate": learning_rate}, lr_decay=lr_decay,
                     batch_size=batch_size, num_epochs=epochs, seed=config.seed,
                     compile=compile, print_every=config.print_every,
-                    checkpoint_path=checkpoint_path, name=name,
+                    checkpoint_path=checkpoint_path, name=name, backup_path=backup_path,
                     verbose=config.verbose > 0 if verbose is None else verbose)
     solver.train()
     history = solver.history()
@@ -167,6 +173,22 @@ def _train(arrays, hidden_dims, *, num_classes, weight_scale, update_rule, learn
                    num_params=model.num_params, dropout=dropout, normalization=normalization,
                    reg=reg)
     return solver, history
+
+
+def _run_once(paths, arrays, hidden_dims, *, name: str, config: Config, then=None,
+              **kwargs) -> dict[str, Any]:
+    """Run `name`'s record: the recorded one when it already finished for this config
+    (`common.run_once`), else `_train`'s (then `then(solver, history)`), its Solver backed up
+    under the run's backup folder so that a killed run started again resumes."""
+    def train():
+        solver, history = _train(
+            arrays, hidden_dims, config=config, name=name,
+            backup_path=common.backup_dir(paths, EXPERIMENT, name) / "solver.npz", **kwargs)
+        if then is not None:
+            then(solver, history)
+        return history
+
+    return common.run_once(EXPERIMENT, config, paths, name, train)
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -186,7 +208,7 @@ def run(config: Config) -> dict[str, Any]:
     few = _subset(arrays, config.overfit_samples)
 
     # 1. overfit
-    _, runs["overfit"] = _train(few, config.overfit_hidden_dims, update_rule="sgd",
+    runs["overfit"] = _run_once(paths, few, config.overfit_hidden_dims, update_rule="sgd",
                                 weight_scale=config.overfit_weight_scale,
                                 learning_rate=config.overfit_learning_rate, name="overfit",
                                 **small)
@@ -201,8 +223,9 @@ def run(config: Config) -> dict[str, Any]:
     for i, ws in enumerate(config.search_weight_scales):
         for j, lr in enumerate(config.search_learning_rates):
             name = f"search/ws={ws:g},lr={lr:g}"
-            _, hist = _train(few, config.search_hidden_dims, update_rule="sgd", weight_scale=ws,
-                             learning_rate=lr, name=name, verbose=False, **small)
+            hist = _run_once(paths, few, config.search_hidden_dims, update_rule="sgd",
+                             weight_scale=ws, learning_rate=lr, name=name, verbose=False,
+                             **small)
             runs[name] = hist
             logging.info("scratch: %s -> train acc %s%s", name, hist["final_train_acc"],
                          " (diverged)" if hist["diverged"] else "")
@@ -223,30 +246,36 @@ def run(config: Config) -> dict[str, Any]:
                  search["best"]["weight_scale"], search["best"]["learning_rate"],
                  search["best"]["train_acc"])
 
-    # 3. update rules
+    # 3. update rules: runs rule/<rule>, named in the results' update_rules
     rules_data = _subset(arrays, config.rules_train_size)
     update_rules = {}
     for rule, lr in zip(config.update_rules, config.rule_learning_rates):
-        _, update_rules[rule] = _train(
-            rules_data, config.rules_hidden_dims, num_classes=n_classes,
+        update_rules[rule] = f"rule/{rule}"
+        runs[update_rules[rule]] = _run_once(
+            paths, rules_data, config.rules_hidden_dims, num_classes=n_classes,
             weight_scale=config.rules_weight_scale, update_rule=rule, learning_rate=lr,
             epochs=config.rules_epochs, batch_size=config.rules_batch_size, config=config,
-            compile=compiled, name=f"rule/{rule}")
+            compile=compiled, name=update_rules[rule])
 
     # 4. final net
     checkpoint = paths.results_dir(EXPERIMENT) / "checkpoints" / "final.npz"
-    solver, final = _train(
-        arrays, config.hidden_dims, num_classes=n_classes, weight_scale=config.weight_scale,
-        update_rule=config.optimizer, learning_rate=config.learning_rate,
-        lr_decay=config.lr_decay, epochs=config.epochs, batch_size=config.batch_size,
-        dropout=config.dropout, normalization=config.normalization, reg=config.reg,
-        config=config, compile=compiled, name="final", checkpoint_path=checkpoint)
-    if solver.diverged:
-        raise TrainingDivergedError(f"the final net diverged at iteration {solver.iteration}; "
-                                    f"lower --learning_rate (now {config.learning_rate:g})")
-    test_acc = solver.check_accuracy(arrays["X_test"], arrays["y_test"])
-    final.update(test_accuracy=test_acc, checkpoint=str(checkpoint))
-    runs["final"] = final
+
+    def test(solver, history):
+        if solver.diverged:
+            raise TrainingDivergedError(f"the final net diverged at iteration "
+                                        f"{solver.iteration}; lower --learning_rate (now "
+                                        f"{config.learning_rate:g})")
+        history.update(test_accuracy=solver.check_accuracy(arrays["X_test"], arrays["y_test"]),
+                       checkpoint=str(checkpoint))
+
+    final = runs["final"] = _run_once(
+        paths, arrays, config.hidden_dims, num_classes=n_classes,
+        weight_scale=config.weight_scale, update_rule=config.optimizer,
+        learning_rate=config.learning_rate, lr_decay=config.lr_decay, epochs=config.epochs,
+        batch_size=config.batch_size, dropout=config.dropout,
+        normalization=config.normalization, reg=config.reg, config=config, compile=compiled,
+        name="final", checkpoint_path=checkpoint, then=test)
+    test_acc = final["test_accuracy"]
     logging.info("scratch: final net test accuracy %.4f (best val %.4f at epoch %d)", test_acc,
                  final["best_val_acc"], final["best_epoch"])
 
@@ -319,7 +348,7 @@ def report_section(results: dict, ctx: report.Context) -> str:
     out += ["", "### 2. Weight scale and learning rate of a deeper net", "",
             ctx.figure("search.png", "search grid"), "", _search_part(results["search"])]
     out += ["", "### 3. Update rules", "", ctx.figure("update_rules.png", "update rules"), "",
-            _rules_part(results["update_rules"])]
+            _rules_part({rule: runs[name] for rule, name in results["update_rules"].items()})]
     out += ["", "### 4. Final net", "", ctx.figure("final.png", "final net"), "",
             _final_part(runs["final"])]
     return "\n".join(out)

@@ -50,7 +50,8 @@ def run(config: Config) -> dict:
     n = min(config.sensitivity_examples or len(splits.x_test), len(splits.x_test))
 
     def sensitivities(network, record):
-        grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n])
+        grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n],
+                                                 strategy=strategy)
         logging.info("sensitivities %.4g (loss grad) %.4g (Jacobian) on %d test examples",
                      grad.mean(), jac.mean(), n)
         return {"sensitivity_loss_grad": float(grad.mean()),

@@ -82,7 +82,8 @@ def run(config: Config) -> dict:
         def train(spec=spec, names=names):
             pop, histories = population.train_population(
                 spec, [all_splits[fn_name] for fn_name, _ in members], pop_settings,
-                [config.seed + r for _, r in members], strategy=strategy, run_name=spec.name)
+                [config.seed + r for _, r in members], strategy=strategy, run_name=spec.name,
+                backup_dir=common.run_backup_dir(paths, EXPERIMENT, spec.name, strategy))
             predictions = pop.predict(np.stack([all_splits[fn_name].x_test
                                                 for fn_name, _ in members]))[:, :, 0]
             if config.save_models:
@@ -103,7 +104,8 @@ def run(config: Config) -> dict:
             return records
 
         # one population per model: its runs are skipped together once all have finished
-        runs.update(common.run_group_once(EXPERIMENT, config, paths, names, train))
+        runs.update(common.run_group_once(EXPERIMENT, config, paths, names, train,
+                                          backup=spec.name))
         # "tune all models to the best" (slides): keep the lowest final training loss (a
         # member that diverged is never the best while another finished)
         for fn_name in config.functions:

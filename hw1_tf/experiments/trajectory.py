@@ -14,6 +14,7 @@ from hw1_tf.config import option
 from hw1_tf.experiments import common
 
 EXPERIMENT = "trajectory"
+BACKUP = "population"  # the population's backup folder, removed once the results are written
 
 
 @dataclasses.dataclass
@@ -49,9 +50,10 @@ def run(config: Config) -> dict:
                                 splits.num_classes)
     # a population of the same seeds holds exactly the weights training starts from
     snaps.initial(population.Population(spec, splits.input_shape, outputs, seeds, strategy))
-    pop, histories = population.train_population(spec, splits, settings, seeds,
-                                                 strategy=strategy, run_name=name,
-                                                 callbacks=[snaps])
+    # backed up with the snapshots: a run resumed after a kill has them all
+    pop, histories = population.train_population(
+        spec, splits, settings, seeds, strategy=strategy, run_name=name, callbacks=[snaps],
+        backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
     arrays = snaps.arrays()
     pca = {}
     for part in ("whole", "layer"):
@@ -71,10 +73,12 @@ def run(config: Config) -> dict:
         if config.save_models:
             runs[f"run{i}"]["saved_model"] = str(saved[i])
     layers = len(spec.hidden) + 1
-    return common.finish(EXPERIMENT, config, runs, paths, task=name, pca=pca,
-                         snapshot_epochs=arrays["epochs"],
-                         layer_index=int(config.layer % layers), num_layers=layers,
-                         eval_examples=int(len(chosen)), num_classes=splits.num_classes)
+    results = common.finish(EXPERIMENT, config, runs, paths, task=name, pca=pca,
+                            snapshot_epochs=arrays["epochs"],
+                            layer_index=int(config.layer % layers), num_layers=layers,
+                            eval_examples=int(len(chosen)), num_classes=splits.num_classes)
+    common.remove_backup(paths, EXPERIMENT, BACKUP)
+    return results
 
 
 # -------------------------------------------------------------------------- REPORT.md section

@@ -12,6 +12,13 @@ training accuracy (on `num_train_samples` random examples) and validation accura
 parameters with the best validation accuracy are kept and put back into the model at the end.
 Accuracies are also recorded before the first step ("epoch 0"), as in the report.
 
+With `backup_path`, the whole state (parameters and batch-norm statistics, the update rule's
+slots, best parameters, histories, epoch and iteration counters, learning rate and the
+sampling RNG) is written there atomically at epoch ends (`store.BackupSchedule`); `train()`
+started again with the same arguments after a kill continues from the epoch after the backup
+and ends exactly where an uninterrupted run ends (dropout masks are seeded by the step). The
+caller removes the file once the run's results are kept.
+
 Speed: `compile="xla"` (default) runs `steps_per_execution` steps (default: a whole epoch) as one
 XLA-compiled `tf.function` — a `tf.while_loop` that gathers each minibatch from the training set
 held on the device, computes the hand-written loss and gradients and applies the update rule to
@@ -22,6 +29,7 @@ op by op (no tracing: the cheapest choice for a few dozen steps on 50 examples).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import time
@@ -33,6 +41,7 @@ import tensorflow as tf
 from absl import logging
 
 from hw1_tf import store
+from hw1_tf.errors import Hw1Error
 from hw1_tf.scratch import optim
 
 COMPILE_MODES = ("xla", "graph", "eager")
@@ -45,7 +54,8 @@ class Solver:
                  num_val_samples: int | None = None, checkpoint_path: str | Path | None = None,
                  print_every: int = 100, verbose: bool = True, seed: int = 0,
                  compile: str = "xla", steps_per_execution: int | None = None,
-                 eval_batch_size: int = 2000, name: str = "solver"):
+                 eval_batch_size: int = 2000, name: str = "solver",
+                 backup_path: str | Path | None = None):
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
         self.model = model
@@ -66,6 +76,8 @@ class Solver:
         self.compile = compile
         self.eval_batch_size = int(eval_batch_size)
         self.name = name
+        self.backup_path = Path(backup_path) if backup_path else None
+        self._backups = store.BackupSchedule()
 
         self.X_train = _flat(data["X_train"])
         self.y_train = np.asarray(data["y_train"], np.int32)
@@ -141,6 +153,8 @@ class Solver:
     def train(self) -> "Solver":
         total = self.num_epochs * self.iterations_per_epoch
         start = time.time()
+        if self.backup_path is not None and not self.train_acc_history:
+            self._restore_backup()
         if self.epoch == 0 and not self.train_acc_history:
             self._end_of_epoch()
         while self.epoch < self.num_epochs and not self.diverged:
@@ -191,6 +205,69 @@ class Solver:
             self.best_params = self.model.get_weights()
         if self.checkpoint_path is not None and not self.diverged:
             self.save_checkpoint(self.checkpoint_path)
+        last = self.epoch == self.num_epochs or self.diverged
+        if self.backup_path is not None and self.epoch > 0 and self._backups.due(final=last):
+            self._backups.write(self.backup_path, {"fingerprint": self._fingerprint(),
+                                                   **self._state()})
+
+    # ------------------------------------------------------------------------- backup
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What a backup must match to be resumed: rule, schedule, seed, shapes and data."""
+        digest = hashlib.sha1()
+        for array in (self.X_train, self.y_train, self.X_val, self.y_val):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return store.to_jsonable({
+            "rule": self.rule.name, "hyperparams": self.rule.hyperparams(),
+            "learning_rate": self.initial_learning_rate, "lr_decay": self.lr_decay,
+            "batch_size": self.batch_size, "num_epochs": self.num_epochs, "seed": self.seed,
+            "num_train_samples": self.num_train_samples,
+            "num_val_samples": self.num_val_samples, "data": digest.hexdigest(),
+            "weights": {k: list(v.shape) for k, v in self.model.get_weights().items()}})
+
+    def _state(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, cached = self._rng.get_state()
+        return {
+            "weights": self.model.get_weights(), "best_params": self.best_params,
+            "slots": {p: {s: v.numpy() for s, v in slots.items()}
+                      for p, slots in self.slots.items()},
+            "rng": {"name": name, "keys": keys, "pos": pos, "has_gauss": has_gauss,
+                    "cached_gaussian": cached},
+            "epoch": self.epoch, "iteration": self.iteration,
+            "learning_rate": self.learning_rate, "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch, "diverged": self.diverged,
+            "loss_history": np.asarray(self.loss_history, np.float64),
+            "train_acc_history": list(self.train_acc_history),
+            "val_acc_history": list(self.val_acc_history),
+            "epoch_times": list(self.epoch_times)}
+
+    def _restore_backup(self) -> None:
+        """Continues from the backup at `backup_path` when there is one of this run."""
+        if not self.backup_path.is_file():
+            return
+        try:
+            state = store.load_state(self.backup_path)
+        except Hw1Error as e:
+            logging.warning("%s: %s; starting afresh", self.name, e)
+            return
+        if state.get("fingerprint") != self._fingerprint():
+            logging.warning("%s: the backup %s is of another run; starting afresh (it will be "
+                            "replaced)", self.name, self.backup_path)
+            return
+        self.model.set_weights(state["weights"])
+        for p, slots in state["slots"].items():
+            for s, value in slots.items():
+                self.slots[p][s].assign(value)
+        rng = state["rng"]
+        self._rng.set_state((rng["name"], rng["keys"], rng["pos"], rng["has_gauss"],
+                             rng["cached_gaussian"]))
+        self.best_params = state["best_params"]
+        self.loss_history = [float(v) for v in state["loss_history"]]
+        for key in ("epoch", "iteration", "learning_rate", "best_val_acc", "best_epoch",
+                    "diverged", "train_acc_history", "val_acc_history", "epoch_times"):
+            setattr(self, key, state[key])
+        logging.info("%s: resuming after epoch %d from the backup %s", self.name, self.epoch,
+                     self.backup_path)
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Writes the current and best parameters, slots and histories to an .npz, atomically."""
