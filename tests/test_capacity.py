@@ -170,3 +170,18 @@ def test_fashion_mnist_end_to_end_on_a_fake_idx_folder(tmp_path, monkeypatch):
             np.testing.assert_allclose(run[f"final_{split}_loss"], loss, rtol=1e-4)
             np.testing.assert_allclose(run[f"final_{split}_accuracy"],
                                        np.mean(logits.argmax(1) == y), atol=1e-6)
+
+
+def test_finished_models_are_skipped_in_every_mode(tmp_path, monkeypatch):
+    config = capacity.Config(**TINY, training_mode="grouped", group_max_width=8,
+                             output_dir=str(tmp_path))
+    first = capacity.run(config)
+
+    def trains(*args, **kwargs):
+        raise AssertionError("a finished model was trained again")
+
+    monkeypatch.setattr(population, "train_population", trains)
+    monkeypatch.setattr(capacity.common, "train_run", trains)
+    again = capacity.run(config)
+    for name, run in first["runs"].items():
+        assert again["runs"][name]["final_test_loss"] == run["final_test_loss"]

@@ -136,7 +136,6 @@ def _train_together(config, specs, splits, strategy, paths) -> dict[str, dict[st
         initial=initial)
     records = {}
     for i, (spec, history) in enumerate(zip(specs, histories)):
-        keras.utils.set_random_seed(config.seed)
         network = models.build(spec, splits.input_shape, outputs)
         network.set_weights(population.cropped_weights(pop.member_weights(i), spec,
                                                        splits.input_shape, outputs))
