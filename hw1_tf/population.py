@@ -24,6 +24,9 @@ is an ordinary Keras model and `export_members` writes members as SavedModels.
 It pays where a member is too small to keep the cores busy (the HW1-1 function nets: several
 times faster per member, bench/population.py); members with large matmuls (an MNIST MLP) gain
 nothing from batching and are better trained one by one.
+Members may also start from given weights (`initial`): narrower dense nets zero-padded to `spec`
+(`padded_initial_weights`) train exactly as they would alone, so models of one depth and
+different widths can share a population (the capacity experiment's small widths).
 
 Keras' `fit` is not used: its metrics and callbacks are scalars per model, while everything here
 is a vector over members. The loop mirrors the core's: several iterations per XLA call on index
