@@ -26,6 +26,9 @@ backup to the numbers an uninterrupted run ends with.
 It pays where a member is too small to keep the cores busy (the HW1-1 function nets: several
 times faster per member, bench/population.py); members with large matmuls (an MNIST MLP) gain
 nothing from batching and are better trained one by one.
+Members may also start from given weights (`initial`): narrower dense nets zero-padded to `spec`
+(`padded_initial_weights`) train exactly as they would alone, so models of one depth and
+different widths can share a population (the capacity experiment's small widths).
 
 Keras' `fit` is not used: its metrics and callbacks are scalars per model, while everything here
 is a vector over members. The loop mirrors the core's: several iterations per XLA call on index
@@ -111,6 +114,47 @@ def initial_weights(spec: models.ModelSpec, input_shape: tuple[int, ...], output
     return [v.numpy() for v in network.trainable_variables]
 
 
+def dense_shapes(spec: models.ModelSpec, input_shape: tuple[int, ...],
+                 outputs: int) -> list[tuple[int, ...]]:
+    """Shapes of the weights of the dense `spec` (kernel (in, out), bias (out,), per layer)."""
+    sizes = [math.prod(input_shape), *spec.hidden, outputs]
+    shapes = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        shapes += [(a, b), (b,)]
+    return shapes
+
+
+def padded_initial_weights(spec: models.ModelSpec, wide: models.ModelSpec,
+                           input_shape: tuple[int, ...], outputs: int,
+                           seed: int) -> list[np.ndarray]:
+    """The initial weights of `spec` (a run with seed `seed`) zero-padded to the wider `wide`
+    (same depth, each width >= spec's). A padded unit has zero incoming weights and bias, so
+    its pre-activation is 0 and, with activation(0) = 0, its output too: the net computes
+    `spec`'s function, and every padded weight gets a zero gradient (its outgoing weights are
+    zero, and so is its output), so it stays zero under any of OPTIMIZERS (zero gradient, zero
+    state, zero step): as a population member it trains exactly as `spec` alone."""
+    if spec.kind != "dense" or wide.kind != "dense" or spec.batch_norm or wide.batch_norm:
+        raise Hw1Error(f"model {spec.name}: only dense nets without BatchNorm can be padded")
+    if (len(spec.hidden) != len(wide.hidden) or spec.activation != wide.activation
+            or any(w < n for n, w in zip(spec.hidden, wide.hidden))):
+        raise Hw1Error(f"model {spec.name} ({spec.describe()}) cannot be padded to "
+                       f"{wide.describe()}: needs the same depth and activation, widths >=")
+    activation = keras.activations.get(spec.activation)
+    if float(activation(tf.zeros([1]))[0]) != 0.0:
+        raise Hw1Error(f"model {spec.name}: padding needs activation(0) = 0; "
+                       f"{spec.activation} is not")
+    weights = initial_weights(spec, input_shape, outputs, seed)
+    return [np.pad(w, [(0, t - n) for n, t in zip(w.shape, shape)])
+            for w, shape in zip(weights, dense_shapes(wide, input_shape, outputs))]
+
+
+def cropped_weights(weights: Sequence[np.ndarray], spec: models.ModelSpec,
+                    input_shape: tuple[int, ...], outputs: int) -> list[np.ndarray]:
+    """The block of (padded) `weights` that belongs to the narrower `spec`."""
+    return [w[tuple(slice(0, n) for n in shape)]
+            for w, shape in zip(weights, dense_shapes(spec, input_shape, outputs))]
+
+
 # ---------------------------------------------------------------------------- optimizer
 
 
@@ -179,20 +223,31 @@ class Population:
     """N members of one dense `spec`, weights stacked along a leading member axis."""
 
     def __init__(self, spec: models.ModelSpec, input_shape: tuple[int, ...], outputs: int,
-                 seeds: Sequence[int], strategy=None):
+                 seeds: Sequence[int], strategy=None,
+                 initial: Sequence[Sequence[np.ndarray]] | None = None):
+        """Member i starts from `initial_weights(spec, ..., seeds[i])`, or from `initial[i]`
+        (weights of `spec`'s shapes, e.g. `padded_initial_weights` of a narrower net)."""
         if spec.kind != "dense":
             raise Hw1Error(f"model {spec.name}: populations are dense only, got {spec.kind!r}")
         if not len(seeds):
             raise Hw1Error("a population needs at least one seed")
+        if initial is not None:
+            shapes = dense_shapes(spec, input_shape, outputs)
+            if len(initial) != len(seeds) or any(
+                    [tuple(np.shape(w)) for w in ws] != shapes for ws in initial):
+                raise Hw1Error(f"initial weights: one list of {spec.describe()}'s shapes "
+                               f"{shapes} per member ({len(seeds)}) needed")
         self.spec = spec
         self.input_shape = tuple(input_shape)
         self.outputs = outputs
         self.seeds = [int(s) for s in seeds]
         self.strategy = strategy or tf.distribute.get_strategy()
         self.activation = keras.activations.get(spec.activation)
-        per_member = [initial_weights(spec, self.input_shape, outputs, s) for s in self.seeds]
+        per_member = initial if initial is not None else [
+            initial_weights(spec, self.input_shape, outputs, s) for s in self.seeds]
         with self.strategy.scope():
-            self.params = [tf.Variable(np.stack([w[j] for w in per_member]), name=f"stacked_{j}")
+            self.params = [tf.Variable(np.stack([np.asarray(w[j], np.float32)
+                                                 for w in per_member]), name=f"stacked_{j}")
                            for j in range(len(per_member[0]))]
         self.num_params = int(sum(np.prod(p.shape[1:]) for p in self.params))
 
@@ -569,9 +624,10 @@ class _Progress:
 
 def _fingerprint(population: Population, settings: PopulationSettings, splits: data.Splits
                  ) -> dict[str, Any]:
-    """What a backup must match to be resumed: members, model, settings and training data."""
+    """What a backup must match to be resumed: members, model, settings, training data and
+    the members' starting weights (called before training: `initial` may be given ones)."""
     digest = hashlib.sha1()
-    for array in (splits.x_train, splits.y_train):
+    for array in (splits.x_train, splits.y_train, *(p.numpy() for p in population.params)):
         digest.update(np.ascontiguousarray(array).tobytes())
     values = {k: v for k, v in dataclasses.asdict(settings).items() if k != "verbose"}
     return store.to_jsonable({"spec": population.spec, "seeds": population.seeds,
@@ -607,10 +663,13 @@ def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data
                      settings: PopulationSettings,
                      seeds: Sequence[int], *, strategy=None, run_name: str = "population",
                      callbacks: Sequence[Callable[[int, Population], None]] = (),
-                     backup_dir: str | Path | None = None
+                     backup_dir: str | Path | None = None,
+                     initial: Sequence[Sequence[np.ndarray]] | None = None
                      ) -> tuple[Population, list[dict[str, Any]]]:
     """Trains one member per seed of `spec` on `splits` (shared, or a sequence with one
-    Splits per member, all of one shape); returns (population, histories).
+    Splits per member, all of one shape); returns (population, histories). Members start from
+    their seed's initial weights, or from `initial` (see `Population`); seeds[i] still orders
+    member i's batches.
 
     histories[i] has the keys of `training.train`'s history (plus `failed_at_iteration`,
     `population_size`; `seconds` is the whole population's time). `callbacks` are called as
@@ -644,7 +703,7 @@ def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data
                                              settings.steps_per_execution)
     chunk = spe if strategy.num_replicas_in_sync == 1 else 1
     outputs = splits.num_classes or 1
-    population = Population(spec, input_shape, outputs, seeds, strategy)
+    population = Population(spec, input_shape, outputs, seeds, strategy, initial)
     trainer = _Trainer(population, settings, splits.num_classes,
                        (splits.x_train, splits.y_train), jit, chunk)
     logging.info("%s: %d members of %s, %d parameters each, %d epochs", run_name,

@@ -7,14 +7,27 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import Any, Sequence
 
+import keras
 import numpy as np
+import tensorflow as tf
+from absl import logging
 
-from hw1_tf import models, report
+from hw1_tf import models, population, report, store
 from hw1_tf.config import ConfigError, option
 from hw1_tf.experiments import common
 
 EXPERIMENT = "capacity"
+EVAL_BATCH = 1024
+
+
+# How the models train. population: all as one population padded to the widest model; grouped:
+# the widths <= --group_max_width as one population padded to the widest of them, the others
+# one after another; one_by_one: each through the training core alone. A padded member trains
+# exactly as its narrow model alone (`population.padded_initial_weights`).
+MODES = ("auto", "grouped", "population", "one_by_one")
+AUTO_MODE = "grouped"  # the fastest in bench/capacity_population.py (README, capacity: Timing)
 
 
 @dataclasses.dataclass
@@ -26,12 +39,24 @@ class Config(common.ImageTrainConfig):
     epochs: int = option(20, "Training epochs per run.", lower=1)
     save_models: bool = option(False, "Export each trained model as a SavedModel (and "
                                ".keras).")
-    tensorboard: bool = option(False, "Write TensorBoard logs under results/.")
+    tensorboard: bool = option(False, "Write TensorBoard logs under results/ (of the models "
+                               "trained one by one; auto then trains every model so).")
+    training_mode: str = option("auto", "grouped: the widths <= --group_max_width as one "
+                                "population zero-padded to the widest of them, the rest one "
+                                "after another; population: all padded to the widest; "
+                                f"one_by_one: each alone; auto: {AUTO_MODE} (measured fastest), "
+                                "one_by_one with --tensorboard.", choices=MODES)
+    group_max_width: int = option(64, "--training_mode=grouped: widest model trained in the "
+                                  "population.", lower=1)
 
     def __post_init__(self):
         super().__post_init__()
         if len(set(self.widths)) != len(self.widths):
             raise ConfigError("--widths must not repeat a width")
+        if _per_model_options(self) and self.training_mode not in ("auto", "one_by_one"):
+            raise ConfigError(f"{' and '.join(_per_model_options(self))} need "
+                              "--training_mode=one_by_one (or auto): a population does not "
+                              "do them")
 
 
 def model_specs(config: Config) -> list[models.ModelSpec]:
@@ -39,24 +64,132 @@ def model_specs(config: Config) -> list[models.ModelSpec]:
             for w in sorted(config.widths)]
 
 
-def train_models(config: Config, specs, splits, *, strategy, paths) -> dict[str, dict]:
-    """Trains the models one after another and evaluates each on the whole training and test
-    sets after its last epoch. The one place to switch to training them together."""
-    settings = common.settings_from(config)
+def _per_model_options(config) -> list[str]:
+    """The options set that only a model trained alone follows."""
+    return [f"--{k}" for k in ("stop_loss_below", "stop_accuracy_above", "learning_rate_decay")
+            if getattr(config, k) is not None]
+
+
+GROUP_BACKUP = "population"  # the backup folder of the models trained together
+
+
+def resolve_mode(config: Config) -> str:
+    """The mode `auto` stands for; the others as given."""
+    if _per_model_options(config):  # what a population does not do: every model alone
+        return "one_by_one"
+    if config.training_mode != "auto":
+        if config.tensorboard and config.training_mode != "one_by_one":
+            logging.warning("capacity: TensorBoard logs are written for the models trained one "
+                            "by one only (--training_mode=one_by_one writes them for all)")
+        return config.training_mode
+    return "one_by_one" if config.tensorboard else AUTO_MODE
+
+
+def partition(specs: Sequence[models.ModelSpec], mode: str, group_max_width: int):
+    """(specs trained together as one population, specs trained one after another)."""
+    if mode == "population":
+        together = list(specs)
+    elif mode == "grouped":
+        together = [s for s in specs if max(s.hidden) <= group_max_width]
+    else:
+        together = []
+    if len(together) < 2:  # a population of one gains nothing
+        together = []
+    return together, [s for s in specs if s not in together]
+
+
+def final_values(network, splits) -> dict[str, float]:
+    """Loss and accuracy of `network` on the whole training and test sets."""
+    values = {}
+    for split, (x, y) in (("train", (splits.x_train, splits.y_train)),
+                          ("test", (splits.x_test, splits.y_test))):
+        loss = correct = 0.0
+        for i in range(0, len(x), EVAL_BATCH):
+            logits = network(x[i:i + EVAL_BATCH], training=False)
+            labels = y[i:i + EVAL_BATCH]
+            loss += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True)))
+            correct += float(np.sum(np.argmax(logits, -1) == labels))
+        values[f"final_{split}_loss"] = loss / len(x)
+        values[f"final_{split}_accuracy"] = correct / len(x)
+    return values
+
+
+def _record(spec, history, network, splits, config, paths) -> dict[str, Any]:
+    record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
+              "num_params": int(network.count_params()),
+              "history": common.history_arrays(history), "width": spec.hidden[0],
+              **final_values(network, splits)}
+    if config.save_models:
+        record["saved_model"] = str(store.export_model(
+            network, paths.saved_model(EXPERIMENT, spec.name)))
+    return record
+
+
+def _train_alone(config, spec, splits, strategy, paths) -> dict[str, Any]:
+    model, record = common.train_run(EXPERIMENT, spec.name, spec, splits,
+                                     common.settings_from(config), strategy=strategy,
+                                     paths=paths, save_model=config.save_models,
+                                     tensorboard=config.tensorboard)
+    record.update(width=spec.hidden[0], **final_values(model.network, splits))
+    return record
+
+
+def _train_together(config, specs, splits, strategy, paths) -> dict[str, dict[str, Any]]:
+    """`specs` as the members of one population of the widest spec, each zero-padded to it:
+    every member takes the seed's initial weights of its own model and the seed's batches (the
+    single run's), so it trains as that model alone would."""
+    wide = max(specs, key=lambda s: max(s.hidden))
+    outputs = splits.num_classes
+    initial = [population.padded_initial_weights(s, wide, splits.input_shape, outputs,
+                                                 config.seed) for s in specs]
+    settings = population.PopulationSettings(
+        **dataclasses.asdict(common.settings_from(config)), shared_order=True)
+    pop, histories = population.train_population(
+        wide, splits, settings, [config.seed] * len(specs), strategy=strategy,
+        run_name=f"{EXPERIMENT} population of {len(specs)} padded to {wide.name}",
+        initial=initial,
+        backup_dir=common.run_backup_dir(paths, EXPERIMENT, GROUP_BACKUP, strategy))
+    records = {}
+    for i, (spec, history) in enumerate(zip(specs, histories)):
+        network = models.build(spec, splits.input_shape, outputs)
+        network.set_weights(population.cropped_weights(pop.member_weights(i), spec,
+                                                       splits.input_shape, outputs))
+        history.pop("num_params")  # the padded member's; the record keeps the narrow model's
+        records[spec.name] = _record(spec, history, network, splits, config, paths)
+    return records
+
+
+def train_models(config: Config, specs, splits, *, strategy, paths) -> tuple[dict, str]:
+    """Trains the models (together where `config.training_mode` says) and evaluates each on
+    the whole training and test sets after its last epoch; runs already finished for this
+    config are skipped. Returns (runs in the order of `specs`, the mode used)."""
+    mode = resolve_mode(config)
+    together, alone = partition(specs, mode, config.group_max_width)
     runs = {}
-    for spec in specs:
-        model, record = common.train_run(EXPERIMENT, spec.name, spec, splits, settings,
-                                         strategy=strategy, paths=paths,
-                                         save_model=config.save_models,
-                                         tensorboard=config.tensorboard)
-        for split, (x, y) in (("train", (splits.x_train, splits.y_train)),
-                              ("test", (splits.x_test, splits.y_test))):
-            values = model.evaluate(x, y, batch_size=1024, verbose=0, return_dict=True)
-            record[f"final_{split}_loss"] = float(values["loss"])
-            record[f"final_{split}_accuracy"] = float(values["accuracy"])
-        record["width"] = spec.hidden[0]
-        runs[spec.name] = record
-    return runs
+    if together:
+        runs.update(common.run_group_once(
+            EXPERIMENT, config, paths, [s.name for s in together],
+            lambda: _train_together(config, together, splits, strategy, paths),
+            backup=GROUP_BACKUP))
+    for spec in alone:
+        runs[spec.name] = common.run_once(
+            EXPERIMENT, config, paths, spec.name,
+            lambda spec=spec: _train_alone(config, spec, splits, strategy, paths))
+    return {s.name: runs[s.name] for s in specs}, mode
+
+
+def describe_mode(mode: str, specs, config: Config) -> str:
+    """How the models trained, as the report says it ("trained <this> in N s")."""
+    together, alone = partition(specs, mode, config.group_max_width)
+    if not together:
+        return "one after another"
+    wide = max(max(s.hidden) for s in together)
+    text = f"as one population (widths {', '.join(str(s.hidden[0]) for s in together)} " \
+           f"zero-padded to {wide})"
+    if alone:
+        text += f" and one after another (widths {', '.join(str(s.hidden[0]) for s in alone)})"
+    return text
 
 
 def run(config: Config) -> dict:
@@ -65,14 +198,15 @@ def run(config: Config) -> dict:
     splits = common.load_splits(config)
     specs = model_specs(config)
     start = time.perf_counter()
-    runs = train_models(config, specs, splits, strategy=strategy, paths=paths)
+    runs, mode = train_models(config, specs, splits, strategy=strategy, paths=paths)
     seconds = time.perf_counter() - start
     table = common.log_param_table([(n, r["description"], r["num_params"])
                                     for n, r in runs.items()])
     return common.finish(EXPERIMENT, config, runs, paths, dataset=splits.name,
                          train_examples=len(splits.x_train), test_examples=len(splits.x_test),
                          param_table=table, training_seconds=seconds,
-                         training_mode="one after another")
+                         training_mode=describe_mode(mode, specs, config),
+                         training_mode_name=mode)
 
 
 # -------------------------------------------------------------------------- REPORT.md section
