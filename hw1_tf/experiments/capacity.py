@@ -54,9 +54,10 @@ class Config(common.ImageTrainConfig):
         if len(set(self.widths)) != len(self.widths):
             raise ConfigError("--widths must not repeat a width")
         if _per_model_options(self) and self.training_mode not in ("auto", "one_by_one"):
-            raise ConfigError(f"{' and '.join(_per_model_options(self))} need "
-                              "--training_mode=one_by_one (or auto): a population does not "
-                              "do them")
+            options = _per_model_options(self)
+            raise ConfigError(f"{' and '.join(options)} need{'s' if len(options) == 1 else ''}"
+                              " --training_mode=one_by_one (or auto): a population does not "
+                              "do that")
 
 
 def model_specs(config: Config) -> list[models.ModelSpec]:
