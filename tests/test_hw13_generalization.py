@@ -420,3 +420,17 @@ def test_learning_rate_decays_every_epoch(tmp_path):
     assert not np.allclose(loss[first + 1:], ref[first + 1:])
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-2 * 0.5 ** 2)
     assert float(plain_model.optimizer.learning_rate) == pytest.approx(1e-2)
+
+
+def test_per_model_options_only_where_models_train_alone():
+    """The loss/accuracy targets and the decay are fields (so flags) of the experiments whose
+    models the core trains one by one, and of no experiment that trains populations."""
+    from hw1_tf import experiments
+
+    options = {f.name for f in dataclasses.fields(common.StopOptions)}
+    alone = {"random_labels", "capacity", "flatness", "sensitivity", "sharpness",
+             "reparametrization"}
+    for name in experiments.ORDER:
+        fields = {f.name for f in dataclasses.fields(experiments.get(name).Config)}
+        assert (options <= fields) == (name in alone), name
+        assert not (options & fields) or options <= fields, name

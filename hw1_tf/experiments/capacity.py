@@ -31,7 +31,7 @@ AUTO_MODE = "grouped"  # the fastest in bench/capacity_population.py (README, ca
 
 
 @dataclasses.dataclass
-class Config(common.ImageTrainConfig):
+class Config(common.StopOptions, common.ImageTrainConfig):
     widths: tuple[int, ...] = option((2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), "Hidden width "
                                      "of each model (one model per width).", lower=1)
     hidden_layers: int = option(2, "Hidden layers of every model (the shared structure).",

@@ -322,6 +322,14 @@ class ImageTrainConfig(TrainConfig):
                                   "$HW1_DATA_DIR or <project>/data).")
     train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
     test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
+
+
+@dataclasses.dataclass
+class StopOptions:
+    """What only a model trained alone by the core follows (a population keeps one learning
+    rate and stops per member only on ||grad L||): the experiments that train that way add
+    these fields; those that train populations do not offer them."""
+
     stop_loss_below: float | None = option(
         None, "Stop a run after the first epoch whose training loss is at most this (models "
         "compared at one training loss; --epochs is then the most it may take).", lower=0.0)

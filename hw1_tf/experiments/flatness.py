@@ -27,7 +27,7 @@ EXPERIMENT = "flatness"
 
 
 @dataclasses.dataclass
-class Config(common.ImageTrainConfig):
+class Config(common.StopOptions, common.ImageTrainConfig):
     batch_sizes: tuple[int, ...] = option((64, 1024), "Batch sizes, one model each (the slides: "
                                           "64 vs 1024).", lower=1)
     learning_rates: tuple[float, ...] = option(

@@ -18,7 +18,7 @@ EXPERIMENT = "random_labels"
 
 
 @dataclasses.dataclass
-class Config(common.ImageTrainConfig):
+class Config(common.StopOptions, common.ImageTrainConfig):
     RUN_SELECTION: ClassVar[tuple[str, ...]] = ("ratios",)
 
     hidden: tuple[int, ...] = option((256, 256, 256), "Hidden widths of the dense net (the "

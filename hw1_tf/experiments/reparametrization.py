@@ -46,7 +46,8 @@ def rescaled(network: keras.Model, layer: int, alpha: float) -> keras.Model:
 
 
 @dataclasses.dataclass
-class Config(approaches.SharpnessOptions, common.ImageTrainConfig):
+class Config(approaches.SharpnessOptions, common.StopOptions,
+             common.ImageTrainConfig):
     hidden: tuple[int, ...] = option((32, 32), "Hidden widths of the dense ReLU model.",
                                      lower=1)
     layer: int = option(0, "Dense layer scaled by alpha (the next one by 1/alpha).", lower=0)

@@ -18,7 +18,7 @@ EXPERIMENT = "sensitivity"
 
 
 @dataclasses.dataclass
-class Config(common.ImageTrainConfig):
+class Config(common.StopOptions, common.ImageTrainConfig):
     RUN_SELECTION: ClassVar[tuple[str, ...]] = ("batch_sizes", "learning_rates")
 
     vary: str = option("batch_size", "What the approaches vary (the other stays at "

@@ -18,7 +18,7 @@ EXPERIMENT = "sharpness"
 
 
 @dataclasses.dataclass
-class Config(approaches.SharpnessOptions, common.ImageTrainConfig):
+class Config(approaches.SharpnessOptions, common.StopOptions, common.ImageTrainConfig):
     RUN_SELECTION: ClassVar[tuple[str, ...]] = ("batch_sizes", "learning_rates")
 
     batch_sizes: tuple[int, ...] = option((16, 64, 256, 1024, 4096), "Batch sizes (each "
