@@ -182,6 +182,20 @@ def test_grad_norm_experiment(tmp_path):
     assert len(runs["function_sinc"]["history"]["iteration"]["loss"]) == 2 * 2
     assert {p.rsplit("/", 1)[1] for p in results["figures"]} == {"function_sinc.png",
                                                                   "digits.png"}
+    # a rerun of the same config skips both finished runs (nothing trains) and keeps them
+    from hw1_tf.experiments import common
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    original, common.train_run = common.train_run, no_training
+    try:
+        again = grad_norm.run(grad_norm.Config(**_common(tmp_path), function_epochs=2,
+                                               epochs=2, n_train=100, function_params=60))
+    finally:
+        common.train_run = original
+    np.testing.assert_array_equal(again["runs"]["digits"]["history"]["iteration"]["loss"],
+                                  runs["digits"]["history"]["iteration"]["loss"])
 
 
 def test_trajectory_experiment(tmp_path):

@@ -35,12 +35,16 @@ def run(config: Config) -> dict:
         name, splits, spec = common.task_setup(config, task)
         epochs = config.function_epochs if task == "function" else config.epochs
         settings = common.settings_from(config, epochs=epochs)
-        _, record = common.train_run(EXPERIMENT, name, spec, splits, settings,
-                                     strategy=strategy, paths=paths,
-                                     save_model=config.save_models,
-                                     tensorboard=config.tensorboard)
-        record.update(task=task, dataset=splits.name, num_train=int(len(splits.x_train)))
-        runs[name] = record
+
+        def train(task=task, name=name, splits=splits, spec=spec, settings=settings):
+            _, record = common.train_run(EXPERIMENT, name, spec, splits, settings,
+                                         strategy=strategy, paths=paths,
+                                         save_model=config.save_models,
+                                         tensorboard=config.tensorboard)
+            record.update(task=task, dataset=splits.name, num_train=int(len(splits.x_train)))
+            return record
+
+        runs[name] = common.run_once(EXPERIMENT, config, paths, name, train)
     return common.finish(EXPERIMENT, config, runs, paths)
 
 
