@@ -208,6 +208,20 @@ def test_trajectory_experiment(tmp_path):
     np.testing.assert_array_equal(again["pca"]["layer"]["coords"],
                                   results["pca"]["layer"]["coords"])
     assert (tmp_path / "figures" / "trajectory" / "trajectory.png").is_file()
+    # a rerun of the same config skips the finished population and redoes the same PCA
+    from hw1_tf import population
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished population was trained again")
+
+    original, population.train_population = population.train_population, no_training
+    try:
+        rerun = trajectory.run(trajectory.Config(**_common(tmp_path), runs=3, epochs=4,
+                                                 snapshot_every=2, eval_size=100))
+    finally:
+        population.train_population = original
+    np.testing.assert_allclose(rerun["pca"]["whole"]["coords"], results["pca"]["whole"]["coords"],
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_error_surface_experiment(tmp_path):

@@ -45,39 +45,50 @@ def run(config: Config) -> dict:
     chosen = np.sort(rng.choice(len(splits.x_train), min(config.eval_size, len(splits.x_train)),
                                 replace=False))
     outputs = splits.num_classes or 1
-    snaps = landscape.Snapshots(config.snapshot_every, config.epochs, config.layer,
-                                splits.x_train[chosen], splits.y_train[chosen],
-                                splits.num_classes)
-    # a population of the same seeds holds exactly the weights training starts from
-    snaps.initial(population.Population(spec, splits.input_shape, outputs, seeds, strategy))
-    # backed up with the snapshots: a run resumed after a kill has them all
-    pop, histories = population.train_population(
-        spec, splits, settings, seeds, strategy=strategy, run_name=name, callbacks=[snaps],
-        backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
-    arrays = snaps.arrays()
+    names = [f"run{i}" for i in range(config.runs)]
+
+    def train() -> dict[str, dict]:
+        snaps = landscape.Snapshots(config.snapshot_every, config.epochs, config.layer,
+                                    splits.x_train[chosen], splits.y_train[chosen],
+                                    splits.num_classes)
+        # a population of the same seeds holds exactly the weights training starts from
+        snaps.initial(population.Population(spec, splits.input_shape, outputs, seeds,
+                                            strategy))
+        # backed up with the snapshots: a run resumed after a kill has them all
+        pop, histories = population.train_population(
+            spec, splits, settings, seeds, strategy=strategy, run_name=name, callbacks=[snaps],
+            backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
+        arrays = snaps.arrays()
+        if config.save_models:
+            saved = population.export_members(pop, lambda i: paths.saved_model(EXPERIMENT,
+                                                                              f"run{i}"))
+        records = {}
+        for i, history in enumerate(histories):
+            records[names[i]] = {
+                "seed": seeds[i], "model": dataclasses.asdict(spec),
+                "description": spec.describe(), "num_params": history.pop("num_params"),
+                "history": common.history_arrays(history), "snapshot_epochs": arrays["epochs"],
+                "snapshots": {"whole": arrays["whole"][i], "layer": arrays["layer"][i],
+                              "loss": arrays["loss"][i], "accuracy": arrays["accuracy"][i]}}
+            if config.save_models:
+                records[names[i]]["saved_model"] = str(saved[i])
+        return records
+
+    # the runs train as one population: a rerun of the same config skips them as a group
+    runs = common.run_group_once(EXPERIMENT, config, paths, names, train, backup=BACKUP)
+    # the PCA of every run's snapshots, from the records (fresh or kept)
     pca = {}
     for part in ("whole", "layer"):
-        coords, explained = landscape.pca_2d(arrays[part], seed=config.seed)
+        stacked = np.stack([np.asarray(runs[n]["snapshots"][part]) for n in names])
+        coords, explained = landscape.pca_2d(stacked, seed=config.seed)
         pca[part] = {"coords": coords, "explained_variance_ratio": explained,
-                     "num_weights": int(arrays[part].shape[-1])}
-    if config.save_models:
-        saved = population.export_members(pop, lambda i: paths.saved_model(EXPERIMENT,
-                                                                          f"run{i}"))
-    runs = {}
-    for i, history in enumerate(histories):
-        runs[f"run{i}"] = {
-            "seed": seeds[i], "model": dataclasses.asdict(spec), "description": spec.describe(),
-            "num_params": history.pop("num_params"), "history": common.history_arrays(history),
-            "snapshots": {"whole": arrays["whole"][i], "layer": arrays["layer"][i],
-                          "loss": arrays["loss"][i], "accuracy": arrays["accuracy"][i]}}
-        if config.save_models:
-            runs[f"run{i}"]["saved_model"] = str(saved[i])
+                     "num_weights": int(stacked.shape[-1])}
+    snapshot_epochs = np.asarray(runs[names[0]]["snapshot_epochs"])
     layers = len(spec.hidden) + 1
     results = common.finish(EXPERIMENT, config, runs, paths, task=name, pca=pca,
-                            snapshot_epochs=arrays["epochs"],
+                            snapshot_epochs=snapshot_epochs,
                             layer_index=int(config.layer % layers), num_layers=layers,
                             eval_examples=int(len(chosen)), num_classes=splits.num_classes)
-    common.remove_backup(paths, EXPERIMENT, BACKUP)
     return results
 
 
