@@ -232,3 +232,19 @@ def test_error_surface_experiment(tmp_path):
     np.testing.assert_allclose(results["centre_loss"], results["trained_loss"], rtol=1e-5)
     assert abs(results["random"]["cosine"]) < 1e-6
     assert len(results["figures"]) == 5
+    # a rerun of the same config skips the trained net and redraws the same surfaces from it
+    from hw1_tf import population
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the finished net was trained again")
+
+    original, population.train_population = population.train_population, no_training
+    try:
+        rerun = error_surface.run(error_surface.Config(
+            **_common(tmp_path), epochs=3, eval_size=100, grid_points=5, line_points=5))
+    finally:
+        population.train_population = original
+    for part in ("random", "pca"):
+        np.testing.assert_allclose(rerun[part]["losses"], results[part]["losses"], rtol=1e-6)
+    np.testing.assert_allclose(rerun["interpolation"]["losses"],
+                               results["interpolation"]["losses"], rtol=1e-6)

@@ -56,16 +56,37 @@ def run(config: Config) -> dict:
                                 replace=False))
     x, y = splits.x_train[chosen], splits.y_train[chosen]
     outputs = splits.num_classes or 1
-    snaps = landscape.Snapshots(1, config.epochs, 0, x, y, splits.num_classes)
-    snaps.initial(population.Population(spec, splits.input_shape, outputs, [config.seed],
-                                        strategy))
-    pop, histories = population.train_population(
-        spec, splits, settings, [config.seed], strategy=strategy, run_name=name,
-        callbacks=[snaps], backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
-    arrays = snaps.arrays()
-    weights = pop.member_weights(0)
-    theta = landscape.flatten(weights)
-    trajectory = arrays["whole"][0]
+
+    def train() -> dict[str, dict]:
+        snaps = landscape.Snapshots(1, config.epochs, 0, x, y, splits.num_classes)
+        snaps.initial(population.Population(spec, splits.input_shape, outputs, [config.seed],
+                                            strategy))
+        pop, histories = population.train_population(
+            spec, splits, settings, [config.seed], strategy=strategy, run_name=name,
+            callbacks=[snaps],
+            backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
+        arrays = snaps.arrays()
+        history = histories[0]
+        record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
+                  "num_params": history.pop("num_params"),
+                  "history": common.history_arrays(history), "seed": config.seed,
+                  "trajectory": arrays["whole"][0],
+                  "weights": landscape.flatten(pop.member_weights(0)),
+                  "shapes": [list(w.shape) for w in pop.member_weights(0)],
+                  "trajectory_epochs": arrays["epochs"], "trajectory_loss": arrays["loss"][0]}
+        if config.save_models:
+            record["saved_model"] = str(population.export_members(
+                pop, lambda i: paths.saved_model(EXPERIMENT, name))[0])
+        return {name: record}
+
+    # the trained net is kept at once: a rerun of the same config skips it and redraws the
+    # surfaces from the kept weights and trajectory
+    run_record = common.run_group_once(EXPERIMENT, config, paths, [name], train,
+                                       backup=BACKUP)[name]
+    theta = np.asarray(run_record["weights"])
+    weights = landscape.unflatten(theta, [tuple(s) for s in run_record["shapes"]])
+    trajectory = np.asarray(run_record["trajectory"])
+    trajectory_loss = np.asarray(run_record["trajectory_loss"])
 
     losses = landscape.SurfaceEvaluator(weights, x, y, splits.num_classes, spec.activation)
 
@@ -96,8 +117,8 @@ def run(config: Config) -> dict:
         "losses": losses(pca_dirs, landscape.mesh(axis_x, axis_y)).reshape(len(axis_x),
                                                                            len(axis_y)),
         "line": np.linspace(-extent[0], extent[0], config.line_points),
-        "trajectory": coords, "trajectory_epochs": arrays["epochs"],
-        "trajectory_loss": arrays["loss"][0],
+        "trajectory": coords, "trajectory_epochs": np.asarray(run_record["trajectory_epochs"]),
+        "trajectory_loss": trajectory_loss,
         # the trajectory's projection loses what lies off the plane: its share per snapshot
         "off_plane_fraction": _off_plane(trajectory - theta, pca_dirs),
         "explained_variance_ratio": explained,
@@ -113,22 +134,13 @@ def run(config: Config) -> dict:
     logging.info("%s: %d grid points on %d examples in %.1f s (%.0f points/s)", name,
                  evaluated, len(x), seconds, evaluated / seconds)
 
-    history = histories[0]
-    run_record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
-                  "num_params": history.pop("num_params"),
-                  "history": common.history_arrays(history),
-                  "seed": config.seed, "trajectory": trajectory, "weights": theta}
-    if config.save_models:
-        run_record["saved_model"] = str(population.export_members(
-            pop, lambda i: paths.saved_model(EXPERIMENT, name))[0])
     centre = config.grid_points // 2
     results = common.finish(
         EXPERIMENT, config, {name: run_record}, paths, task=name, random=random, pca=pca,
-        interpolation=interpolation, trained_loss=float(arrays["loss"][0, -1]),
+        interpolation=interpolation, trained_loss=float(trajectory_loss[-1]),
         centre_loss=float(random["losses"][centre, centre]) if config.grid_points % 2 else None,
         eval_examples=int(len(x)), num_classes=splits.num_classes,
         surface_seconds=seconds, grid_points_evaluated=int(evaluated))
-    common.remove_backup(paths, EXPERIMENT, BACKUP)
     return results
 
 
