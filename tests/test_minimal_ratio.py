@@ -176,3 +176,18 @@ def test_experiment_end_to_end(tmp_path):
     assert np.shape(end["eigenvalue_ratio"]) == (4, 3)
     assert {p.name for p in tmp_path.glob("figures/minimal_ratio/*.png")} == {
         "minimal_ratio.png", "tolerances.png", "critical_phase.png"}
+    # a rerun of the same config skips the kept population: nothing trains, same numbers
+    from hw1_tf import population
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the finished population was trained again")
+
+    original, population.train_population = population.train_population, no_training
+    try:
+        again = minimal_ratio.run(config)
+    finally:
+        population.train_population = original
+    np.testing.assert_array_equal(np.asarray(again["runs"]["endpoints"]["grad_norm"]),
+                                  np.asarray(end["grad_norm"]))
+    assert again["norm_table"] == results["norm_table"]
+    assert again["model"]["num_params"] == results["model"]["num_params"] == flat.num_params

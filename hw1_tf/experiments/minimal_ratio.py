@@ -134,59 +134,72 @@ def run(config: Config) -> dict:
     spec = model_spec(config)
     splits = data.function_splits(config.function, config.n_train, 2, seed=config.seed)
     seeds = [config.seed + i for i in range(config.runs)]
-    timings = {}
-    started = time.perf_counter()
-    pop, histories = _train(config, spec, splits, seeds, paths)
-    timings["training"] = time.perf_counter() - started
-    losses = critical.MemberLosses(spec, splits.x_train.astype(np.float64),
-                                   splits.y_train.astype(np.float64))
-    theta = losses.flatten([p.numpy() for p in pop.params])
-    start_norm = np.linalg.norm(losses.gradients(theta), axis=1)
-    phase = {"method": config.critical_point_method, "start_grad_norm": start_norm,
-             "start_loss": losses.losses(theta)}
-    started = time.perf_counter()
-    if config.critical_point_method == "grad_norm":
-        phase["switched_at_iteration"] = np.array(
-            [-1 if h["switched_at_iteration"] is None else h["switched_at_iteration"]
-             for h in histories])
-        phase["stopped_at_iteration"] = np.array(
-            [-1 if h["stopped_at_iteration"] is None else h["stopped_at_iteration"]
-             for h in histories])
-        # the trainer's per-iteration (mini-batch, float32) norms, from the switch on
-        phase["grad_norm"] = _ragged_after_switch(histories)
-        timings["critical_point_phase"] = (histories[0]["seconds"] * config.grad_norm_epochs
-                                           / (config.epochs + config.grad_norm_epochs))
-        timings["training"] -= timings["critical_point_phase"]
-    else:
-        settings = critical.CriticalSettings(method=config.critical_point_method,
-                                             max_iterations=config.critical_iterations,
-                                             stop_grad_norm=config.critical_stop_grad_norm)
-        theta, record = critical.find_critical_points(losses, theta, settings)
-        phase.update(record)
-        timings["critical_point_phase"] = time.perf_counter() - started
-    endpoints = measure(losses, theta, config)
-    timings["hessians"] = endpoints.pop("hessian_seconds")
-    timings["perturbations"] = endpoints.pop("perturbation_seconds")
-    endpoints["seeds"] = np.asarray(seeds)
-    table = critical.norm_table(endpoints["grad_norm"], NORM_THRESHOLDS)
+
+    def compute() -> dict[str, dict]:
+        """Training, the critical-point phase and the measures: one record, kept at once."""
+        timings = {}
+        started = time.perf_counter()
+        pop, histories = _train(config, spec, splits, seeds, paths)
+        timings["training"] = time.perf_counter() - started
+        losses = critical.MemberLosses(spec, splits.x_train.astype(np.float64),
+                                       splits.y_train.astype(np.float64))
+        theta = losses.flatten([p.numpy() for p in pop.params])
+        start_norm = np.linalg.norm(losses.gradients(theta), axis=1)
+        phase = {"method": config.critical_point_method, "start_grad_norm": start_norm,
+                 "start_loss": losses.losses(theta)}
+        started = time.perf_counter()
+        if config.critical_point_method == "grad_norm":
+            phase["switched_at_iteration"] = np.array(
+                [-1 if h["switched_at_iteration"] is None else h["switched_at_iteration"]
+                 for h in histories])
+            phase["stopped_at_iteration"] = np.array(
+                [-1 if h["stopped_at_iteration"] is None else h["stopped_at_iteration"]
+                 for h in histories])
+            # the trainer's per-iteration (mini-batch, float32) norms, from the switch on
+            phase["grad_norm"] = _ragged_after_switch(histories)
+            timings["critical_point_phase"] = (histories[0]["seconds"] * config.grad_norm_epochs
+                                               / (config.epochs + config.grad_norm_epochs))
+            timings["training"] -= timings["critical_point_phase"]
+        else:
+            settings = critical.CriticalSettings(method=config.critical_point_method,
+                                                 max_iterations=config.critical_iterations,
+                                                 stop_grad_norm=config.critical_stop_grad_norm)
+            theta, record = critical.find_critical_points(losses, theta, settings)
+            phase.update(record)
+            timings["critical_point_phase"] = time.perf_counter() - started
+        endpoints = measure(losses, theta, config)
+        timings["hessians"] = endpoints.pop("hessian_seconds")
+        timings["perturbations"] = endpoints.pop("perturbation_seconds")
+        endpoints["seeds"] = np.asarray(seeds)
+        if config.save_models:
+            for i in range(config.runs):
+                network = models.build(spec, splits.input_shape, 1)
+                network.set_weights([w[i] for w in _unstack(losses, theta)])
+                store.export_model(network, paths.saved_model(EXPERIMENT, f"run_{i:03d}"))
+        timings["total"] = sum(timings.values())
+        return {"endpoints": {**endpoints, "critical_phase": phase, "timings": timings}}
+
+    # the whole population is one record: a rerun of the same config skips it (--force redoes)
+    endpoints = dict(common.run_group_once(EXPERIMENT, config, paths, ["endpoints"], compute,
+                                           backup=BACKUP)["endpoints"])
+    phase, timings = endpoints.pop("critical_phase", None), endpoints.pop("timings", None)
+    if phase is None:  # the record kept in results.json: its summaries are beside it there
+        previous = common.previous_results(EXPERIMENT, config, paths)
+        phase, timings = previous["critical_phase"], previous["timings"]
+    # a kept record has its short arrays as lists (results.json): read them as arrays
+    table = critical.norm_table(np.asarray(endpoints["grad_norm"]), NORM_THRESHOLDS)
     logging.info("%s: ||grad L|| reached per threshold: %s; %d of %d runs at a critical "
-                 "point (<= %g)", EXPERIMENT, table, int(endpoints["reached"].sum()),
+                 "point (<= %g)", EXPERIMENT, table, int(np.sum(endpoints["reached"])),
                  config.runs, config.critical_grad_norm)
-    if config.save_models:
-        for i in range(config.runs):
-            network = models.build(spec, splits.input_shape, 1)
-            network.set_weights([w[i] for w in _unstack(losses, theta)])
-            store.export_model(network, paths.saved_model(EXPERIMENT, f"run_{i:03d}"))
-    timings["total"] = sum(timings.values())
     fn = functions.get(config.function)
     runs = {"endpoints": endpoints}
     results = common.finish(
         EXPERIMENT, config, runs, paths, critical_phase=phase, timings=timings,
         norm_table=[{"threshold": t, "runs": n} for t, n in table],
-        model={**dataclasses.asdict(spec), "num_params": losses.num_params,
+        model={**dataclasses.asdict(spec),
+               "num_params": int(np.shape(endpoints["weights"])[1]),
                "description": spec.describe()},
         target={"name": config.function, "formula": fn.formula, "domain": fn.domain})
-    common.remove_backup(paths, EXPERIMENT, BACKUP)
     return results
 
 
