@@ -311,3 +311,24 @@ def test_sharpness_measures_under_mirrored_strategy_equal_one_device(monkeypatch
     for key in ("analysis_loss", "block_hessian_norm", "hessian_norm", "sharpness_slides",
                 "sharpness_whole", "sharpness_keskar", "gradient_norm"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
+
+
+def test_reparametrization_experiment_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
+    from hw1_tf.experiments import approaches
+
+    config = reparametrization.Config(
+        dataset="digits", epochs=1, hidden=(8, 8), alphas=(0.1, 1.0, 10.0),
+        analysis_examples=40, keskar_maxiter=2, keskar_restarts=1, verbose=0,
+        steps_per_execution=8, tensorboard=False, jit_compile=False, output_dir=str(tmp_path))
+    results = reparametrization.run(config)
+    model = results["runs"]["model"]
+    assert max(model["output_change"]) < 1e-10 and max(model["loss_change"]) < 1e-10
+    slides = np.asarray(model["sharpness_slides"])
+    assert slides[0] > 10 * slides[1] and slides[2] > 10 * slides[1]  # sharper both ways
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the finished model was trained again")
+
+    monkeypatch.setattr(approaches, "train_approach", no_training)
+    again = reparametrization.run(config)
+    np.testing.assert_allclose(again["runs"]["model"]["sharpness_slides"], slides, rtol=1e-6)

@@ -65,42 +65,51 @@ def run(config: Config) -> dict:
     strategy = common.strategy_from(config)
     splits = common.load_splits(config)
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
-    network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
-                                                config.batch_size, config.learning_rate,
-                                                strategy=strategy, paths=paths)
-    x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
-    x = x.astype(np.float64)
-    base = hessian.as_float64_model(network)  # float64: "unchanged" to 1e-10, not 1e-6
-    logits = measures.logits_of(base, x)
-    scale = float(np.max(np.abs(logits)))
-    rows = {k: [] for k in ("output_change", "loss_change", "analysis_loss",
-                            "block_hessian_norm", "hessian_norm", "sharpness_slides",
-                            "sharpness_whole", "sharpness_keskar")}
-    base_loss = None
-    for alpha in config.alphas:
-        model = rescaled(base, config.layer, alpha)
-        change = float(np.max(np.abs(measures.logits_of(model, x) - logits))) / scale
-        result = measures.sharpness_measures(
-            model, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
-            keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
-            max_block_mb=config.max_block_mb, seed=config.seed, strategy=strategy)
-        base_loss = result["analysis_loss"] if base_loss is None else base_loss
-        loss_change = abs(result["analysis_loss"] - base_loss) / base_loss
-        if change > config.tolerance or loss_change > config.tolerance:
-            raise FunctionChangedError(f"alpha={alpha:g} changed the outputs by {change:.2e} "
-                                       f"and the loss by {loss_change:.2e} (relative)")
-        rows["output_change"].append(change)
-        rows["loss_change"].append(loss_change)
-        for key in rows:
-            if key in result:
-                rows[key].append(result[key])
-        logging.info("alpha %g: outputs change %.1e, loss %.1e; sharpness slides %.3g, whole "
-                     "%.3g, Keskar %.3g", alpha, change, loss_change, result["sharpness_slides"],
-                     result["sharpness_whole"], result["sharpness_keskar"])
-    record.update({"alphas": np.asarray(config.alphas), "layer": config.layer,
-                   **{k: np.asarray(v) for k, v in rows.items()}})
+
+    def train_and_rescale() -> dict:
+        network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
+                                                    config.batch_size, config.learning_rate,
+                                                    strategy=strategy, paths=paths)
+        x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
+        x = x.astype(np.float64)
+        base = hessian.as_float64_model(network)  # float64: "unchanged" to 1e-10, not 1e-6
+        logits = measures.logits_of(base, x)
+        scale = float(np.max(np.abs(logits)))
+        rows = {k: [] for k in ("output_change", "loss_change", "analysis_loss",
+                                "block_hessian_norm", "hessian_norm", "sharpness_slides",
+                                "sharpness_whole", "sharpness_keskar")}
+        base_loss = None
+        for alpha in config.alphas:
+            model = rescaled(base, config.layer, alpha)
+            change = float(np.max(np.abs(measures.logits_of(model, x) - logits))) / scale
+            result = measures.sharpness_measures(
+                model, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
+                keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
+                max_block_mb=config.max_block_mb, seed=config.seed, strategy=strategy)
+            base_loss = result["analysis_loss"] if base_loss is None else base_loss
+            loss_change = abs(result["analysis_loss"] - base_loss) / base_loss
+            if change > config.tolerance or loss_change > config.tolerance:
+                raise FunctionChangedError(f"alpha={alpha:g} changed the outputs by "
+                                           f"{change:.2e} and the loss by {loss_change:.2e} "
+                                           "(relative)")
+            rows["output_change"].append(change)
+            rows["loss_change"].append(loss_change)
+            for key in rows:
+                if key in result:
+                    rows[key].append(result[key])
+            logging.info("alpha %g: outputs change %.1e, loss %.1e; sharpness slides %.3g, "
+                         "whole %.3g, Keskar %.3g", alpha, change, loss_change,
+                         result["sharpness_slides"], result["sharpness_whole"],
+                         result["sharpness_keskar"])
+        record.update({"alphas": np.asarray(config.alphas), "layer": config.layer,
+                       **{k: np.asarray(v) for k, v in rows.items()}})
+        return record
+
+    # one model: kept at once, and a rerun of the same config skips it (--force redoes it)
+    record = common.run_once(EXPERIMENT, config, paths, "model", train_and_rescale)
+    x_count = min(config.analysis_examples, len(splits.x_train))
     return common.finish(EXPERIMENT, config, {"model": record}, paths,
-                         analysis_examples=len(x))
+                         analysis_examples=x_count)
 
 
 # -------------------------------------------------------------------------- REPORT.md section
