@@ -36,7 +36,6 @@ def approach_name(batch_size: int, learning_rate: float) -> str:
     return f"bs{batch_size}_lr{learning_rate:g}"
 
 
-
 def train_approach(experiment: str, config: Any, splits: data.Splits, spec: models.ModelSpec,
                    batch_size: int, learning_rate: float, *, strategy, paths) -> tuple[Any, dict]:
     """Trains `spec` with this batch size and learning rate; returns (network, record)."""

@@ -9,17 +9,14 @@ import math
 import time
 from typing import Any, Sequence
 
-import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
-from hw1_tf import models, population, report, store
+from hw1_tf import measures, models, population, report, store
 from hw1_tf.config import ConfigError, option
 from hw1_tf.experiments import common
 
 EXPERIMENT = "capacity"
-EVAL_BATCH = 1024
 
 
 # How the models train. population: all as one population padded to the widest model; grouped:
@@ -104,15 +101,9 @@ def final_values(network, splits) -> dict[str, float]:
     values = {}
     for split, (x, y) in (("train", (splits.x_train, splits.y_train)),
                           ("test", (splits.x_test, splits.y_test))):
-        loss = correct = 0.0
-        for i in range(0, len(x), EVAL_BATCH):
-            logits = network(x[i:i + EVAL_BATCH], training=False)
-            labels = y[i:i + EVAL_BATCH]
-            loss += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True)))
-            correct += float(np.sum(np.argmax(logits, -1) == labels))
-        values[f"final_{split}_loss"] = loss / len(x)
-        values[f"final_{split}_accuracy"] = correct / len(x)
+        exact = measures.evaluate(network, x, y)
+        values[f"final_{split}_loss"] = exact["loss"]
+        values[f"final_{split}_accuracy"] = exact["accuracy"]
     return values
 
 

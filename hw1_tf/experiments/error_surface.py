@@ -66,13 +66,13 @@ def run(config: Config) -> dict:
             callbacks=[snaps],
             backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
         arrays = snaps.arrays()
-        history = histories[0]
+        history, trained = histories[0], pop.member_weights(0)
         record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
                   "num_params": history.pop("num_params"),
                   "history": common.history_arrays(history), "seed": config.seed,
                   "trajectory": arrays["whole"][0],
-                  "weights": landscape.flatten(pop.member_weights(0)),
-                  "shapes": [list(w.shape) for w in pop.member_weights(0)],
+                  "weights": landscape.flatten(trained),
+                  "shapes": [list(w.shape) for w in trained],
                   "trajectory_epochs": arrays["epochs"], "trajectory_loss": arrays["loss"][0]}
         if config.save_models:
             record["saved_model"] = str(population.export_members(
