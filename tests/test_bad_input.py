@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw1_tf import store
+from hw1_tf import framework, store
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SIM = ["--functions=sinc", "--depths=1", "--target_params=40", "--n_train=32",
@@ -170,7 +170,7 @@ def test_batch_larger_than_the_dataset_is_one_full_batch_step(tmp_path, monkeypa
 
     warnings = []
     monkeypatch.setattr(training.logging, "warning", lambda msg, *a: warnings.append(msg % a))
-    results = simulate_function.run(simulate_function.Config(
+    results = framework.run(simulate_function, simulate_function.Config(
         functions=("sinc",), depths=(1,), target_params=40, n_train=32, n_test=20, epochs=3,
         batch_size=1000, save_models=False, tensorboard=False, output_dir=str(tmp_path)))
     history = results["runs"]["sinc_dnn_d1"]["history"]

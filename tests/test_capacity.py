@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hw1_tf import data, idx, landscape, models, population, training
+from hw1_tf import data, framework, idx, landscape, models, population, trainer, training
 from hw1_tf.errors import Hw1Error
 from hw1_tf.experiments import capacity
 
@@ -84,7 +84,7 @@ def test_initial_weights_of_the_wrong_shape_are_refused():
 def test_training_modes_give_the_same_runs(tmp_path):
     results = {}
     for mode in ("one_by_one", "population", "grouped"):
-        results[mode] = capacity.run(capacity.Config(
+        results[mode] = framework.run(capacity, capacity.Config(
             **TINY, training_mode=mode, group_max_width=8, output_dir=str(tmp_path / mode)))
     assert results["one_by_one"]["training_mode"] == "one after another"
     assert "zero-padded to 32" in results["population"]["training_mode"]
@@ -154,7 +154,7 @@ def test_fashion_mnist_end_to_end_on_a_fake_idx_folder(tmp_path, monkeypatch):
                                 "test_size": None, "widths": (2, 4)},
                              data_dir=str(tmp_path / "data"), save_models=True,
                              output_dir=str(tmp_path / "out"))
-    results = capacity.run(config)
+    results = framework.run(capacity, config)
     assert results["dataset"] == "fashion_mnist"
     assert (results["train_examples"], results["test_examples"]) == (96, 32)
     splits = data.load("fashion_mnist", tmp_path / "data")
@@ -175,14 +175,14 @@ def test_fashion_mnist_end_to_end_on_a_fake_idx_folder(tmp_path, monkeypatch):
 def test_finished_models_are_skipped_in_every_mode(tmp_path, monkeypatch):
     config = capacity.Config(**TINY, training_mode="grouped", group_max_width=8,
                              output_dir=str(tmp_path))
-    first = capacity.run(config)
+    first = framework.run(capacity, config)
 
     def trains(*args, **kwargs):
         raise AssertionError("a finished model was trained again")
 
     monkeypatch.setattr(population, "train_population", trains)
-    monkeypatch.setattr(capacity.common, "train_run", trains)
-    again = capacity.run(config)
+    monkeypatch.setattr(trainer, "train_model", trains)
+    again = framework.run(capacity, config)
     for name, run in first["runs"].items():
         assert again["runs"][name]["final_test_loss"] == run["final_test_loss"]
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from hw1_tf import plots, store
+from hw1_tf import framework, store
 from hw1_tf.experiments import actual_task, simulate_function
 
 
@@ -14,7 +14,7 @@ def test_simulate_function_end_to_end(tmp_path):
                                       n_train=64, n_test=50, epochs=3, batch_size=32,
                                       restarts=2, steps_per_execution=4,
                                       output_dir=str(tmp_path))
-    results = simulate_function.run(config)
+    results = framework.run(simulate_function, config)
     on_disk = json.loads((tmp_path / "results/simulate_function/results.json").read_text())
     assert on_disk["config"]["depths"] == [1, 3] and set(on_disk["runs"]) == {
         f"{fn}_dnn_d{d}_r{r}" for fn in ("sinc", "sign") for d in (1, 3) for r in (0, 1)}
@@ -43,7 +43,7 @@ def test_actual_task_digits_and_figures_redraw(tmp_path):
     config = actual_task.Config(datasets=("digits",), models=("dnn_shallow", "cnn_deep"),
                                 target_params=3000, epochs=2, batch_size=64,
                                 output_dir=str(tmp_path), verbose=0, save_models=False)
-    results = actual_task.run(config)
+    results = framework.run(actual_task, config)
     assert set(results["runs"]) == {"digits_dnn_shallow", "digits_cnn_deep"}
     for run in results["runs"].values():
         ep = run["history"]["epoch"]
@@ -52,9 +52,10 @@ def test_actual_task_digits_and_figures_redraw(tmp_path):
     fig_dir = tmp_path / "figures/actual_task"
     for p in fig_dir.iterdir():
         p.unlink()
-    redrawn = plots.make_figures(store.load_results(store.Paths.create(tmp_path), "actual_task"),
-                                 fig_dir)
-    assert sorted(p.name for p in redrawn) == ["digits_accuracy.png", "digits_loss.png"]
+    redrawn = framework.draw_figures(
+        actual_task, store.load_results(store.Paths.create(tmp_path), "actual_task"), fig_dir)
+    assert sorted(redrawn) == ["digits_accuracy", "digits_loss"]
+    assert sorted(p.name for p in redrawn.values()) == ["digits_accuracy.png", "digits_loss.png"]
 
 
 def test_actual_task_skips_unavailable_and_runs_cifar10_from_tfds(tmp_path):
@@ -66,6 +67,6 @@ def test_actual_task_skips_unavailable_and_runs_cifar10_from_tfds(tmp_path):
                                 verbose=0, save_models=False, allow_download=False,
                                 optional_datasets=("fashion_mnist",))
     with tfds.testing.mock_data(num_examples=16):
-        results = actual_task.run(config)
+        results = framework.run(actual_task, config)
     assert list(results["runs"]) == ["cifar10_cnn_shallow"]
     assert "fashion_mnist" in results["skipped_datasets"]

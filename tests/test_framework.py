@@ -56,7 +56,7 @@ def _changed_value(config_cls, field):
     return ("x",) if kind.is_tuple else "x", "x"
 
 
-@pytest.mark.parametrize("name", experiments.ORDER)
+@pytest.mark.parametrize("name", experiments.names())
 def test_config_default_lt_flagfile_lt_command_line(name, tmp_path):
     config_cls = experiments.get(name).Config
     # nothing given: exactly the Config's defaults (the bug was a shared --verbose=1 beating
@@ -79,7 +79,7 @@ def test_config_default_lt_flagfile_lt_command_line(name, tmp_path):
         assert getattr(from_cli, field.name) == field.default, field.name
 
 
-@pytest.mark.parametrize("name", experiments.ORDER)
+@pytest.mark.parametrize("name", experiments.names())
 def test_a_binary_offers_exactly_its_configs_fields(name):
     config_cls = experiments.get(name).Config
     values = flags.FlagValues()

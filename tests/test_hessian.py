@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 import tensorflow as tf
 
-from hw1_tf import distribute, hessian, store
+from hw1_tf import distribute, framework, hessian, store
 
 
 def _tiny_net(seed=0, inputs=4, hidden=6, outputs=3):
@@ -300,7 +300,7 @@ def test_hessian_spectrum_end_to_end_on_a_saved_model(tmp_path):
                                      lanczos_steps=15, perturbation_samples=64, verbose=0,
                                      hvp_mode="forward_over_reverse", jit_compile=False,
                                      dtype="float64", output_dir=str(tmp_path))
-    results = hessian_spectrum.run(config)
+    results = framework.run(hessian_spectrum, config)
     run = results["runs"]["digits_tiny"]
     exact = np.asarray(run["eigenvalues"])
     assert run["num_params"] == len(exact) == 64 * 4 + 4 + 4 * 10 + 10

@@ -5,7 +5,7 @@ the three experiments end to end on tiny data."""
 import numpy as np
 import pytest
 
-from hw1_tf import data, landscape, models, population, store
+from hw1_tf import data, framework, landscape, models, population, store
 from hw1_tf.experiments import error_surface, grad_norm, trajectory
 
 DIGITS = data.load("digits", train_size=300, test_size=100)
@@ -174,32 +174,32 @@ def _common(tmp_path):
 
 
 def test_grad_norm_experiment(tmp_path):
-    results = grad_norm.run(grad_norm.Config(**_common(tmp_path), function_epochs=2, epochs=2,
+    results = framework.run(grad_norm, grad_norm.Config(**_common(tmp_path), function_epochs=2, epochs=2,
                                              n_train=100, function_params=60))
     runs = results["runs"]
     assert set(runs) == {"function_sinc", "digits"}
     assert len(runs["digits"]["history"]["iteration"]["grad_norm"]) == 2 * 4
     assert len(runs["function_sinc"]["history"]["iteration"]["loss"]) == 2 * 2
-    assert {p.rsplit("/", 1)[1] for p in results["figures"]} == {"function_sinc.png",
+    assert {p.rsplit("/", 1)[1] for p in results["figures"].values()} == {"function_sinc.png",
                                                                   "digits.png"}
     # a rerun of the same config skips both finished runs (nothing trains) and keeps them
-    from hw1_tf.experiments import common
+    from hw1_tf import trainer
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    original, common.train_run = common.train_run, no_training
+    original, trainer.train_model = trainer.train_model, no_training
     try:
-        again = grad_norm.run(grad_norm.Config(**_common(tmp_path), function_epochs=2,
+        again = framework.run(grad_norm, grad_norm.Config(**_common(tmp_path), function_epochs=2,
                                                epochs=2, n_train=100, function_params=60))
     finally:
-        common.train_run = original
+        trainer.train_model = original
     np.testing.assert_array_equal(again["runs"]["digits"]["history"]["iteration"]["loss"],
                                   runs["digits"]["history"]["iteration"]["loss"])
 
 
 def test_trajectory_experiment(tmp_path):
-    results = trajectory.run(trajectory.Config(**_common(tmp_path), runs=3, epochs=4,
+    results = framework.run(trajectory, trajectory.Config(**_common(tmp_path), runs=3, epochs=4,
                                                snapshot_every=2, eval_size=100))
     assert np.asarray(results["snapshot_epochs"]).tolist() == [0, 2, 4]
     assert np.shape(results["pca"]["whole"]["coords"]) == (3, 3, 2)
@@ -216,7 +216,7 @@ def test_trajectory_experiment(tmp_path):
 
     original, population.train_population = population.train_population, no_training
     try:
-        rerun = trajectory.run(trajectory.Config(**_common(tmp_path), runs=3, epochs=4,
+        rerun = framework.run(trajectory, trajectory.Config(**_common(tmp_path), runs=3, epochs=4,
                                                  snapshot_every=2, eval_size=100))
     finally:
         population.train_population = original
@@ -225,7 +225,7 @@ def test_trajectory_experiment(tmp_path):
 
 
 def test_error_surface_experiment(tmp_path):
-    results = error_surface.run(error_surface.Config(
+    results = framework.run(error_surface, error_surface.Config(
         **_common(tmp_path), epochs=3, eval_size=100, grid_points=5, line_points=5))
     assert np.shape(results["random"]["losses"]) == (5, 5)
     assert np.shape(results["pca"]["losses"]) == (5, 5)
@@ -240,7 +240,7 @@ def test_error_surface_experiment(tmp_path):
 
     original, population.train_population = population.train_population, no_training
     try:
-        rerun = error_surface.run(error_surface.Config(
+        rerun = framework.run(error_surface, error_surface.Config(
             **_common(tmp_path), epochs=3, eval_size=100, grid_points=5, line_points=5))
     finally:
         population.train_population = original

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from hw1_tf import data, distribute, landscape, models, store
-from hw1_tf.config import ConfigError
+from hw1_tf import data, distribute, framework, landscape, models, store, trainer
+from hw1_tf.config import ConfigError, StopOptions
 from hw1_tf.errors import Hw1Error, ModelNotFoundError
-from hw1_tf.experiments import common, flatness
+from hw1_tf.experiments import flatness
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="digits", epochs=2, verbose=0, steps_per_execution=8, tensorboard=False,
@@ -29,13 +28,16 @@ def _flat_config(tmp_path, **kw):
     return flatness.Config(**values)
 
 
+def _context(folder) -> framework.ExperimentContext:
+    return framework.ExperimentContext("t", flatness.Config(**TINY), store.Paths.create(folder))
+
+
 def _train_spec(tmp_path, spec, name, batch_size=32, seed=0):
     splits = data.load("digits")
-    settings = common.settings_from(flatness.Config(**TINY), batch_size=batch_size, seed=seed)
-    paths = store.Paths.create(tmp_path)
-    model, record = common.train_run("flatness", name, spec, splits, settings,
-                                     strategy=tf.distribute.get_strategy(), paths=paths,
-                                     tensorboard=False)
+    settings = trainer.settings_from(flatness.Config(**TINY), batch_size=batch_size, seed=seed)
+    ctx = framework.ExperimentContext("flatness", flatness.Config(**TINY),
+                                      store.Paths.create(tmp_path))
+    model, record = ctx.train_model(name, spec, splits, settings, tensorboard=False)
     return model, Path(record["saved_model"]), splits
 
 
@@ -51,7 +53,7 @@ def _export_untrained(spec, path):
 @pytest.fixture(scope="module")
 def flat_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("flat")
-    return tmp, flatness.run(_flat_config(tmp))
+    return tmp, framework.run(flatness, _flat_config(tmp))
 
 
 def test_flatness_endpoints_equal_the_saved_models_own_losses(flat_results):
@@ -66,12 +68,12 @@ def test_flatness_endpoints_equal_the_saved_models_own_losses(flat_results):
             np.testing.assert_allclose(line[key][i], own[key], rtol=1e-4, atol=1e-6)
     # the two models differ, so the curve is not flat
     assert abs(line["train_loss"][2] - line["train_loss"][4]) > 1e-3
-    assert Path(results["figures"][0]).is_file()
+    assert Path(next(iter(results["figures"].values()))).is_file()
 
 
 def test_flatness_reuses_saved_models_and_retrain_forces(flat_results):
     tmp, first = flat_results
-    again = flatness.run(_flat_config(tmp))
+    again = framework.run(flatness, _flat_config(tmp))
     assert all(r["reused"] for r in again["runs"].values())
     (a,), (b,) = first["lines"].values(), again["lines"].values()
     np.testing.assert_array_equal(a["test_loss"], b["test_loss"])
@@ -81,13 +83,13 @@ def test_flatness_reuses_saved_models_and_retrain_forces(flat_results):
 
     elsewhere = tmp / "elsewhere"
     shutil.copytree(tmp / "saved_models", elsewhere)
-    moved = flatness.run(_flat_config(tmp / "other_root", saved_models_dir=str(elsewhere),
+    moved = framework.run(flatness, _flat_config(tmp / "other_root", saved_models_dir=str(elsewhere),
                                       train_missing=False))
     assert all(r["reused"] and r["saved_model"].startswith(str(elsewhere))
                for r in moved["runs"].values())
     np.testing.assert_array_equal(next(iter(moved["lines"].values()))["test_loss"],
                                   a["test_loss"])
-    retrained = flatness.run(_flat_config(tmp, batch_sizes=(16,), learning_rates=(1e-3, 3e-3),
+    retrained = framework.run(flatness, _flat_config(tmp, batch_sizes=(16,), learning_rates=(1e-3, 3e-3),
                                           retrain=True))
     assert not any(r["reused"] for r in retrained["runs"].values())
     (line,) = retrained["lines"].values()
@@ -188,13 +190,13 @@ def test_incompatible_saved_models_give_one_error_naming_the_path(tmp_path, bn_p
 def test_flatness_missing_or_mismatched_saved_model_writes_nothing(tmp_path):
     config = _flat_config(tmp_path, train_missing=False)
     with pytest.raises(ModelNotFoundError, match="saved_models/flatness/digits_bs16"):
-        flatness.run(config)
+        framework.run(flatness, config)
     # a SavedModel of another width where this config's first run would be reused
     target = store.Paths.create(tmp_path).saved_model("flatness", flatness.run_name(
         config, 16, config.learning_rate))
     _export_untrained(models.ModelSpec("m", "dense", hidden=(5,)), target)
     with pytest.raises(landscape.IncompatibleModelsError, match=str(target)):
-        flatness.run(_flat_config(tmp_path))
+        framework.run(flatness, _flat_config(tmp_path))
     assert not (tmp_path / "results").exists() and not (tmp_path / "figures").exists()
 
 
@@ -285,7 +287,7 @@ def test_random_labels_memorises_and_test_stays_at_chance(tmp_path):
     config = random_labels.Config(**dict(TINY, epochs=40, hidden=(128,), ratios=(0.0, 1.0),
                                          learning_rate=3e-3, batch_size=64,
                                          output_dir=str(tmp_path)))
-    results = random_labels.run(config)
+    results = framework.run(random_labels, config)
     runs = {r["ratio"]: r for r in results["runs"].values()}
     # shuffled labels: training accuracy climbs far above chance (memorising, 3x chance in
     # this short run) while the clean test set stays near chance
@@ -296,7 +298,7 @@ def test_random_labels_memorises_and_test_stays_at_chance(tmp_path):
     fit = random_labels.epochs_to_fit(runs[0.0]["history"]["epoch"]["train_accuracy"], 0.9)
     acc = runs[0.0]["history"]["epoch"]["train_accuracy"]
     assert acc[fit - 1] >= 0.9 and (fit == 1 or acc[fit - 2] < 0.9)
-    assert {Path(p).name for p in results["figures"]} == {
+    assert {Path(p).name for p in results["figures"].values()} == {
         "epochs_labels_0p00.png", "epochs_labels_1p00.png", "ratio_sweep.png"}
 
 
@@ -305,7 +307,7 @@ def test_capacity_parameter_counts_and_final_evaluation(tmp_path):
 
     config = capacity.Config(**dict(TINY, widths=(2, 8, 32), save_models=True,
                                     output_dir=str(tmp_path)))
-    results = capacity.run(config)
+    results = framework.run(capacity, config)
     runs = sorted(results["runs"].values(), key=lambda r: r["num_params"])
     splits = data.load("digits")
     for run in runs:  # 64 inputs, two hidden layers of the width, 10 classes
@@ -325,7 +327,7 @@ def test_random_labels_input_corruptions_end_to_end(tmp_path, corruption):
 
     config = random_labels.Config(**dict(TINY, epochs=3, hidden=(16,), ratios=(0.0, 1.0),
                                          corruption=corruption, output_dir=str(tmp_path)))
-    results = random_labels.run(config)
+    results = framework.run(random_labels, config)
     assert set(results["runs"]) == {f"{corruption}_0p00", f"{corruption}_1p00"}
     for run in results["runs"].values():
         assert run["labels_changed"] == 0.0  # the inputs are corrupted, never the labels
@@ -334,7 +336,7 @@ def test_random_labels_input_corruptions_end_to_end(tmp_path, corruption):
     losses = [results["runs"][f"{corruption}_{r}"]["history"]["iteration"]["loss"]
               for r in ("0p00", "1p00")]
     assert not np.allclose(losses[0], losses[1])
-    assert {Path(p).name for p in results["figures"]} == {
+    assert {Path(p).name for p in results["figures"].values()} == {
         f"epochs_{corruption}_0p00.png", f"epochs_{corruption}_1p00.png", "ratio_sweep.png"}
     stored = store.read_results(store.Paths.create(tmp_path).results_json("random_labels"))
     assert stored["config"]["corruption"] == corruption
@@ -347,7 +349,7 @@ def test_random_labels_stops_once_fitted_and_a_rerun_skips_finished_fractions(tm
     config = random_labels.Config(**dict(TINY, epochs=30, hidden=(64,), ratios=(0.0,),
                                          learning_rate=3e-3, batch_size=64,
                                          stop_accuracy_above=0.95, output_dir=str(tmp_path)))
-    results = random_labels.run(config)
+    results = framework.run(random_labels, config)
     run = results["runs"]["labels_0p00"]
     acc = run["history"]["epoch"]["train_accuracy"]
     # it stopped after the first epoch at the target, well before the 30 allowed
@@ -359,8 +361,8 @@ def test_random_labels_stops_once_fitted_and_a_rerun_skips_finished_fractions(tm
         raise AssertionError("a finished fraction was trained again")
 
     # the same config again: the finished fraction is reused, nothing trains
-    monkeypatch.setattr(common, "train_run", no_training)
-    again = random_labels.run(dataclasses.replace(config))
+    monkeypatch.setattr(trainer, "train_model", no_training)
+    again = framework.run(random_labels, dataclasses.replace(config))
     np.testing.assert_array_equal(again["runs"]["labels_0p00"]["history"]["iteration"]["loss"],
                                   run["history"]["iteration"]["loss"])
 
@@ -368,20 +370,17 @@ def test_random_labels_stops_once_fitted_and_a_rerun_skips_finished_fractions(tm
 def test_core_stops_at_a_training_loss_target(tmp_path):
     splits = _splits()
     spec = models.ModelSpec("m", "dense", hidden=(32,))
-    settings = common.settings_from(flatness.Config(**TINY), epochs=25, batch_size=64,
-                                    learning_rate=3e-3)
-    free = common.train_run("t", "free", spec, splits, settings,
-                            strategy=tf.distribute.get_strategy(),
-                            paths=store.Paths.create(tmp_path / "a"), save_model=False,
-                            tensorboard=False)[1]["history"]
+    settings = trainer.settings_from(flatness.Config(**TINY), epochs=25, batch_size=64,
+                                     learning_rate=3e-3)
+    free = _context(tmp_path / "a").train_model("free", spec, splits, settings,
+                                                save_model=False, tensorboard=False)[1]["history"]
     losses = free["epoch"]["train_loss"]
     target = float(losses[6])  # reached at epoch 7 at the latest
     first = next(i for i, v in enumerate(losses) if v <= target) + 1
     settings.stop_loss_below = target
-    stopped = common.train_run("t", "stopped", spec, splits, settings,
-                               strategy=tf.distribute.get_strategy(),
-                               paths=store.Paths.create(tmp_path / "b"), save_model=False,
-                               tensorboard=False)[1]["history"]
+    stopped = _context(tmp_path / "b").train_model("stopped", spec, splits, settings,
+                                                   save_model=False,
+                                                   tensorboard=False)[1]["history"]
     # the same run, cut after the first epoch at the target: same history up to there
     assert stopped["stopped_at_epoch"] == first == len(stopped["epoch"]["train_loss"])
     np.testing.assert_allclose(stopped["epoch"]["train_loss"], losses[:first], rtol=1e-6)
@@ -400,15 +399,13 @@ def test_population_refuses_a_loss_target():
 def test_learning_rate_decays_every_epoch(tmp_path):
     splits = _splits()
     spec = models.ModelSpec("m", "dense", hidden=(16,))
-    settings = common.settings_from(flatness.Config(**TINY), epochs=3, batch_size=64,
-                                    learning_rate=1e-2)
+    settings = trainer.settings_from(flatness.Config(**TINY), epochs=3, batch_size=64,
+                                     learning_rate=1e-2)
 
     def history(decay, folder):
         settings.learning_rate_decay = decay
-        model, record = common.train_run("t", folder, spec, splits, settings,
-                                         strategy=tf.distribute.get_strategy(),
-                                         paths=store.Paths.create(tmp_path / folder),
-                                         save_model=False, tensorboard=False)
+        model, record = _context(tmp_path / folder).train_model(
+            folder, spec, splits, settings, save_model=False, tensorboard=False)
         return model, record["history"]
 
     plain_model, plain = history(None, "plain")
@@ -427,10 +424,10 @@ def test_per_model_options_only_where_models_train_alone():
     models the core trains one by one, and of no experiment that trains populations."""
     from hw1_tf import experiments
 
-    options = {f.name for f in dataclasses.fields(common.StopOptions)}
+    options = {f.name for f in dataclasses.fields(StopOptions)}
     alone = {"random_labels", "capacity", "flatness", "sensitivity", "sharpness",
              "reparametrization"}
-    for name in experiments.ORDER:
+    for name in experiments.names():
         fields = {f.name for f in dataclasses.fields(experiments.get(name).Config)}
         assert (options <= fields) == (name in alone), name
         assert not (options & fields) or options <= fields, name

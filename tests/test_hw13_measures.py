@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from hw1_tf import hessian, measures
+from hw1_tf import framework, hessian, measures
 from hw1_tf.experiments import reparametrization
 
 
@@ -241,17 +241,17 @@ def test_measures_end_to_end_ranks_the_sensitivity_models(tmp_path):
     for a fixed number of epochs; measures reads their SavedModels: every measure per model,
     tau overall and within each source, and the report section; tau is recomputed here from
     the stored values."""
-    from hw1_tf import report
+    from hw1_tf import markdown
     from hw1_tf.experiments import measures as measures_exp, sensitivity, sharpness
 
     tiny = dict(dataset="digits", epochs=3, verbose=0, steps_per_execution=8,
                 tensorboard=False, jit_compile=False, output_dir=str(tmp_path))
-    trained = sensitivity.run(sensitivity.Config(**tiny, hidden=(8,), batch_sizes=(16, 64, 256),
+    trained = framework.run(sensitivity, sensitivity.Config(**tiny, hidden=(8,), batch_sizes=(16, 64, 256),
                                                  stop_loss_below=0.5))
     for run in trained["runs"].values():
         epochs = run["history"]["epoch"]["train_loss"]
         assert epochs[-1] <= 0.5 or len(epochs) == 3  # stopped at the target, or ran out
-    sharp = sharpness.run(sharpness.Config(**tiny, hidden=(8,), batch_sizes=(16, 64, 256),
+    sharp = framework.run(sharpness, sharpness.Config(**tiny, hidden=(8,), batch_sizes=(16, 64, 256),
                                            learning_rates=(3e-3,), analysis_examples=40,
                                            keskar_maxiter=2, keskar_restarts=1))
     for run in sharp["runs"].values():  # the slides' formula from its own parts
@@ -261,7 +261,7 @@ def test_measures_end_to_end_ranks_the_sensitivity_models(tmp_path):
     config = measures_exp.Config(output_dir=str(tmp_path), sources=("sensitivity", "sharpness"),
                                  analysis_examples=40, sensitivity_examples=40, trace_probes=2,
                                  pac_bayes_samples=2, keskar_maxiter=2, keskar_restarts=1)
-    results = measures_exp.run(config)
+    results = framework.run(measures_exp, config)
     runs = list(results["runs"].values())
     assert len(runs) == 6 and {r["source"] for r in runs} == {"sensitivity", "sharpness"}
     assert [r["loss_target"] for r in runs] == [0.5] * 3 + [None] * 3
@@ -282,7 +282,7 @@ def test_measures_end_to_end_ranks_the_sensitivity_models(tmp_path):
             np.testing.assert_allclose(by_run[source, name]["test_loss"], run["test_loss"],
                                        rtol=1e-5)
     from hw1_tf import store
-    text = measures_exp.report_section(results, report.Context(store.Paths.create(tmp_path),
+    text = measures_exp.report_section(results, markdown.Context(store.Paths.create(tmp_path),
                                                                "measures"))
     assert "Within each source" in text and "trained to training loss 0.5" in text
 
@@ -320,7 +320,7 @@ def test_reparametrization_experiment_end_to_end_and_rerun_skips(tmp_path, monke
         dataset="digits", epochs=1, hidden=(8, 8), alphas=(0.1, 1.0, 10.0),
         analysis_examples=40, keskar_maxiter=2, keskar_restarts=1, verbose=0,
         steps_per_execution=8, tensorboard=False, jit_compile=False, output_dir=str(tmp_path))
-    results = reparametrization.run(config)
+    results = framework.run(reparametrization, config)
     model = results["runs"]["model"]
     assert max(model["output_change"]) < 1e-10 and max(model["loss_change"]) < 1e-10
     slides = np.asarray(model["sharpness_slides"])
@@ -330,5 +330,5 @@ def test_reparametrization_experiment_end_to_end_and_rerun_skips(tmp_path, monke
         raise AssertionError("the finished model was trained again")
 
     monkeypatch.setattr(approaches, "train_approach", no_training)
-    again = reparametrization.run(config)
+    again = framework.run(reparametrization, config)
     np.testing.assert_allclose(again["runs"]["model"]["sharpness_slides"], slides, rtol=1e-6)

@@ -4,7 +4,7 @@ per-member Hessians against hessian.FlatLoss, and the experiment's `reached` fla
 import numpy as np
 import pytest
 
-from hw1_tf import critical, data, hessian, models
+from hw1_tf import critical, data, framework, hessian, models
 from hw1_tf.experiments import minimal_ratio
 
 
@@ -161,7 +161,7 @@ def test_experiment_end_to_end(tmp_path):
         runs=4, hidden=(3,), n_train=24, epochs=2, batch_size=24, critical_iterations=2,
         critical_grad_norm=1e-4, perturbation_samples=50, output_dir=str(tmp_path),
         verbose=0, jit_compile=False, steps_per_execution=1)
-    results = minimal_ratio.run(config)
+    results = framework.run(minimal_ratio, config)
     end = results["runs"]["endpoints"]
     spec = minimal_ratio.model_spec(config)
     splits = data.function_splits("sinc", 24, 2, seed=0)
@@ -184,7 +184,7 @@ def test_experiment_end_to_end(tmp_path):
 
     original, population.train_population = population.train_population, no_training
     try:
-        again = minimal_ratio.run(config)
+        again = framework.run(minimal_ratio, config)
     finally:
         population.train_population = original
     np.testing.assert_array_equal(np.asarray(again["runs"]["endpoints"]["grad_norm"]),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw1_tf import experiments, report, store
+from hw1_tf import experiments, framework, markdown, report_writer, store
 from hw1_tf.experiments import (actual_task, capacity, flatness, random_labels, scratch,
                                 simulate_function)
 
@@ -28,20 +28,20 @@ def out(tmp_path_factory):
     """Every experiment of the registry run once on tiny settings into one output root (no
     XLA: compiling costs more than these few steps)."""
     root = tmp_path_factory.mktemp("report")
-    simulate_function.run(simulate_function.Config(
+    framework.run(simulate_function, simulate_function.Config(
         functions=("sinc", "sign"), depths=(1, 3), target_params=120, n_train=64, n_test=50,
         epochs=4, batch_size=32, restarts=2, steps_per_execution=2, jit_compile=False,
         save_models=False, output_dir=str(root)))
-    actual_task.run(actual_task.Config(
+    framework.run(actual_task, actual_task.Config(
         datasets=("digits",), models=("dnn_shallow", "dnn_deep", "cnn_shallow"),
         target_params=3000, epochs=3, batch_size=64, jit_compile=False, verbose=0,
         save_models=False, output_dir=str(root)))
-    scratch.run(scratch.Config(output_dir=str(root), **SCRATCH_TINY))
+    framework.run(scratch, scratch.Config(output_dir=str(root), **SCRATCH_TINY))
     tiny = dict(dataset="digits", epochs=2, jit_compile=False, verbose=0, tensorboard=False,
                 steps_per_execution=4, output_dir=str(root))
-    random_labels.run(random_labels.Config(hidden=(16,), ratios=(0.0, 1.0), **tiny))
-    capacity.run(capacity.Config(widths=(2, 4, 8), **tiny))
-    flatness.run(flatness.Config(hidden=(8,), batch_sizes=(16, 128), num_alphas=7, **tiny))
+    framework.run(random_labels, random_labels.Config(hidden=(16,), ratios=(0.0, 1.0), **tiny))
+    framework.run(capacity, capacity.Config(widths=(2, 4, 8), **tiny))
+    framework.run(flatness, flatness.Config(hidden=(8,), batch_sizes=(16, 128), num_alphas=7, **tiny))
     return root
 
 
@@ -55,7 +55,7 @@ def results_of(root: Path, name: str) -> dict:
 
 
 def section_of(name: str, results: dict, root: Path) -> str:
-    ctx = report.Context(store.Paths.create(root), name)
+    ctx = markdown.Context(store.Paths.create(root), name)
     return experiments.get(name).report_section(results, ctx)
 
 
@@ -67,21 +67,22 @@ def image_links(text: str) -> list[str]:
 
 
 def test_registry_order_and_unknown_name():
-    assert experiments.ORDER[:2] == ("simulate_function", "actual_task")  # the slides' order
-    assert experiments.ORDER.index("trajectory") < experiments.ORDER.index("random_labels")
-    assert [m.EXPERIMENT for m in experiments.modules()] == list(experiments.ORDER)
+    order = experiments.names()
+    assert order[:2] == ("simulate_function", "actual_task")  # the slides' order
+    assert order.index("trajectory") < order.index("random_labels")
+    assert [m.EXPERIMENT for m in experiments.modules()] == list(order)
     with pytest.raises(experiments.Hw1Error, match="unknown experiment 'nope'"):
         experiments.get("nope")
 
 
 def test_report_from_results_links_existing_figures_only(out):
-    path = report.write_report(store.Paths.create(out), profile="quick")
+    path = report_writer.write_report(store.Paths.create(out), profile="quick")
     assert path == out / "REPORT.md"
     text = path.read_text()
     positions = [text.index(f"## {m.TITLE}") for m in experiments.modules()]
     assert positions == sorted(positions)  # the slides' order
     # the fixture's experiments are reported; the others name the command that produces them
-    assert text.count("No results to report") == len(experiments.ORDER) - len(
+    assert text.count("No results to report") == len(experiments.names()) - len(
         FIXTURE_EXPERIMENTS)
     for name in FIXTURE_EXPERIMENTS:  # the header names each results file's command and time
         saved = store.load_results(store.Paths.create(out), name)
@@ -99,7 +100,7 @@ def test_missing_figure_is_not_linked_and_names_the_redraw_command(out, tmp_path
         for p in (out / sub).glob("*.*"):
             (root / sub / p.name).write_bytes(p.read_bytes())
     (root / "figures/actual_task/digits_loss.png").unlink()
-    text = report.write_report(store.Paths.create(root), names=("actual_task",)).read_text()
+    text = report_writer.write_report(store.Paths.create(root), names=("actual_task",)).read_text()
     assert image_links(text) == ["figures/actual_task/digits_accuracy.png"]
     assert f"bin/make_figures --experiments=actual_task --output_dir={root}" in text
 
@@ -108,8 +109,8 @@ def test_missing_and_corrupt_results_name_the_command(tmp_path):
     paths = store.Paths.create(tmp_path)
     paths.results_dir("actual_task").mkdir(parents=True)
     paths.results_json("actual_task").write_text("{not json")
-    text = report.write_report(paths, profile="quick").read_text()
-    for name in experiments.ORDER:
+    text = report_writer.write_report(paths, profile="quick").read_text()
+    for name in experiments.names():
         command = f"bin/run_{name} --flagfile=flags/quick/{name}.flags --output_dir={tmp_path}"
         assert f"No results to report: `{command}` produces them" in text
     assert "| unreadable (results/actual_task/results.json) |" in text
@@ -121,22 +122,28 @@ def test_results_of_another_shape_name_the_command(out, tmp_path):
     stale = results_of(out, "simulate_function")
     del stale["targets"]
     store.write_json(store.Paths.create(tmp_path).results_json("simulate_function"), stale)
-    text = report.write_report(store.Paths.create(tmp_path),
-                               names=("simulate_function",)).read_text()
+    paths = store.Paths.create(tmp_path)
+    with pytest.raises(KeyError, match="targets"):  # strict (tests): the section's error
+        report_writer.render(paths, names=("simulate_function",))
+    # for a user: the section is marked as failed (never "No results"), the report written
+    with pytest.raises(report_writer.SectionFailed, match="simulate_function: KeyError"):
+        report_writer.write_report(paths, names=("simulate_function",))
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "**This section failed** (`KeyError: 'targets'`)" in text
+    assert "No results to report" not in text
     assert "bin/run_simulate_function --flagfile=flags/full/simulate_function.flags" in text
-    assert "KeyError 'targets'" in text
 
 
 def test_report_is_replaced_whole_or_not_at_all(out, monkeypatch):
     paths = store.Paths.create(out)
-    before = report.write_report(paths).read_text()
+    before = report_writer.write_report(paths).read_text()
 
     def broken(results, ctx):
         raise RuntimeError("section writer failed")
 
     monkeypatch.setattr(scratch, "report_section", broken)
     with pytest.raises(RuntimeError):
-        report.write_report(paths)
+        report_writer.write_report(paths, strict=True)
     assert (out / "REPORT.md").read_text() == before
     assert not list(out.glob(".REPORT.md.*"))
 
@@ -277,13 +284,13 @@ def test_sections_read_arrays_as_lists(out, name):
 
 
 def test_number_formatting():
-    assert report.fmt(0.1598626) == "0.160" and report.fmt(12.0) == "12.0"
-    assert report.fmt(1.234e-5) == "1.23e-05" and report.fmt(2.5e6) == "2.50e+06"
-    assert report.fmt(None) == report.fmt(float("nan")) == "n/a"
-    assert report.fmt(50095) == "50095" and report.fmt(0.0) == "0"
-    assert report.pct(0.9731) == "97.3%" and report.points(0.012) == "1.2 points"
-    assert report.times(43.26) == "43.3×" and report.times(4.0) == "4.0×"
-    assert report.table(("a", "b"), [("x|y", 0.5)]) == "| a | b |\n|---|---|\n| x\\|y | 0.500 |"
-    assert report.ranked({"a": 2.0, "b": None, "c": 1.0}, lower_is_better=True) == [
+    assert markdown.fmt(0.1598626) == "0.160" and markdown.fmt(12.0) == "12.0"
+    assert markdown.fmt(1.234e-5) == "1.23e-05" and markdown.fmt(2.5e6) == "2.50e+06"
+    assert markdown.fmt(None) == markdown.fmt(float("nan")) == "n/a"
+    assert markdown.fmt(50095) == "50095" and markdown.fmt(0.0) == "0"
+    assert markdown.pct(0.9731) == "97.3%" and markdown.points(0.012) == "1.2 points"
+    assert markdown.times(43.26) == "43.3×" and markdown.times(4.0) == "4.0×"
+    assert markdown.table(("a", "b"), [("x|y", 0.5)]) == "| a | b |\n|---|---|\n| x\\|y | 0.500 |"
+    assert markdown.ranked({"a": 2.0, "b": None, "c": 1.0}, lower_is_better=True) == [
         ("c", 1.0), ("a", 2.0), ("b", None)]
-    assert report.peak([0.1, None, 0.7, 0.3]) == (2, 0.7) and report.peak([None]) == (None, None)
+    assert markdown.peak([0.1, None, 0.7, 0.3]) == (2, 0.7) and markdown.peak([None]) == (None, None)

@@ -14,9 +14,9 @@ import keras
 import numpy as np
 import pytest
 
-from hw1_tf import store, training
+from hw1_tf import fetch, framework, store, training
 from hw1_tf.errors import Hw1Error
-from hw1_tf.experiments import actual_task, common, simulate_function
+from hw1_tf.experiments import actual_task, simulate_function
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,19 +142,19 @@ def test_finished_runs_are_skipped_force_reruns_and_other_selections_merge(tmp_p
     def seconds(results, run):  # a retrained run has its own training time
         return results["runs"][run]["history"]["seconds"]
 
-    first = simulate_function.run(_sim(tmp_path))
+    first = framework.run(simulate_function, _sim(tmp_path))
     loss = first["runs"]["sinc_dnn_d1"]["history"]["iteration"]["loss"]
-    again = simulate_function.run(_sim(tmp_path, depths=(1, 2)))  # d1 skipped, d2 added
+    again = framework.run(simulate_function, _sim(tmp_path, depths=(1, 2)))  # d1 skipped, d2 added
     assert set(again["runs"]) == {"sinc_dnn_d1", "sinc_dnn_d2"}
     assert seconds(again, "sinc_dnn_d1") == seconds(first, "sinc_dnn_d1")  # not retrained
     np.testing.assert_array_equal(again["runs"]["sinc_dnn_d1"]["history"]["iteration"]["loss"],
                                   loss)
-    only = simulate_function.run(_sim(tmp_path, depths=(2,), force=True))  # reruns d2 only
+    only = framework.run(simulate_function, _sim(tmp_path, depths=(2,), force=True))  # reruns d2 only
     assert seconds(only, "sinc_dnn_d2") != seconds(again, "sinc_dnn_d2")  # retrained
     assert set(only["runs"]) == {"sinc_dnn_d1", "sinc_dnn_d2"}  # d1 kept from before
     assert seconds(only, "sinc_dnn_d1") == seconds(first, "sinc_dnn_d1")
     assert set(only["best_runs"]) == {"sinc/dnn_d1", "sinc/dnn_d2"}
-    other = simulate_function.run(_sim(tmp_path, epochs=3))  # another config: replaced
+    other = framework.run(simulate_function, _sim(tmp_path, epochs=3))  # another config: replaced
     assert set(other["runs"]) == {"sinc_dnn_d1"}
     assert len(other["runs"]["sinc_dnn_d1"]["history"]["iteration"]["loss"]) == 6
     assert not (tmp_path / "results/simulate_function/finished").exists()  # merged
@@ -164,17 +164,17 @@ def test_a_run_that_produced_nothing_errors_and_keeps_the_old_results(tmp_path):
     config = actual_task.Config(datasets=("digits",), models=("dnn_shallow",),
                                 target_params=500, epochs=1, batch_size=64, verbose=0,
                                 save_models=False, tensorboard=False, output_dir=str(tmp_path))
-    actual_task.run(config)
+    framework.run(actual_task, config)
     path = tmp_path / "results/actual_task/results.json"
     before = path.read_bytes()
     empty = actual_task.Config(datasets=("mnist",), models=("dnn_shallow",), target_params=500,
                                epochs=1, data_dir=str(tmp_path / "none"), allow_download=False,
                                optional_datasets=("mnist",), output_dir=str(tmp_path))
     with pytest.raises(Hw1Error, match="nothing was produced .*mnist.*left as it was"):
-        actual_task.run(empty)
+        framework.run(actual_task, empty)
     assert path.read_bytes() == before
     with pytest.raises(Hw1Error, match="no mnist data"):  # not optional: the error itself
-        actual_task.run(actual_task.Config(**{**empty.__dict__, "optional_datasets": ()}))
+        framework.run(actual_task, actual_task.Config(**{**empty.__dict__, "optional_datasets": ()}))
     assert path.read_bytes() == before
 
 
@@ -183,14 +183,14 @@ def test_optional_skip_is_recorded_and_cleared_once_produced(tmp_path, monkeypat
               target_params=500, epochs=1, batch_size=64, verbose=0, save_models=False,
               tensorboard=False, output_dir=str(tmp_path), allow_download=False,
               data_dir=str(tmp_path / "none"))
-    results = actual_task.run(actual_task.Config(**kw))
+    results = framework.run(actual_task, actual_task.Config(**kw))
     assert list(results["skipped_datasets"]) == ["mnist"] and list(results["runs"]) == [
         "digits_dnn_shallow"]
     on_disk = json.loads((tmp_path / "results/actual_task/results.json").read_text())
     assert "no mnist data" in on_disk["skipped_datasets"]["mnist"]
-    load = common.load_dataset  # mnist available now (digits standing in for it)
-    monkeypatch.setattr(common, "load_dataset", lambda name, *a, **k: load("digits", *a, **k))
-    results = actual_task.run(actual_task.Config(**kw))
+    load = fetch.load_dataset  # mnist available now (digits standing in for it)
+    monkeypatch.setattr(fetch, "load_dataset", lambda name, *a, **k: load("digits", *a, **k))
+    results = framework.run(actual_task, actual_task.Config(**kw))
     assert results["skipped_datasets"] == {} and set(results["runs"]) == {
         "digits_dnn_shallow", "mnist_dnn_shallow"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw1_tf import data, plots, store
+from hw1_tf import data, framework, store
 from hw1_tf.errors import DataError, Hw1Error
 from hw1_tf.experiments import scratch
 
@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(data, "load", load_without_cifar)
     try:
-        results = scratch.run(scratch.Config(output_dir=str(out), **TINY))
+        results = framework.run(scratch, scratch.Config(output_dir=str(out), **TINY))
     finally:
         mp.undo()
     return out, results
@@ -83,13 +83,13 @@ def test_final_checkpoint_reproduces_test_accuracy(tiny_run):
 
 def test_figures_are_redrawn_from_results_json_alone(tiny_run, tmp_path):
     out, results = tiny_run
-    names = {Path(p).name for p in results["figures"]}
+    names = {Path(p).name for p in results["figures"].values()}
     assert names == {"overfit.png", "search.png", "update_rules.png", "final.png"}
-    for p in results["figures"]:
+    for p in results["figures"].values():
         assert Path(p).stat().st_size > 10_000
-    redrawn = plots.make_figures(store.read_json(out / "results" / "scratch" / "results.json"),
-                                 tmp_path)
-    assert sorted(p.name for p in redrawn) == sorted(names)
+    redrawn = framework.draw_figures(
+        scratch, store.read_json(out / "results" / "scratch" / "results.json"), tmp_path)
+    assert sorted(p.name for p in redrawn.values()) == sorted(names)
 
 
 def test_config_rejects_bad_values():

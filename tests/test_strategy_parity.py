@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from hw1_tf import distribute, measures
+from hw1_tf import distribute, framework, measures
 from hw1_tf.experiments import actual_task, sensitivity, simulate_function
 
 
@@ -22,14 +22,14 @@ def both_strategies(request, tmp_path):
         common = dict(output_dir=str(tmp_path / strategy), save_models=False, tensorboard=False,
                       verbose=0, strategy=strategy, epochs=2)
         if request.param == "simulate_function":
-            return simulate_function.run(simulate_function.Config(
+            return framework.run(simulate_function, simulate_function.Config(
                 functions=("sinc",), depths=(2,), target_params=60, n_train=64, n_test=50,
                 batch_size=16, **common))
         if request.param == "sensitivity":
-            return sensitivity.run(sensitivity.Config(
+            return framework.run(sensitivity, sensitivity.Config(
                 dataset="digits", batch_sizes=(32,), hidden=(16,), train_size=256,
                 test_size=101, **common))  # 101: the last batch splits unevenly
-        return actual_task.run(actual_task.Config(
+        return framework.run(actual_task, actual_task.Config(
             datasets=("digits",), models=("dnn_shallow",), target_params=800,
             train_size=256, test_size=128, batch_size=32, **common))
 

@@ -1,34 +1,124 @@
-"""The experiment registry: every experiment, in the order of the slides' questions.
+"""The experiment registry: every experiment module, in the order of the slides' questions.
 
-An experiment is a module `hw1_tf.experiments.<name>` with
+An experiment is one module that defines
   EXPERIMENT   its name (results/<name>/, figures/<name>/, bin/run_<name>)
+  POSITION     its place in the slides' order (a number; the registry sorts by it)
   Config       a dataclass of hw1_tf.config options: the one source of its flags
-  run(config)  trains/analyses and returns the results (written by `common.finish`)
-  TITLE, QUESTIONS, report_section(results, ctx)   its part of REPORT.md (hw1_tf.report)
-and its figures are drawn by `hw1_tf.plots.PLOTTERS[<name>]`. The binaries, `bin/make_figures`,
-`bin/make_report` and `make report` all read this registry; adding an experiment is adding its
-module, its name below, `bin/run_<name>` (three lines) and `flags/{quick,full}/<name>.flags`.
+  plan(ctx) + analyse(records, ctx), or run(ctx)   its work (hw1_tf.framework)
+  figures(results, figures_dir) -> FigureSet       its figures, by key
+  TITLE, QUESTIONS, report_section(results, ctx)   its part of REPORT.md, figures by key
+Nothing else lists it: the modules of this package that define EXPERIMENT are found by reading
+their source (no import needed), and modules elsewhere are added with `register` (or the
+HW1_TF_EXPERIMENTS environment variable: comma-separated module names, which `register` sets so
+that the processes `bin/run_all` starts see them too). `bin/run_<name>` is generated from the
+registry (`make bin`); flag files are flags/{quick,full}/<name>.flags, for a registered module
+beside it (<its folder>/flags/...).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
+import os
+from pathlib import Path
+from types import ModuleType
 
 from hw1_tf.errors import Hw1Error
 
-ORDER = ("simulate_function", "actual_task",  # HW1-1
-         "trajectory", "grad_norm", "minimal_ratio", "error_surface",  # HW1-2
-         "random_labels", "capacity", "flatness",  # HW1-3 part 1
-         "sensitivity", "sharpness", "reparametrization", "measures",  # HW1-3 part 2
-         "scratch", "hessian_spectrum")  # from-scratch nets; curvature toolkit
+ENV = "HW1_TF_EXPERIMENTS"
+_PACKAGE = Path(__file__).resolve().parent
 
 
-def get(name: str):
+def _literal(tree: ast.Module, name: str):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
+                                                for t in node.targets):
+            return ast.literal_eval(node.value)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _builtin() -> dict[str, tuple[float, str]]:
+    """{name: (position, module)} of this package's experiment modules."""
+    found = {}
+    for path in sorted(_PACKAGE.glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        name = _literal(tree, "EXPERIMENT")
+        if name is None:
+            continue  # a helper module shared by experiments
+        position = _literal(tree, "POSITION")
+        if not isinstance(position, (int, float)):
+            raise Hw1Error(f"{path}: an experiment module needs POSITION = <number>")
+        found[name] = (float(position), f"hw1_tf.experiments.{path.stem}")
+    return found
+
+
+def _registered() -> dict[str, tuple[float, str]]:
+    found = {}
+    for module_name in filter(None, os.environ.get(ENV, "").split(",")):
+        try:
+            module = importlib.import_module(module_name.strip())
+        except ImportError as e:
+            raise Hw1Error(f"${ENV} names {module_name!r}, which cannot be imported: {e}") \
+                from None
+        found[module.EXPERIMENT] = (float(module.POSITION), module.__name__)
+    return found
+
+
+def _all() -> dict[str, tuple[float, str]]:
+    return {**_builtin(), **_registered()}
+
+
+def names() -> tuple[str, ...]:
+    """Every experiment's name, in the slides' order."""
+    return tuple(sorted(_all(), key=lambda n: (_all()[n][0], n)))
+
+
+def builtin_names() -> tuple[str, ...]:
+    return tuple(n for n in names() if n in _builtin())
+
+
+def get(name: str) -> ModuleType:
     """The experiment module called `name`."""
-    if name not in ORDER:
-        raise Hw1Error(f"unknown experiment {name!r}; choose from {', '.join(ORDER)}")
-    return importlib.import_module(f"hw1_tf.experiments.{name}")
+    everything = _all()
+    if name not in everything:
+        raise Hw1Error(f"unknown experiment {name!r}; choose from {', '.join(names())}")
+    return importlib.import_module(everything[name][1])
 
 
-def modules() -> list:
-    return [get(name) for name in ORDER]
+def modules() -> list[ModuleType]:
+    return [get(name) for name in names()]
+
+
+def register(module_name: str) -> str:
+    """Adds the experiment module `module_name` (importable) to the registry, here and in the
+    processes started from here; returns its experiment name."""
+    module = importlib.import_module(module_name)
+    for attr in ("EXPERIMENT", "POSITION", "Config", "figures", "TITLE", "QUESTIONS",
+                 "report_section"):
+        if not hasattr(module, attr):
+            raise Hw1Error(f"{module_name} is not an experiment module: it lacks {attr}")
+    if not (hasattr(module, "run") or hasattr(module, "plan") and hasattr(module, "analyse")):
+        raise Hw1Error(f"{module_name} is not an experiment module: it needs run(ctx), or "
+                       "plan(ctx) and analyse(records, ctx)")
+    current = [m for m in os.environ.get(ENV, "").split(",") if m]
+    if module_name not in current:
+        os.environ[ENV] = ",".join(current + [module_name])
+    return module.EXPERIMENT
+
+
+def unregister(module_name: str) -> None:
+    current = [m for m in os.environ.get(ENV, "").split(",") if m and m != module_name]
+    os.environ[ENV] = ",".join(current)
+
+
+def flag_file(name: str, profile: str) -> Path:
+    """flags/<profile>/<name>.flags: the project's for its own experiments, else beside the
+    registered module."""
+    if name in _builtin():
+        from hw1_tf import store
+
+        return store.project_root() / "flags" / profile / f"{name}.flags"
+    module_file = Path(get(name).__file__).resolve()
+    return module_file.parent / "flags" / profile / f"{name}.flags"

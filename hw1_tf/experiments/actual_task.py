@@ -6,16 +6,18 @@ it is listed in --optional_datasets (then its skip is recorded in results.json).
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 from absl import logging
 
-from hw1_tf import data, models, report
+from hw1_tf import data, fetch, framework, ledger, markdown, models, trainer
 from hw1_tf.config import TrainConfig, option
 from hw1_tf.errors import DataError
-from hw1_tf.experiments import common
+from hw1_tf.figures import FigureSet, epochs_axis, finish_axes, model_label, plt
 
 EXPERIMENT = "actual_task"
+POSITION = 120  # its place in the slides' order (the registry sorts by it)
 
 
 @dataclasses.dataclass
@@ -45,25 +47,24 @@ class Config(TrainConfig):
     RUN_SELECTION: ClassVar[tuple[str, ...]] = ("datasets", "dataset", "models")
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
-    settings = common.settings_from(config)
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
+    settings = trainer.settings_from(config)
     datasets = (config.dataset,) if config.dataset else config.datasets
     runs, skipped, tables = {}, {}, {}
     for name in datasets:
         try:
-            splits = common.load_dataset(name, config.data_dir, train_size=config.train_size,
-                                         test_size=config.test_size, seed=config.seed,
-                                         fetch_missing=config.allow_download,
-                                         allow_download=config.allow_download)
+            splits = fetch.load_dataset(name, config.data_dir, train_size=config.train_size,
+                                        test_size=config.test_size, seed=config.seed,
+                                        fetch_missing=config.allow_download,
+                                        allow_download=config.allow_download)
         except DataError as e:
             if name not in config.optional_datasets:
                 raise
             logging.warning("skipping %s (optional): %s", name, e)
             skipped[name] = str(e)
             continue
-        skipped[name] = common.REMOVE  # an earlier skip of it no longer holds
+        skipped[name] = ledger.REMOVE  # an earlier skip of it no longer holds
         specs = [models.family_spec(f, config.target_params, splits.input_shape,
                                     splits.num_classes) for f in config.models]
         rows = []
@@ -71,17 +72,42 @@ def run(config: Config) -> dict:
             run_name = f"{name}_{spec.name}"
 
             def train(spec=spec, run_name=run_name):
-                _, record = common.train_run(EXPERIMENT, run_name, spec, splits, settings,
-                                             strategy=strategy, paths=paths,
-                                             save_model=config.save_models,
-                                             tensorboard=config.tensorboard)
-                return {**record, "dataset": name}
+                return ctx.train_model(run_name, spec, splits, settings,
+                                       save_model=config.save_models,
+                                       tensorboard=config.tensorboard, dataset=name)[1]
 
-            runs[run_name] = common.run_once(EXPERIMENT, config, paths, run_name, train)
+            runs[run_name] = ctx.ledger.once(run_name, train)
             rows.append((run_name, spec.describe(), runs[run_name]["num_params"]))
-        tables[name] = common.log_param_table(rows)
-    return common.finish(EXPERIMENT, config, runs, paths, skipped_datasets=skipped,
-                         param_tables=tables)
+        tables[name] = trainer.log_param_table(rows)
+    return framework.Outcome(runs, dict(skipped_datasets=skipped, param_tables=tables))
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    out = FigureSet(figures_dir)
+    datasets = sorted({r["dataset"] for r in results["runs"].values()})
+    for ds in datasets:
+        runs = {k: r for k, r in results["runs"].items() if r["dataset"] == ds}
+        for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            values = []
+            for i, run in enumerate(runs.values()):
+                color = f"C{i}"
+                train = run["history"]["epoch"][f"train_{metric}"]
+                ax.plot(epochs_axis(train), train, color=color, label=f"{model_label(run)} train")
+                test = run["history"]["epoch"].get(f"test_{metric}")
+                if test:
+                    ax.plot(epochs_axis(test), test, color=color, linestyle="--",
+                            label=f"{run['model']['name']} test")
+                values += train + (test or [])
+            finish_axes(ax, f"HW1-1 {ds}: training (solid) and test (dashed) {metric}", "epoch",
+                         ylabel, values=values if metric == "loss" else None,
+                         log_y=None if metric == "loss" else False)
+            out.save(fig, f"{ds}_{metric}")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -100,10 +126,10 @@ QUESTIONS = (
 def _epoch_metric(run: dict, name: str):
     """The per-epoch series `name` (e.g. "test_accuracy") of a run, None when not recorded."""
     values = run["history"]["epoch"].get(name)
-    return None if values is None or len(values) == 0 else report.series(values)
+    return None if values is None or len(values) == 0 else markdown.series(values)
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     """Per dataset: the models, the loss and accuracy figures, the final numbers, and which
     model generalised best and by how much; then the datasets against each other."""
     config, runs = results["config"], results["runs"]
@@ -123,14 +149,14 @@ def report_section(results: dict, ctx: report.Context) -> str:
     first = {}
     for run in runs.values():
         first.setdefault(run["model"]["name"], run)
-    out += ["", "### Models", "", report.table(
+    out += ["", "### Models", "", markdown.table(
         ("model", "architecture", "parameters"),
         [(m, r["description"], r["num_params"]) for m, r in first.items()])]
 
     out += ["", "### Loss and accuracy", ""]
     for ds in datasets:
-        out += [ctx.figure(f"{ds}_loss.png", f"{ds}: training and test loss"),
-                ctx.figure(f"{ds}_accuracy.png", f"{ds}: training and test accuracy"), ""]
+        out += [ctx.figure(f"{ds}_loss", f"{ds}: training and test loss"),
+                ctx.figure(f"{ds}_accuracy", f"{ds}: training and test accuracy"), ""]
 
     rows, comments, best_per_dataset = [], [], {}
     for ds in datasets:
@@ -140,65 +166,65 @@ def report_section(results: dict, ctx: report.Context) -> str:
             train_loss, train_acc = (_epoch_metric(r, "train_loss"),
                                      _epoch_metric(r, "train_accuracy"))
             test_acc = _epoch_metric(r, "test_accuracy")
-            peak, peak_acc = report.peak(test_acc) if test_acc is not None else (None, None)
+            peak, peak_acc = markdown.peak(test_acc) if test_acc is not None else (None, None)
             final[m] = {"train_loss": train_loss[-1], "train_acc": train_acc[-1],
                         "test_acc": None if test_acc is None else test_acc[-1],
                         "peak": peak, "peak_acc": peak_acc, "epochs": len(train_loss)}
-            rows.append((ds, m, final[m]["train_loss"], report.pct(final[m]["train_acc"]),
-                         report.pct(final[m]["test_acc"]),
+            rows.append((ds, m, final[m]["train_loss"], markdown.pct(final[m]["train_acc"]),
+                         markdown.pct(final[m]["test_acc"]),
                          "n/a" if peak is None else
-                         f"{report.pct(final[m]['peak_acc'])} (epoch {peak + 1})"))
+                         f"{markdown.pct(final[m]['peak_acc'])} (epoch {peak + 1})"))
         comments.append(_dataset_comment(ds, final))
         test = {m: f["test_acc"] for m, f in final.items()}
-        best_per_dataset[ds] = report.ranked(test, lower_is_better=False)[0]
-    out += ["### Key numbers (last epoch)", "", report.table(
+        best_per_dataset[ds] = markdown.ranked(test, lower_is_better=False)[0]
+    out += ["### Key numbers (last epoch)", "", markdown.table(
         ("dataset", "model", "training loss", "training accuracy", "test accuracy",
          "best test accuracy (epoch)"), rows), "", "### Comment", ""]
     out += [f"- {c}" for c in comments]
     out.append(f"- Bonus: {len(first)} models on {len(datasets)} tasks.")
     if len(best_per_dataset) > 1:
-        order = report.ranked({ds: v for ds, (_, v) in best_per_dataset.items()},
+        order = markdown.ranked({ds: v for ds, (_, v) in best_per_dataset.items()},
                               lower_is_better=False)
-        out.append("- Best final test accuracy per dataset: " + report.join(
-            [f"{ds} {report.pct(v)} ({best_per_dataset[ds][0]})" for ds, v in order])
-            + f"; {order[-1][0]} is the hardest, {report.points(order[0][1] - order[-1][1])} below "
+        out.append("- Best final test accuracy per dataset: " + markdown.join(
+            [f"{ds} {markdown.pct(v)} ({best_per_dataset[ds][0]})" for ds, v in order])
+            + f"; {order[-1][0]} is the hardest, {markdown.points(order[0][1] - order[-1][1])} below "
             f"{order[0][0]}.")
     return "\n".join(out)
 
 
 def _dataset_comment(ds: str, final: dict) -> str:
-    test = report.ranked({m: f["test_acc"] for m, f in final.items()}, lower_is_better=False)
+    test = markdown.ranked({m: f["test_acc"] for m, f in final.items()}, lower_is_better=False)
     (winner, top), others = test[0], test[1:]
-    text = f"**{ds}**: {winner} has the best final test accuracy, {report.pct(top)}"
+    text = f"**{ds}**: {winner} has the best final test accuracy, {markdown.pct(top)}"
     if others:
-        text += ", " + ", ".join(f"{report.points(top - v)} above {m}" for m, v in others)
+        text += ", " + ", ".join(f"{markdown.points(top - v)} above {m}" for m, v in others)
     text += "."
-    loss = report.ranked({m: f["train_loss"] for m, f in final.items()}, lower_is_better=True)
+    loss = markdown.ranked({m: f["train_loss"] for m, f in final.items()}, lower_is_better=True)
     (low_m, low), (high_m, high) = loss[0], loss[-1]
     if low_m != high_m and low > 0:
-        text += (f" Lowest training loss: {low_m} ({report.fmt(low)}), "
-                 f"{report.times(high / low)} below {high_m}'s {report.fmt(high)}.")
+        text += (f" Lowest training loss: {low_m} ({markdown.fmt(low)}), "
+                 f"{markdown.times(high / low)} below {high_m}'s {markdown.fmt(high)}.")
     pairs = []
     for m in final:
         if m.endswith("_deep") and m[:-5] + "_shallow" in final:
             diff = final[m]["test_acc"] - final[m[:-5] + "_shallow"]["test_acc"]
-            pairs.append(f"{report.points(abs(diff))} {'above' if diff >= 0 else 'below'} "
+            pairs.append(f"{markdown.points(abs(diff))} {'above' if diff >= 0 else 'below'} "
                          f"{m[:-5]}_shallow for {m}")
     if pairs:
-        text += f" Deep vs shallow of equal size: {report.join(pairs)}."
+        text += f" Deep vs shallow of equal size: {markdown.join(pairs)}."
     gaps = {m: f["train_acc"] - f["test_acc"] for m, f in final.items()}
-    text += (f" Training minus test accuracy ranges from {report.points(min(gaps.values()))} "
-             f"to {report.points(max(gaps.values()))}")
+    text += (f" Training minus test accuracy ranges from {markdown.points(min(gaps.values()))} "
+             f"to {markdown.points(max(gaps.values()))}")
     if min(gaps.values()) < 0:
         # Keras' training accuracy is the mean over the epoch's batches, while weights improve
         text += (" (below zero: training accuracy is averaged over the epoch's batches while "
                  "the weights still improve, test accuracy is measured after the epoch)")
     text += "."
-    early = [f"{m} at epoch {f['peak'] + 1} ({report.pct(f['peak_acc'])}, then "
-             f"{report.pct(f['test_acc'])})" for m, f in final.items()
+    early = [f"{m} at epoch {f['peak'] + 1} ({markdown.pct(f['peak_acc'])}, then "
+             f"{markdown.pct(f['test_acc'])})" for m, f in final.items()
              if f["peak"] is not None and f["peak"] + 1 < f["epochs"]]
     if early:
-        text += f" Test accuracy peaked before the last epoch for {report.join(early)}."
+        text += f" Test accuracy peaked before the last epoch for {markdown.join(early)}."
     else:
         text += (" Every model's test accuracy was highest at the last epoch: more epochs may "
                  "still help.")

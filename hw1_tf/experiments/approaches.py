@@ -11,9 +11,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from absl import logging
 
-from hw1_tf import callbacks, data, measures, models
+from hw1_tf import callbacks, data, framework, measures, models, trainer
 from hw1_tf.config import option
-from hw1_tf.experiments import common
 
 
 @dataclasses.dataclass
@@ -36,16 +35,16 @@ def approach_name(batch_size: int, learning_rate: float) -> str:
     return f"bs{batch_size}_lr{learning_rate:g}"
 
 
-def train_approach(experiment: str, config: Any, splits: data.Splits, spec: models.ModelSpec,
-                   batch_size: int, learning_rate: float, *, strategy, paths) -> tuple[Any, dict]:
+def train_approach(ctx: framework.ExperimentContext, splits: data.Splits,
+                   spec: models.ModelSpec, batch_size: int,
+                   learning_rate: float) -> tuple[Any, dict]:
     """Trains `spec` with this batch size and learning rate; returns (network, record)."""
+    config = ctx.config
     name = approach_name(batch_size, learning_rate)
-    settings = common.settings_from(config, batch_size=batch_size, learning_rate=learning_rate)
+    settings = trainer.settings_from(config, batch_size=batch_size, learning_rate=learning_rate)
     initial = callbacks.InitialWeights()
-    model, record = common.train_run(experiment, name, spec, splits, settings,
-                                     strategy=strategy, paths=paths,
-                                     save_model=config.save_models,
-                                     tensorboard=config.tensorboard, callbacks=[initial])
+    model, record = ctx.train_model(name, spec, splits, settings, save_model=config.save_models,
+                                    tensorboard=config.tensorboard, callbacks=[initial])
     network = model.network
     final = {"train": measures.evaluate(network, splits.x_train, splits.y_train),
              "test": measures.evaluate(network, splits.x_test, splits.y_test)}
@@ -60,21 +59,20 @@ def train_approach(experiment: str, config: Any, splits: data.Splits, spec: mode
     return network, record
 
 
-def run_approaches(experiment: str, config: Any, splits: data.Splits, spec: models.ModelSpec,
-                   pairs: Sequence[tuple[int, float]],
-                   measure: Callable[[Any, dict], dict[str, Any]], *, strategy,
-                   paths) -> dict[str, dict]:
+def run_approaches(ctx: framework.ExperimentContext, splits: data.Splits,
+                   spec: models.ModelSpec, pairs: Sequence[tuple[int, float]],
+                   measure: Callable[[Any, dict], dict[str, Any]]) -> dict[str, dict]:
     """Every (batch size, learning rate) of `pairs` trained (`train_approach`), its record
     completed with `measure(network, record)`'s values and `<experiment>_seconds` (the time
-    `measure` took). Each finished approach is kept at once (`common.run_once`): an
-    interrupted study resumes at the next one, and a rerun skips those already done."""
+    `measure` took). Each finished approach is kept at once (the ledger): an interrupted study
+    resumes at the next one, and a rerun skips those already done."""
+    experiment = ctx.name
     runs = {}
     for batch_size, lr in pairs:
         name = approach_name(batch_size, lr)
 
         def train(batch_size=batch_size, lr=lr, name=name):
-            network, record = train_approach(experiment, config, splits, spec, batch_size, lr,
-                                             strategy=strategy, paths=paths)
+            network, record = train_approach(ctx, splits, spec, batch_size, lr)
             start = time.perf_counter()
             record.update(measure(network, record))
             record[f"{experiment}_seconds"] = time.perf_counter() - start
@@ -82,7 +80,7 @@ def run_approaches(experiment: str, config: Any, splits: data.Splits, spec: mode
                          record["test_accuracy"], record[f"{experiment}_seconds"])
             return record
 
-        runs[name] = common.run_once(experiment, config, paths, name, train)
+        runs[name] = ctx.ledger.once(name, train)
     return runs
 
 

@@ -7,16 +7,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from absl import logging
 
-from hw1_tf import measures, models, population, report, store
-from hw1_tf.config import ConfigError, option
-from hw1_tf.experiments import common
+from hw1_tf import fetch, framework, markdown, measures, models, population, records, store, trainer
+from hw1_tf.config import ConfigError, ImageTrainConfig, StopOptions, option
+from hw1_tf.figures import FigureSet, finish_axes, plt
 
 EXPERIMENT = "capacity"
+POSITION = 320  # its place in the slides' order (the registry sorts by it)
 
 
 # How the models train. population: all as one population padded to the widest model; grouped:
@@ -28,7 +30,7 @@ AUTO_MODE = "grouped"  # the fastest in bench/capacity_population.py (README, ca
 
 
 @dataclasses.dataclass
-class Config(common.StopOptions, common.ImageTrainConfig):
+class Config(StopOptions, ImageTrainConfig):
     widths: tuple[int, ...] = option((2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), "Hidden width "
                                      "of each model (one model per width).", lower=1)
     hidden_layers: int = option(2, "Hidden layers of every model (the shared structure).",
@@ -107,67 +109,64 @@ def final_values(network, splits) -> dict[str, float]:
     return values
 
 
-def _record(spec, history, network, splits, config, paths) -> dict[str, Any]:
-    record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
-              "num_params": int(network.count_params()),
-              "history": common.history_arrays(history), "width": spec.hidden[0],
-              **final_values(network, splits)}
-    if config.save_models:
+def _record(ctx, spec, history, network, splits) -> dict[str, Any]:
+    # the history's num_params is the padded member's; the record keeps the narrow model's
+    record = records.RunRecord.of(spec, history, int(network.count_params()),
+                                  width=spec.hidden[0], **final_values(network, splits)).to_dict()
+    if ctx.config.save_models:
         record["saved_model"] = str(store.export_model(
-            network, paths.saved_model(EXPERIMENT, spec.name)))
+            network, ctx.paths.saved_model(EXPERIMENT, spec.name)))
     return record
 
 
-def _train_alone(config, spec, splits, strategy, paths) -> dict[str, Any]:
-    model, record = common.train_run(EXPERIMENT, spec.name, spec, splits,
-                                     common.settings_from(config), strategy=strategy,
-                                     paths=paths, save_model=config.save_models,
-                                     tensorboard=config.tensorboard)
+def _train_alone(ctx, spec, splits) -> dict[str, Any]:
+    config = ctx.config
+    model, record = ctx.train_model(spec.name, spec, splits, trainer.settings_from(config),
+                                    save_model=config.save_models,
+                                    tensorboard=config.tensorboard)
     record.update(width=spec.hidden[0], **final_values(model.network, splits))
     return record
 
 
-def _train_together(config, specs, splits, strategy, paths) -> dict[str, dict[str, Any]]:
+def _train_together(ctx, specs, splits) -> dict[str, dict[str, Any]]:
     """`specs` as the members of one population of the widest spec, each zero-padded to it:
     every member takes the seed's initial weights of its own model and the seed's batches (the
     single run's), so it trains as that model alone would."""
+    config = ctx.config
     wide = max(specs, key=lambda s: max(s.hidden))
     outputs = splits.num_classes
     initial = [population.padded_initial_weights(s, wide, splits.input_shape, outputs,
                                                  config.seed) for s in specs]
-    settings = population.PopulationSettings(
-        **dataclasses.asdict(common.settings_from(config)), shared_order=True)
+    settings = trainer.population_settings(config, shared_order=True)
     pop, histories = population.train_population(
-        wide, splits, settings, [config.seed] * len(specs), strategy=strategy,
+        wide, splits, settings, [config.seed] * len(specs), strategy=ctx.strategy,
         run_name=f"{EXPERIMENT} population of {len(specs)} padded to {wide.name}",
         initial=initial,
-        backup_dir=common.run_backup_dir(paths, EXPERIMENT, GROUP_BACKUP, strategy))
-    records = {}
+        backup_dir=ctx.backup_dir(GROUP_BACKUP))
+    kept = {}
     for i, (spec, history) in enumerate(zip(specs, histories)):
         network = models.build(spec, splits.input_shape, outputs)
         network.set_weights(population.cropped_weights(pop.member_weights(i), spec,
                                                        splits.input_shape, outputs))
-        history.pop("num_params")  # the padded member's; the record keeps the narrow model's
-        records[spec.name] = _record(spec, history, network, splits, config, paths)
-    return records
+        kept[spec.name] = _record(ctx, spec, history, network, splits)
+    return kept
 
 
-def train_models(config: Config, specs, splits, *, strategy, paths) -> tuple[dict, str]:
+def train_models(ctx, specs, splits) -> tuple[dict, str]:
     """Trains the models (together where `config.training_mode` says) and evaluates each on
     the whole training and test sets after its last epoch; runs already finished for this
     config are skipped. Returns (runs in the order of `specs`, the mode used)."""
+    config = ctx.config
     mode = resolve_mode(config)
     together, alone = partition(specs, mode, config.group_max_width)
     runs = {}
     if together:
-        runs.update(common.run_group_once(
-            EXPERIMENT, config, paths, [s.name for s in together],
-            lambda: _train_together(config, together, splits, strategy, paths),
-            backup=GROUP_BACKUP))
+        runs.update(ctx.ledger.group_once([s.name for s in together],
+                                          lambda: _train_together(ctx, together, splits),
+                                          backup=GROUP_BACKUP))
     for spec in alone:
-        runs[spec.name] = common.run_once(
-            EXPERIMENT, config, paths, spec.name,
-            lambda spec=spec: _train_alone(config, spec, splits, strategy, paths))
+        runs[spec.name] = ctx.ledger.once(spec.name,
+                                          lambda spec=spec: _train_alone(ctx, spec, splits))
     return {s.name: runs[s.name] for s in specs}, mode
 
 
@@ -184,21 +183,46 @@ def describe_mode(mode: str, specs, config: Config) -> str:
     return text
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
-    splits = common.load_splits(config)
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
+    splits = fetch.load_splits(config)
     specs = model_specs(config)
     start = time.perf_counter()
-    runs, mode = train_models(config, specs, splits, strategy=strategy, paths=paths)
+    runs, mode = train_models(ctx, specs, splits)
     seconds = time.perf_counter() - start
-    table = common.log_param_table([(n, r["description"], r["num_params"])
+    table = trainer.log_param_table([(n, r["description"], r["num_params"])
                                     for n, r in runs.items()])
-    return common.finish(EXPERIMENT, config, runs, paths, dataset=splits.name,
-                         train_examples=len(splits.x_train), test_examples=len(splits.x_test),
-                         param_table=table, training_seconds=seconds,
-                         training_mode=describe_mode(mode, specs, config),
-                         training_mode_name=mode)
+    return framework.Outcome(runs, dict(
+        dataset=splits.name, train_examples=len(splits.x_train),
+        test_examples=len(splits.x_test), param_table=table, training_seconds=seconds,
+        training_mode=describe_mode(mode, specs, config), training_mode_name=mode))
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """Final training and test loss, and accuracy, against the parameter count (log x), one
+    point per model."""
+    runs = sorted(results["runs"].values(), key=lambda r: r["num_params"])
+    params = [r["num_params"] for r in runs]
+    out = FigureSet(figures_dir)
+    for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        values = []
+        for split, marker, color in (("train", "o", "C0"), ("test", "s", "C1")):
+            v = [r[f"final_{split}_{metric}"] for r in runs]
+            ax.scatter(params, v, marker=marker, color=color, label=f"{split}")
+            values += v
+        ax.set_xscale("log")
+        finish_axes(ax, f"HW1-3 {results['dataset']}: final {metric} vs model size "
+                     f"({results['config']['hidden_layers']} hidden layers, growing width)",
+                     "number of parameters (log scale)", ylabel,
+                     values=values if metric == "loss" else None,
+                     log_y=None if metric == "loss" else False)
+        out.save(fig, f"{metric}_vs_params")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -213,7 +237,7 @@ QUESTIONS = (
 )
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     config, runs = results["config"], results["runs"]
     rows = sorted(runs.values(), key=lambda r: r["num_params"])
     params = [r["num_params"] for r in rows]
@@ -224,32 +248,32 @@ def report_section(results: dict, ctx: report.Context) -> str:
            f"{math.log10(params[-1] / params[0]):.1f} decades); {config['epochs']} epochs of "
            f"{config['optimizer']} (learning rate {config['learning_rate']:g}, batch "
            f"{config['batch_size']}) each, trained {results['training_mode']} in "
-           f"{report.fmt(results['training_seconds'])} s. Final values are evaluated on the "
+           f"{markdown.fmt(results['training_seconds'])} s. Final values are evaluated on the "
            "whole sets after the last epoch.", "",
-           ctx.figure("loss_vs_params.png", "training and test loss against parameters"),
-           ctx.figure("accuracy_vs_params.png", "training and test accuracy against parameters"),
-           "", report.table(("model", "parameters", "train loss", "train acc", "test loss",
+           ctx.figure("loss_vs_params", "training and test loss against parameters"),
+           ctx.figure("accuracy_vs_params", "training and test accuracy against parameters"),
+           "", markdown.table(("model", "parameters", "train loss", "train acc", "test loss",
                              "test acc", "gap (train − test acc)"),
                             [(r["description"], r["num_params"], r["final_train_loss"],
-                              report.pct(r["final_train_accuracy"]), r["final_test_loss"],
-                              report.pct(r["final_test_accuracy"]),
-                              report.points(r["final_train_accuracy"]
+                              markdown.pct(r["final_train_accuracy"]), r["final_test_loss"],
+                              markdown.pct(r["final_test_accuracy"]),
+                              markdown.points(r["final_train_accuracy"]
                                             - r["final_test_accuracy"])) for r in rows]), ""]
-    test_acc = report.series([r["final_test_accuracy"] for r in rows])
-    test_loss = report.series([r["final_test_loss"] for r in rows])
+    test_acc = markdown.series([r["final_test_accuracy"] for r in rows])
+    test_loss = markdown.series([r["final_test_loss"] for r in rows])
     best = int(np.nanargmax(test_acc))
     low = int(np.nanargmin(test_loss))
     gaps = [r["final_train_accuracy"] - r["final_test_accuracy"] for r in rows]
     out.append(f"- Test accuracy is highest with {params[best]} parameters "
-               f"({report.pct(test_acc[best])}); the smallest model reaches "
-               f"{report.pct(test_acc[0])}, the largest {report.pct(test_acc[-1])}.")
+               f"({markdown.pct(test_acc[best])}); the smallest model reaches "
+               f"{markdown.pct(test_acc[0])}, the largest {markdown.pct(test_acc[-1])}.")
     out.append(f"- Test loss is lowest with {params[low]} parameters "
-               f"({report.fmt(test_loss[low])})"
-               + (f" and rises to {report.fmt(test_loss[-1])} for the largest model, which "
+               f"({markdown.fmt(test_loss[low])})"
+               + (f" and rises to {markdown.fmt(test_loss[-1])} for the largest model, which "
                   "fits the training set harder than it generalises"
                   if low < len(rows) - 1 and test_loss[-1] > test_loss[low] * 1.05 else "")
                + ".")
-    out.append(f"- The training-minus-test accuracy gap grows from {report.points(gaps[0])} to "
-               f"{report.points(gaps[-1])}; training accuracy reaches "
-               f"{report.pct(rows[-1]['final_train_accuracy'])} at the largest size.")
+    out.append(f"- The training-minus-test accuracy gap grows from {markdown.points(gaps[0])} to "
+               f"{markdown.points(gaps[-1])}; training accuracy reaches "
+               f"{markdown.pct(rows[-1]['final_train_accuracy'])} at the largest size.")
     return "\n".join(out)

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from absl import logging
 
-from hw1_tf import landscape, population, report
-from hw1_tf.config import option
-from hw1_tf.experiments import common
+from hw1_tf import framework, landscape, markdown, population, records, trainer
+from hw1_tf.config import TaskConfig, option
+from hw1_tf.experiments import tasks
+from hw1_tf.figures import FigureSet, contour, finish_axes, plt, surface3d
 
 EXPERIMENT = "error_surface"
+POSITION = 240  # its place in the slides' order (the registry sorts by it)
 BACKUP = "population"  # the trained net's backup folder, removed once the results are written
 
 
 @dataclasses.dataclass
-class Config(common.TaskConfig):
+class Config(TaskConfig):
     task: str = option("image", "Train on the image dataset (--dataset) or the 1-D function.",
                        choices=("image", "function"))
     hidden: tuple[int, ...] = option((32,), "Hidden widths of the image task's dense net.",
@@ -46,11 +50,10 @@ class Config(common.TaskConfig):
     save_models: bool = option(False, "Export the trained net as a SavedModel.")
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
-    name, splits, spec = common.task_setup(config, config.task)
-    settings = population.PopulationSettings(**dataclasses.asdict(common.settings_from(config)))
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
+    name, splits, spec = tasks.task_setup(config, config.task)
+    settings = trainer.population_settings(config)
     rng = np.random.RandomState(config.seed)
     chosen = np.sort(rng.choice(len(splits.x_train), min(config.eval_size, len(splits.x_train)),
                                 replace=False))
@@ -60,29 +63,24 @@ def run(config: Config) -> dict:
     def train() -> dict[str, dict]:
         snaps = landscape.Snapshots(1, config.epochs, 0, x, y, splits.num_classes)
         snaps.initial(population.Population(spec, splits.input_shape, outputs, [config.seed],
-                                            strategy))
+                                            ctx.strategy))
         pop, histories = population.train_population(
-            spec, splits, settings, [config.seed], strategy=strategy, run_name=name,
-            callbacks=[snaps],
-            backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
+            spec, splits, settings, [config.seed], strategy=ctx.strategy, run_name=name,
+            callbacks=[snaps], backup_dir=ctx.backup_dir(BACKUP))
         arrays = snaps.arrays()
-        history, trained = histories[0], pop.member_weights(0)
-        record = {"model": dataclasses.asdict(spec), "description": spec.describe(),
-                  "num_params": history.pop("num_params"),
-                  "history": common.history_arrays(history), "seed": config.seed,
-                  "trajectory": arrays["whole"][0],
-                  "weights": landscape.flatten(trained),
-                  "shapes": [list(w.shape) for w in trained],
-                  "trajectory_epochs": arrays["epochs"], "trajectory_loss": arrays["loss"][0]}
+        trained = pop.member_weights(0)
+        record = records.RunRecord.of(
+            spec, histories[0], seed=config.seed, trajectory=arrays["whole"][0],
+            weights=landscape.flatten(trained), shapes=[list(w.shape) for w in trained],
+            trajectory_epochs=arrays["epochs"], trajectory_loss=arrays["loss"][0]).to_dict()
         if config.save_models:
             record["saved_model"] = str(population.export_members(
-                pop, lambda i: paths.saved_model(EXPERIMENT, name))[0])
+                pop, lambda i: ctx.paths.saved_model(EXPERIMENT, name))[0])
         return {name: record}
 
     # the trained net is kept at once: a rerun of the same config skips it and redraws the
     # surfaces from the kept weights and trajectory
-    run_record = common.run_group_once(EXPERIMENT, config, paths, [name], train,
-                                       backup=BACKUP)[name]
+    run_record = ctx.ledger.group_once([name], train, backup=BACKUP)[name]
     theta = np.asarray(run_record["weights"])
     weights = landscape.unflatten(theta, [tuple(s) for s in run_record["shapes"]])
     trajectory = np.asarray(run_record["trajectory"])
@@ -135,13 +133,12 @@ def run(config: Config) -> dict:
                  evaluated, len(x), seconds, evaluated / seconds)
 
     centre = config.grid_points // 2
-    results = common.finish(
-        EXPERIMENT, config, {name: run_record}, paths, task=name, random=random, pca=pca,
-        interpolation=interpolation, trained_loss=float(trajectory_loss[-1]),
+    return framework.Outcome({name: run_record}, dict(
+        task=name, random=random, pca=pca, interpolation=interpolation,
+        trained_loss=float(trajectory_loss[-1]),
         centre_loss=float(random["losses"][centre, centre]) if config.grid_points % 2 else None,
         eval_examples=int(len(x)), num_classes=splits.num_classes,
-        surface_seconds=seconds, grid_points_evaluated=int(evaluated))
-    return results
+        surface_seconds=seconds, grid_points_evaluated=int(evaluated)))
 
 
 def _off_plane(offsets: np.ndarray, directions: np.ndarray) -> np.ndarray:
@@ -153,6 +150,70 @@ def _off_plane(offsets: np.ndarray, directions: np.ndarray) -> np.ndarray:
         return np.where(norms > 0, np.sqrt(np.maximum(norms ** 2 - inside ** 2, 0)) / norms, 0.)
 
 
+# -------------------------------------------------------------------------------- figures
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """1-D curves (random directions, the trajectory's first PC, initial-to-trained line),
+    contours (random plane; PCA plane with the projected trajectory) and 3-D surfaces."""
+    out = FigureSet(figures_dir)
+    loss_label = "training loss (" + ("cross-entropy" if results["num_classes"] else "MSE") + ")"
+    rnd, pca, interp = results["random"], results["pca"], results["interpolation"]
+    task = results["task"]
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    line_losses = np.asarray(rnd["line_losses"])
+    for k in range(len(line_losses)):
+        axes[0].plot(rnd["line"], line_losses[k], color=f"C{k}",
+                     label=f"filter-normalised random direction d{k + 1}")
+    finish_axes(axes[0], f"{task}: 1-D along random directions", "step a (in units of the "
+                 "filter norms of θ)", loss_label, values=line_losses)
+    axes[1].plot(pca["line"], pca["line_losses"], color="C2", label="first PCA direction")
+    finish_axes(axes[1], "1-D along the trajectory's first PC", "step along PC 1 (weight-space "
+                 "distance)", loss_label, values=pca["line_losses"])
+    axes[2].plot(interp["alpha"], interp["losses"], color="C3",
+                 label="(1-α) θ_initial + α θ_trained")
+    for a, text in ((0, "initial"), (1, "trained")):
+        axes[2].axvline(a, color="gray", ls=":", lw=1)
+    finish_axes(axes[2], "straight line initial → trained", "α (0: initial, 1: trained)",
+                 loss_label, values=interp["losses"])
+    out.save(fig, "lines")
+
+    losses = np.asarray(rnd["losses"])
+    fig, ax = plt.subplots(figsize=(7, 5.8))
+    contour(ax, rnd["axis"], rnd["axis"], losses,
+             f"{task}: loss on two orthogonal filter-normalised random directions",
+             "a (along d1)", "b (along d2)", loss_label)
+    ax.legend(fontsize=8)
+    out.save(fig, "contour_random")
+    out.save(surface3d(rnd["axis"], rnd["axis"], losses,
+                       f"{task}: loss surface, random directions", "a (d1)", "b (d2)",
+                       loss_label), "surface_random")
+
+    losses = np.asarray(pca["losses"])
+    ev = np.asarray(pca["explained_variance_ratio"])
+    fig, ax = plt.subplots(figsize=(7, 5.8))
+    xlabel = f"PC 1 ({100 * ev[0]:.1f}% of the trajectory's variance)"
+    ylabel = f"PC 2 ({100 * ev[1]:.1f}%)"
+    contour(ax, pca["axis_x"], pca["axis_y"], losses,
+             f"{task}: loss on the training trajectory's PCA plane", xlabel, ylabel, loss_label)
+    traj = np.asarray(pca["trajectory"])
+    ax.plot(traj[:, 0], traj[:, 1], "o-", color="C3", ms=3.5, lw=1.2,
+            label="training trajectory (projected), one point per epoch")
+    ax.plot(traj[0, 0], traj[0, 1], "s", color="C3", ms=8, mfc="none", label="initialisation")
+    for (px, py), e in zip(traj, pca["trajectory_epochs"]):
+        if e % max(1, len(traj) // 6) == 0:
+            ax.annotate(f"ep {int(e)}", (px, py), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color="white")
+    ax.legend(fontsize=7, loc="best")
+    out.save(fig, "contour_pca")
+    out.save(surface3d(pca["axis_x"], pca["axis_y"], losses,
+                       f"{task}: loss surface, trajectory PCA plane", "PC 1", "PC 2",
+                       loss_label), "surface_pca")
+    return out
+
+
+
 # -------------------------------------------------------------------------- REPORT.md section
 
 TITLE = "HW1-2 Optimization (bonus): the error surface"
@@ -162,14 +223,14 @@ QUESTIONS = (
 )
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     config, rnd, pca, interp = (results["config"], results["random"], results["pca"],
                                 results["interpolation"])
     run = next(iter(results["runs"].values()))
     loss_name = "cross-entropy" if results["num_classes"] else "MSE"
     r_losses, p_losses = np.asarray(rnd["losses"]), np.asarray(pca["losses"])
-    ev = report.series(pca["explained_variance_ratio"])
-    off = report.series(pca["off_plane_fraction"])
+    ev = markdown.series(pca["explained_variance_ratio"])
+    off = markdown.series(pca["off_plane_fraction"])
     out = ["### Method", "",
            f"A {run['description']} net ({run['num_params']} parameters) is trained on "
            f"{results['task']} for {config['epochs']} epochs ({config['optimizer']}, learning "
@@ -180,53 +241,53 @@ def report_section(results: dict, ctx: report.Context) -> str:
            f"- **random directions** d1, d2, filter-normalised as in Li et al. 2018 (every "
            "output unit's incoming weights scaled to the norm of θ's; biases not moved) and "
            "exactly orthogonal: d2 is orthogonalised against d1 inside every filter before "
-           f"the scaling (measured cosine {report.fmt(rnd['cosine'])}); a, b in "
+           f"the scaling (measured cosine {markdown.fmt(rnd['cosine'])}); a, b in "
            f"[-{config['span']:g}, {config['span']:g}], {config['grid_points']}² points;",
            f"- **the training trajectory's PCA plane**: the top-2 principal directions of the "
            f"{len(pca['trajectory'])} snapshots' offsets from θ (explaining "
-           f"{report.pct(ev[0])} and {report.pct(ev[1])}), with the trajectory projected on "
-           f"it (at most {report.pct(np.nanmax(off))} of a snapshot's offset lies off the "
+           f"{markdown.pct(ev[0])} and {markdown.pct(ev[1])}), with the trajectory projected on "
+           f"it (at most {markdown.pct(np.nanmax(off))} of a snapshot's offset lies off the "
            "plane);",
            "- the straight line from the initial weights (α=0) to θ (α=1).",
            "",
            f"All {results['grid_points_evaluated']} points took "
-           f"{report.fmt(results['surface_seconds'])} s, evaluated in batches of grid points "
+           f"{markdown.fmt(results['surface_seconds'])} s, evaluated in batches of grid points "
            "(stacked weight sets, one batched matmul per layer).", "",
-           ctx.figure("lines.png", "1-D loss curves"),
-           ctx.figure("contour_random.png", "contour along random directions"),
-           ctx.figure("contour_pca.png", "contour on the trajectory's PCA plane"),
-           ctx.figure("surface_random.png", "3-D surface along random directions"),
-           ctx.figure("surface_pca.png", "3-D surface on the PCA plane"), "",
+           ctx.figure("lines", "1-D loss curves"),
+           ctx.figure("contour_random", "contour along random directions"),
+           ctx.figure("contour_pca", "contour on the trajectory's PCA plane"),
+           ctx.figure("surface_random", "3-D surface along random directions"),
+           ctx.figure("surface_pca", "3-D surface on the PCA plane"), "",
            "### Comment", ""]
     centre = results["trained_loss"]
-    out.append(f"- The surface's centre is the trained net: {report.fmt(results['centre_loss'])}"
-               f" on the grid vs {report.fmt(centre)} evaluated directly.")
+    out.append(f"- The surface's centre is the trained net: {markdown.fmt(results['centre_loss'])}"
+               f" on the grid vs {markdown.fmt(centre)} evaluated directly.")
     for label, losses in (("random plane", r_losses), ("PCA plane", p_losses)):
         finite = losses[np.isfinite(losses)]
         i, j = np.unravel_index(np.nanargmin(losses), losses.shape)
         c = losses.shape[0] // 2
-        out.append(f"- {label}: loss from {report.fmt(finite.min())} to "
-                   f"{report.fmt(finite.max())} "
-                   f"({report.times(finite.max() / max(finite.min(), 1e-30))} range); "
+        out.append(f"- {label}: loss from {markdown.fmt(finite.min())} to "
+                   f"{markdown.fmt(finite.max())} "
+                   f"({markdown.times(finite.max() / max(finite.min(), 1e-30))} range); "
                    + ("the minimum of the grid is at its centre: θ sits in a basin."
                       if (i, j) == (c, c) else
                       f"the grid's minimum is off-centre at grid cell ({i}, {j}) vs centre "
-                      f"({c}, {c}), {report.pct(1 - finite.min() / centre)} below θ's loss: "
+                      f"({c}, {c}), {markdown.pct(1 - finite.min() / centre)} below θ's loss: "
                       "training had not reached the bottom along this plane."))
     line = np.asarray(rnd["line_losses"])
     k = line.shape[1] // 2
     rise = [line[d, [0, -1]].mean() / line[d, k] for d in range(2)]
-    out.append(f"- Along the random directions the loss rises {report.times(rise[0])} and "
-               f"{report.times(rise[1])} from θ to the ends (±{config['span']:g}); along the "
-               f"trajectory's first PC the curve spans {report.fmt(np.min(pca['line_losses']))}"
-               f" to {report.fmt(np.max(pca['line_losses']))}.")
-    alpha, il = report.series(interp["alpha"]), report.series(interp["losses"])
+    out.append(f"- Along the random directions the loss rises {markdown.times(rise[0])} and "
+               f"{markdown.times(rise[1])} from θ to the ends (±{config['span']:g}); along the "
+               f"trajectory's first PC the curve spans {markdown.fmt(np.min(pca['line_losses']))}"
+               f" to {markdown.fmt(np.max(pca['line_losses']))}.")
+    alpha, il = markdown.series(interp["alpha"]), markdown.series(interp["losses"])
     inside = (alpha >= 0) & (alpha <= 1)
     bump = il[inside].max() - max(il[inside][0], il[inside][-1])
     monotone = np.all(np.diff(il[inside]) <= 1e-6 * max(il[inside].max(), 1e-12))
-    out.append(f"- Initial to trained weights: the loss goes from {report.fmt(il[inside][0])} "
-               f"to {report.fmt(il[inside][-1])} "
+    out.append(f"- Initial to trained weights: the loss goes from {markdown.fmt(il[inside][0])} "
+               f"to {markdown.fmt(il[inside][-1])} "
                + ("decreasing monotonically along the line: no barrier between them "
                   "(as Goodfellow et al. 2015 observed)." if monotone else
-                  f"not monotonically (a bump of {report.fmt(max(bump, 0))} above the ends)."))
+                  f"not monotonically (a bump of {markdown.fmt(max(bump, 0))} above the ends)."))
     return "\n".join(out)

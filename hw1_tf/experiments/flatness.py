@@ -14,20 +14,23 @@ import dataclasses
 import hashlib
 import json
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from absl import logging
 
-from hw1_tf import landscape, models, report, store
-from hw1_tf.config import ConfigError, option
+from hw1_tf import fetch, framework, landscape, markdown, models, store, trainer
+from hw1_tf.config import ConfigError, ImageTrainConfig, StopOptions, option
 from hw1_tf.errors import ModelNotFoundError
-from hw1_tf.experiments import common
+from hw1_tf.figures import FigureSet, plt
 
 EXPERIMENT = "flatness"
+POSITION = 330  # its place in the slides' order (the registry sorts by it)
 
 
 @dataclasses.dataclass
-class Config(common.StopOptions, common.ImageTrainConfig):
+class Config(StopOptions, ImageTrainConfig):
     batch_sizes: tuple[int, ...] = option((64, 1024), "Batch sizes, one model each (the slides: "
                                           "64 vs 1024).", lower=1)
     learning_rates: tuple[float, ...] = option(
@@ -130,11 +133,10 @@ def _activation(name: str):
     return fn
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
     activation = _activation(config.activation)
-    splits = common.load_splits(config)
+    splits = fetch.load_splits(config)
     spec = model_spec(config)
     expected = _expected_shapes(config, splits)
 
@@ -142,7 +144,7 @@ def run(config: Config) -> dict:
     names = {a: run_name(config, *a) for a in approaches(config)}
     to_train = []
     for approach, name in names.items():
-        path = paths.saved_model(EXPERIMENT, name)
+        path = ctx.paths.saved_model(EXPERIMENT, name)
         if config.retrain:
             to_train.append(approach)
         elif path.exists():
@@ -156,25 +158,24 @@ def run(config: Config) -> dict:
     # 2. Train and export.
     for batch_size, learning_rate in to_train:
         name = names[(batch_size, learning_rate)]
-        settings = common.settings_from(config, batch_size=batch_size,
-                                        learning_rate=learning_rate)
-        _, record = common.train_run(EXPERIMENT, name, spec, splits, settings,
-                                     strategy=strategy, paths=paths, save_model=True,
-                                     tensorboard=config.tensorboard)
-        store.write_json(_record_path(paths, name), record)
+        settings = trainer.settings_from(config, batch_size=batch_size,
+                                         learning_rate=learning_rate)
+        _, record = ctx.train_model(name, spec, splits, settings, save_model=True,
+                                    tensorboard=config.tensorboard)
+        ctx.ledger.keep_model_record(name, record)
 
     # 3. Load the SavedModels back and interpolate.
     endpoints, runs = {}, {}
     probe = splits.x_train[:256]
     for (batch_size, learning_rate), name in names.items():
-        endpoint = landscape.load_endpoint(paths.saved_model(EXPERIMENT, name))
+        endpoint = landscape.load_endpoint(ctx.paths.saved_model(EXPERIMENT, name))
         landscape.check_reading(endpoint, probe, activation)
         endpoints[name] = endpoint
         train_loss, train_acc = landscape.evaluate_serve(endpoint, splits.x_train,
                                                          splits.y_train)
         test_loss, test_acc = landscape.evaluate_serve(endpoint, splits.x_test, splits.y_test)
         # the training record (model, num_params, history) kept beside the SavedModel
-        runs[name] = {**(_read_record(paths, name) or {}),
+        runs[name] = {**(ctx.ledger.model_record(name) or {}),
                       "batch_size": batch_size, "learning_rate": learning_rate,
                       "saved_model": str(endpoint.path),
                       "reused": (batch_size, learning_rate) not in to_train,
@@ -191,7 +192,7 @@ def run(config: Config) -> dict:
         curves = landscape.evaluate_line(
             endpoints[first], endpoints[second], alphas,
             {"train": (splits.x_train, splits.y_train), "test": (splits.x_test, splits.y_test)},
-            strategy=strategy, batch_size=config.eval_batch_size,
+            strategy=ctx.strategy, batch_size=config.eval_batch_size,
             alphas_per_pass=config.alphas_per_pass,
             recompute_batch_norm=config.recompute_batch_norm,
             batch_norm_x=splits.x_train[:config.batch_norm_examples], activation=activation,
@@ -208,19 +209,50 @@ def run(config: Config) -> dict:
             **{f"{split}_{metric}": curves[split][metric] for split in curves
                for metric in ("loss", "accuracy")}}
         logging.info("line %s -> %s: %d alphas in %.1f s", first, second, len(alphas), seconds)
-    return common.finish(EXPERIMENT, config, runs, paths, lines=lines, dataset=splits.name,
-                         model=spec.describe(), train_examples=len(splits.x_train),
-                         test_examples=len(splits.x_test))
+    return framework.Outcome(runs, dict(lines=lines, dataset=splits.name,
+                                        model=spec.describe(), train_examples=len(splits.x_train),
+                                        test_examples=len(splits.x_test)))
 
 
-def _record_path(paths: store.Paths, name: str):
-    """The training record kept beside a SavedModel, so a reused model keeps its history."""
-    return paths.saved_model(EXPERIMENT, name).with_suffix(".json")
+# -------------------------------------------------------------------------------- figures
 
 
-def _read_record(paths: store.Paths, name: str) -> dict | None:
-    path = _record_path(paths, name)
-    return store.read_json(path) if path.is_file() else None
+def _knob_text(knob: str, value) -> str:
+    return f"batch {int(value)}" if knob == "batch_size" else f"lr {float(value):g}"
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """As the slides: cross-entropy (log scale, left axis) and accuracy (right axis), training
+    (solid) and test (dashed), against the interpolation ratio α; one figure per pair."""
+    out = FigureSet(figures_dir)
+    for key, line in results["lines"].items():
+        alphas = np.asarray(line["alphas"], float)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        acc_ax = ax.twinx()
+        for split, style in (("train", "-"), ("test", "--")):
+            ax.plot(alphas, line[f"{split}_loss"], "C0" + style, label=f"{split} cross-entropy")
+            acc_ax.plot(alphas, line[f"{split}_accuracy"], "C3" + style,
+                        label=f"{split} accuracy")
+        for x in (0.0, 1.0):
+            ax.axvline(x, color="grey", linewidth=0.8, alpha=0.5)
+        ax.set_yscale("log")
+        ax.set_xlabel("interpolation ratio α  (θ = (1-α)·θ₁ + α·θ₂)")
+        ax.set_ylabel("cross-entropy (log scale)", color="C0")
+        acc_ax.set_ylabel("accuracy", color="C3")
+        acc_ax.set_ylim(0, 1.02)
+        ax.grid(True, which="both", alpha=0.3)
+        first = _knob_text(line["knob"], line["first_value"])
+        second = _knob_text(line["knob"], line["second_value"])
+        bn = ", BN recomputed" if line.get("recomputed_batch_norm") else ""
+        ax.set_title(f"HW1-3 flatness, {results.get('dataset', '')}: θ₁ = {first} (α=0), "
+                     f"θ₂ = {second} (α=1){bn}", fontsize=10)
+        handles = ax.get_legend_handles_labels()
+        acc_handles = acc_ax.get_legend_handles_labels()
+        ax.legend(handles[0] + acc_handles[0], handles[1] + acc_handles[1], fontsize=8,
+                  loc="center left")
+        out.save(fig, f"{key}")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -238,7 +270,7 @@ def _knob_label(knob: str, value) -> str:
     return f"batch {int(value)}" if knob == "batch_size" else f"learning rate {value:g}"
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     config, runs, lines = results["config"], results["runs"], results["lines"]
     out = [f"{results['dataset']} ({results['train_examples']} training / "
            f"{results['test_examples']} test examples), model {results['model']}, "
@@ -246,28 +278,28 @@ def report_section(results: dict, ctx: report.Context) -> str:
            f"{len(runs)} SavedModels, each loaded back with `tf.saved_model.load`; "
            f"{config['num_alphas']} values of α from {config['alpha_min']:g} to "
            f"{config['alpha_max']:g}."]
-    out += ["", report.table(
+    out += ["", markdown.table(
         ("run", "batch", "learning rate", "train loss", "train acc", "test loss", "test acc",
          "reused"),
         [(name, r["batch_size"], f"{r['learning_rate']:g}", r["own"]["train_loss"],
-          report.pct(r["own"]["train_accuracy"]), r["own"]["test_loss"],
-          report.pct(r["own"]["test_accuracy"]), "yes" if r["reused"] else "no")
+          markdown.pct(r["own"]["train_accuracy"]), r["own"]["test_loss"],
+          markdown.pct(r["own"]["test_accuracy"]), "yes" if r["reused"] else "no")
          for name, r in runs.items()]), ""]
     for key, line in lines.items():
-        a = report.series(line["alphas"])
+        a = markdown.series(line["alphas"])
         label1 = _knob_label(line["knob"], line["first_value"])
         label2 = _knob_label(line["knob"], line["second_value"])
-        out.append(ctx.figure(f"{key}.png", f"{label1} (α=0) to {label2} (α=1)"))
+        out.append(ctx.figure(f"{key}", f"{label1} (α=0) to {label2} (α=1)"))
         rows = []
         for split in ("train", "test"):
-            loss = report.series(line[f"{split}_loss"])
-            acc = report.series(line[f"{split}_accuracy"])
+            loss = markdown.series(line[f"{split}_loss"])
+            acc = markdown.series(line[f"{split}_accuracy"])
             i0, i1 = int(np.argmin(abs(a))), int(np.argmin(abs(a - 1)))
             between = np.where((a > 0) & (a < 1))[0]
             top = between[np.argmax(loss[between])] if between.size else i0
-            rows.append((split, loss[i0], report.pct(acc[i0]), loss[i1], report.pct(acc[i1]),
-                         f"{report.fmt(loss[top])} at α={a[top]:.2f} ({report.pct(acc[top])})"))
-        out += ["", report.table(("split", "loss α=0", "acc α=0", "loss α=1", "acc α=1",
+            rows.append((split, loss[i0], markdown.pct(acc[i0]), loss[i1], markdown.pct(acc[i1]),
+                         f"{markdown.fmt(loss[top])} at α={a[top]:.2f} ({markdown.pct(acc[top])})"))
+        out += ["", markdown.table(("split", "loss α=0", "acc α=0", "loss α=1", "acc α=1",
                                   "highest loss between (acc)"), rows), ""]
         out.append("- " + _line_comment(line, runs, label1, label2))
         out.append("")
@@ -275,16 +307,16 @@ def report_section(results: dict, ctx: report.Context) -> str:
 
 
 def _line_comment(line: dict, runs: dict, label1: str, label2: str) -> str:
-    a = report.series(line["alphas"])
-    train = report.series(line["train_loss"])
+    a = markdown.series(line["alphas"])
+    train = markdown.series(line["train_loss"])
     i0, i1 = int(np.argmin(abs(a))), int(np.argmin(abs(a - 1)))
     between = np.where((a > 0) & (a < 1))[0]
     text = []
     if between.size:
         top = between[np.argmax(train[between])]
         barrier = train[top] - max(train[i0], train[i1])
-        text.append(f"between the two minima the training loss rises to {report.fmt(train[top])}"
-                    f" at α={a[top]:.2f}, {report.fmt(barrier)} above the higher endpoint "
+        text.append(f"between the two minima the training loss rises to {markdown.fmt(train[top])}"
+                    f" at α={a[top]:.2f}, {markdown.fmt(barrier)} above the higher endpoint "
                     + ("(a barrier: they sit in different basins)" if barrier > 0.05 *
                        max(train[i0], train[i1]) + 1e-3 else "(no real barrier)"))
     # flatness: how fast the training loss grows when stepping 0.5 beyond each endpoint
@@ -292,12 +324,12 @@ def _line_comment(line: dict, runs: dict, label1: str, label2: str) -> str:
         j = int(np.argmin(abs(a - (a[idx] + step))))
         if j != idx and train[idx] > 0:
             text.append(f"{label}: α {a[idx]:g}→{a[j]:g} multiplies the training loss by "
-                        f"{report.times(train[j] / train[idx])}")
+                        f"{markdown.times(train[j] / train[idx])}")
     own = [runs[line["first"]]["own"], runs[line["second"]]["own"]]
     gap = [o["test_loss"] - o["train_loss"] for o in own]
-    text.append(f"test minus training loss: {report.fmt(gap[0])} for {label1}, "
-                f"{report.fmt(gap[1])} for {label2}; test accuracy "
-                f"{report.pct(own[0]['test_accuracy'])} vs {report.pct(own[1]['test_accuracy'])}")
+    text.append(f"test minus training loss: {markdown.fmt(gap[0])} for {label1}, "
+                f"{markdown.fmt(gap[1])} for {label2}; test accuracy "
+                f"{markdown.pct(own[0]['test_accuracy'])} vs {markdown.pct(own[1]['test_accuracy'])}")
     if line.get("recomputed_batch_norm"):
         text.append("BatchNorm statistics recomputed at every α")
-    return "; ".join(text) + f" (curve of {len(a)} α in {report.fmt(line['seconds'])} s)."
+    return "; ".join(text) + f" (curve of {len(a)} α in {markdown.fmt(line['seconds'])} s)."

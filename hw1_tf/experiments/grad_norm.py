@@ -5,21 +5,25 @@ and ||grad L|| of every iteration; one figure per task plots both against the it
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from hw1_tf import report
-from hw1_tf.config import option
-from hw1_tf.experiments import common
+from hw1_tf import framework, markdown, trainer
+from hw1_tf.config import TaskConfig, option
+from hw1_tf.experiments import tasks
+from hw1_tf.figures import FigureSet, finish_axes, plt, running_median
 
 EXPERIMENT = "grad_norm"
+POSITION = 220  # its place in the slides' order (the registry sorts by it)
 
 
 TASKS = ("function", "image")
 
 
 @dataclasses.dataclass
-class Config(common.TaskConfig):
+class Config(TaskConfig):
     tasks: tuple[str, ...] = option(TASKS, "Tasks, one model and one figure each: the 1-D "
                                     "function and the image dataset (--dataset).", choices=TASKS)
     function_epochs: int = option(300, "Training epochs of the function task.", lower=1)
@@ -27,25 +31,63 @@ class Config(common.TaskConfig):
     save_models: bool = option(False, "Export each trained model as a SavedModel (and .keras).")
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
-    runs = {}
-    for task in config.tasks:
-        name, splits, spec = common.task_setup(config, task)
-        epochs = config.function_epochs if task == "function" else config.epochs
-        settings = common.settings_from(config, epochs=epochs)
+def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
+    """One run per task."""
+    return [framework.Run(tasks.run_name(ctx.config, task), train, {"task": task})
+            for task in ctx.config.tasks]
 
-        def train(task=task, name=name, splits=splits, spec=spec, settings=settings):
-            _, record = common.train_run(EXPERIMENT, name, spec, splits, settings,
-                                         strategy=strategy, paths=paths,
-                                         save_model=config.save_models,
-                                         tensorboard=config.tensorboard)
-            record.update(task=task, dataset=splits.name, num_train=int(len(splits.x_train)))
-            return record
 
-        runs[name] = common.run_once(EXPERIMENT, config, paths, name, train)
-    return common.finish(EXPERIMENT, config, runs, paths)
+def train(ctx: framework.ExperimentContext, task: str) -> dict:
+    config = ctx.config
+    name, splits, spec = tasks.task_setup(config, task)
+    epochs = config.function_epochs if task == "function" else config.epochs
+    return ctx.train_model(name, spec, splits, trainer.settings_from(config, epochs=epochs),
+                           save_model=config.save_models, tensorboard=config.tensorboard,
+                           task=task, dataset=splits.name, num_train=int(len(splits.x_train)))[1]
+
+
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    """The records are the results: the figures and the report read their histories."""
+    return framework.Outcome(records)
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def _iteration_panel(ax, values, color: str, label: str, title: str, ylabel: str) -> None:
+    """Per-iteration values (faint) with their running median (bold), log y when they span
+    decades."""
+    values = np.asarray(values, float)
+    iterations = np.arange(1, values.size + 1)
+    window = max(5, values.size // 100) | 1 if values.size >= 50 else 1
+    ax.plot(iterations, values, color=color, lw=0.5, alpha=0.35,
+            label=f"{label} (every iteration)")
+    if window > 1:
+        ax.plot(iterations, running_median(values, window), color=color, lw=1.5,
+                label=f"running median over {window} iterations")
+    finish_axes(ax, title, "iteration", ylabel, values=values)
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """One figure per task: ||grad L|| (top) and the loss (bottom) of every iteration, on a
+    shared iteration axis."""
+    out = FigureSet(figures_dir)
+    for name, run in results["runs"].items():
+        it = run["history"]["iteration"]
+        fig, (ax_norm, ax_loss) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+        loss_name = "cross-entropy" if run["task"] != "function" else "MSE"
+        _iteration_panel(ax_norm, it["grad_norm"], "C0", "||grad L||",
+                         f"HW1-2 {name}: {run['description']}, {run['num_params']} params",
+                         "gradient norm ||grad L||")
+        _iteration_panel(ax_loss, it["loss"], "C3", "mini-batch loss",
+                         "training loss of the same iterations", f"loss ({loss_name})")
+        ax_norm.set_xlabel("")  # shared with the loss panel below
+        switch = run["history"].get("switched_at_iteration")
+        for ax in (ax_norm, ax_loss) if switch is not None else ():
+            ax.axvline(switch, color="k", ls=":", lw=1, label="switch to ||g||^2")
+        out.save(fig, f"{name}")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -63,10 +105,10 @@ def summary(history: dict) -> dict[str, float]:
     the rank correlation of the two over the run."""
     from scipy import stats
 
-    norm = report.series(history["iteration"]["grad_norm"])
-    loss = report.series(history["iteration"]["loss"])
+    norm = markdown.series(history["iteration"]["grad_norm"])
+    loss = markdown.series(history["iteration"]["loss"])
     k = max(1, len(norm) // 20)
-    peak_at, peak = report.peak(norm)
+    peak_at, peak = markdown.peak(norm)
     return {
         "iterations": len(norm),
         "norm_start": float(np.median(norm[:k])), "norm_end": float(np.median(norm[-k:])),
@@ -79,7 +121,7 @@ def summary(history: dict) -> dict[str, float]:
     }
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     """Per task: the figure, the start/end/peak numbers, and a comment on whether the gradient
     norm followed the loss towards zero."""
     config, runs = results["config"], results["runs"]
@@ -90,7 +132,7 @@ def report_section(results: dict, ctx: report.Context) -> str:
     rows, comments = [], []
     for name, run in runs.items():
         s = summary(run["history"])
-        out.append(ctx.figure(f"{name}.png", f"gradient norm and loss per iteration, {name}"))
+        out.append(ctx.figure(f"{name}", f"gradient norm and loss per iteration, {name}"))
         rows.append((name, run["description"], run["num_params"], s["iterations"],
                      s["loss_start"], s["loss_end"], s["norm_start"], s["norm_peak"],
                      s["norm_peak_iteration"], s["norm_end"], s["spearman"]))
@@ -98,7 +140,7 @@ def report_section(results: dict, ctx: report.Context) -> str:
     header = ("task", "model", "parameters", "iterations", "loss start", "loss end",
               "‖∇L‖ start", "‖∇L‖ peak", "peak at iteration", "‖∇L‖ end",
               "Spearman(‖∇L‖, loss)")
-    out += ["", report.table(header, rows),
+    out += ["", markdown.table(header, rows),
             "", "Start and end are medians over the first and last 5% of iterations.", "",
             "### Comment", ""]
     out += [f"- {c}" for c in comments]
@@ -108,19 +150,19 @@ def report_section(results: dict, ctx: report.Context) -> str:
 def _comment(name: str, s: dict) -> str:
     loss_drop = s["loss_start"] / s["loss_end"] if s["loss_end"] > 0 else float("inf")
     norm_drop = s["norm_peak"] / s["norm_end"] if s["norm_end"] > 0 else float("inf")
-    text = (f"**{name}**: the loss fell {report.times(loss_drop)} over {s['iterations']} "
-            f"iterations; ‖∇L‖ peaked at {report.fmt(s['norm_peak'])} at iteration "
+    text = (f"**{name}**: the loss fell {markdown.times(loss_drop)} over {s['iterations']} "
+            f"iterations; ‖∇L‖ peaked at {markdown.fmt(s['norm_peak'])} at iteration "
             f"{s['norm_peak_iteration']} ")
     if s["norm_peak_iteration"] > 0.02 * s["iterations"]:
         text += "(it first ROSE while the loss fell: the net left its flat initial region) "
-    text += f"and ended {report.times(norm_drop)} below its peak at {report.fmt(s['norm_end'])}"
-    text += (f"; rank correlation with the loss {report.fmt(s['spearman'], 2)}. ")
+    text += f"and ended {markdown.times(norm_drop)} below its peak at {markdown.fmt(s['norm_end'])}"
+    text += (f"; rank correlation with the loss {markdown.fmt(s['spearman'], 2)}. ")
     if s["norm_end_cv"] > 0.25:
-        text += (f"Late in training the norm scatters by {report.pct(s['norm_end_cv'], 0)} "
+        text += (f"Late in training the norm scatters by {markdown.pct(s['norm_end_cv'], 0)} "
                  "(std/mean) from batch to batch: mini-batch gradients stay large and noisy "
                  "even where the loss has levelled off, so a small loss does not mean a "
                  "vanishing mini-batch gradient.")
     else:
-        text += (f"Late in training the norm varies by only {report.pct(s['norm_end_cv'], 0)} "
+        text += (f"Late in training the norm varies by only {markdown.pct(s['norm_end_cv'], 0)} "
                  "(std/mean) between batches.")
     return text

@@ -9,16 +9,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from absl import logging
 
-from hw1_tf import data, functions, hessian, models, store
+from hw1_tf import data, fetch, framework, functions, hessian, models, store
 from hw1_tf.config import DistributeOptions, RunConfig, option
 from hw1_tf.errors import Hw1Error
-from hw1_tf.experiments import common
+from hw1_tf.figures import FigureSet, plt
 
 EXPERIMENT = "hessian_spectrum"
+POSITION = 500  # its place in the slides' order (the registry sorts by it)
 
 
 @dataclasses.dataclass
@@ -75,7 +77,7 @@ def _source(config: Config, paths: store.Paths) -> tuple[str, Path, dict]:
 
 def _examples(config: Config, dataset: str) -> tuple[np.ndarray, np.ndarray]:
     if dataset in data.IMAGE_DATASETS:
-        splits = common.load_dataset(dataset, config.data_dir,
+        splits = fetch.load_dataset(dataset, config.data_dir,
                                      train_size=config.num_examples, seed=config.seed)
     elif dataset in functions.names():
         splits = data.function_splits(dataset, config.num_examples, 2, seed=config.seed)
@@ -86,7 +88,7 @@ def _examples(config: Config, dataset: str) -> tuple[np.ndarray, np.ndarray]:
     return splits.x_train, splits.y_train
 
 
-def analyse(flat: hessian.FlatLoss, config: Config) -> dict:
+def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
     """Every curvature measure of `flat` at its weights; arrays as numpy."""
     started = time.perf_counter()
     op = flat.operator()
@@ -130,10 +132,9 @@ def analyse(flat: hessian.FlatLoss, config: Config) -> dict:
     return out
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
-    name, path, record = _source(config, paths)
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
+    name, path, record = _source(config, ctx.paths)
     dataset = config.dataset or record.get("dataset") or record.get("function") or "mnist"
     x, y = _examples(config, dataset)
     spec = models.ModelSpec(**{k: tuple(v) if isinstance(v, list) else v
@@ -142,17 +143,59 @@ def run(config: Config) -> dict:
     model = hessian.keras_model_for_saved_model(path, spec, x.shape[1:], outputs)
     flat = hessian.FlatLoss(model, x, y, batch_size=config.batch_size,
                             dtype=None if config.dtype == "float32" else config.dtype,
-                            strategy=strategy, hvp_mode=config.hvp_mode,
+                            strategy=ctx.strategy, hvp_mode=config.hvp_mode,
                             jit_compile=config.jit_compile)
     logging.info("%s: %d parameters, loss over %d %s examples", name, flat.num_params, len(x),
                  dataset)
-    result = analyse(flat, config)
+    result = curvature(flat, config)
     result.update(saved_model=str(path), dataset=dataset)
     logging.info("%s: top eigenvalues %s, bottom %s, trace %.4g +- %.2g, %d HVPs in %.1f s",
                  name, np.round(result["top_eigenvalues"], 5),
                  np.round(result["bottom_eigenvalues"], 5), result["trace"],
                  result["trace_standard_error"], result["num_hvps"], result["seconds"])
-    return common.finish(EXPERIMENT, config, {name: result}, paths)
+    return framework.Outcome({name: result})
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """Per run: the Hessian's spectral density by stochastic Lanczos quadrature (log density,
+    since the bulk near zero dwarfs the outliers), with the top eigenvalues and the trace in the
+    legend and the exact eigenvalues (when computed) as a rug."""
+    out = FigureSet(figures_dir)
+    for name, run in results["runs"].items():
+        grid = np.asarray(run["density_grid"], float)
+        density = np.asarray(run["density"], float)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        floor = max(density.max() * 1e-8, 1e-300)
+        ax.plot(grid, np.maximum(density, floor), color="C0",
+                label=f"SLQ density ({len(run['slq_nodes'][0])} Lanczos steps, "
+                      f"{len(run['slq_nodes'])} probe(s))")
+        top = np.asarray(run["top_eigenvalues"], float)
+        for i, value in enumerate(top):
+            ax.axvline(value, color="C3", lw=0.8, alpha=0.8,
+                       label=f"top {len(top)}: " + ", ".join(f"{v:.3g}" for v in top)
+                       if i == 0 else None)
+        bottom = np.asarray(run["bottom_eigenvalues"], float)
+        ax.axvline(bottom[0], color="C2", lw=0.8, ls="--",
+                   label=f"smallest: {bottom[0]:.3g}")
+        if "eigenvalues" in run:
+            ax.plot(np.asarray(run["eigenvalues"], float),
+                    np.full(len(run["eigenvalues"]), floor), "|", color="k", ms=8,
+                    label=f"exact eigenvalues ({len(run['eigenvalues'])})")
+        ax.plot([], [], " ", label=f"trace {run['trace']:.4g} +- {run['trace_standard_error']:.2g}"
+                                   f" (Hutchinson), {run['hutchpp_trace']:.4g} (Hutch++)")
+        ax.set_yscale("log")
+        ax.set_title(f"Hessian spectrum of {name}\n({run['num_params']} parameters, loss over "
+                     f"{run['num_examples']} {run.get('dataset', '')} examples)")
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("spectral density (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        out.save(fig, f"density_{name}")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -167,41 +210,41 @@ QUESTIONS = (
 
 
 def report_section(results: dict, ctx) -> str:
-    from hw1_tf import report
+    from hw1_tf import markdown
 
     parts, rows, comments = [], [], []
     for name, r in results["runs"].items():
-        parts.append(ctx.figure(f"density_{name}.png", f"Hessian spectral density of {name} "
+        parts.append(ctx.figure(f"density_{name}", f"Hessian spectral density of {name} "
                                 "(stochastic Lanczos quadrature)"))
-        top = report.series(r["top_eigenvalues"])
-        bottom = report.series(r["bottom_eigenvalues"])
+        top = markdown.series(r["top_eigenvalues"])
+        bottom = markdown.series(r["bottom_eigenvalues"])
         block = r.get("blocks", {}).get("spectral_norm")
-        rows.append((name, r["num_params"], r["num_examples"], report.fmt(r["loss"]),
-                     report.fmt(r["grad_norm"]), report.fmt(top.max()),
-                     report.fmt(bottom.min()),
-                     f"{report.fmt(r['trace'])} ± {report.fmt(r['trace_standard_error'])}",
-                     report.fmt(r["hutchpp_trace"]), report.fmt(r["minimal_ratio"]),
-                     report.fmt(r["perturbation_ratio"]), report.fmt(block)))
+        rows.append((name, r["num_params"], r["num_examples"], markdown.fmt(r["loss"]),
+                     markdown.fmt(r["grad_norm"]), markdown.fmt(top.max()),
+                     markdown.fmt(bottom.min()),
+                     f"{markdown.fmt(r['trace'])} ± {markdown.fmt(r['trace_standard_error'])}",
+                     markdown.fmt(r["hutchpp_trace"]), markdown.fmt(r["minimal_ratio"]),
+                     markdown.fmt(r["perturbation_ratio"]), markdown.fmt(block)))
         lam_max, lam_min = float(top.max()), float(bottom.min())
         shape = ("every computed eigenvalue is positive: a local minimum at this resolution"
                  if lam_min > 0 else
-                 f"the most negative eigenvalue is {report.fmt(lam_min)}, "
-                 f"{report.fmt(abs(lam_min) / lam_max)} of the largest: "
+                 f"the most negative eigenvalue is {markdown.fmt(lam_min)}, "
+                 f"{markdown.fmt(abs(lam_min) / lam_max)} of the largest: "
                  + ("a saddle, with clear negative curvature" if abs(lam_min) > 1e-3 * lam_max
                     else "negative curvature only at the noise level, a near-flat minimum"))
         if r["grad_norm"] > 1e-3:  # far from a critical point: curvature only, no verdict
-            shape += (f" (but ‖∇L‖ = {report.fmt(r['grad_norm'])}: not a critical point, so "
+            shape += (f" (but ‖∇L‖ = {markdown.fmt(r['grad_norm'])}: not a critical point, so "
                       "this describes the local curvature, not a minimum or saddle)")
-        comments.append(f"- **{name}**: largest eigenvalue {report.fmt(lam_max)}; {shape}. "
-                        f"{report.pct(r['perturbation_ratio'])} of random perturbations of "
-                        f"radius {report.fmt(results['config']['perturbation_radius'])} raise "
-                        f"the loss ({report.fmt(r['minimal_ratio'])} minimal ratio from "
+        comments.append(f"- **{name}**: largest eigenvalue {markdown.fmt(lam_max)}; {shape}. "
+                        f"{markdown.pct(r['perturbation_ratio'])} of random perturbations of "
+                        f"radius {markdown.fmt(results['config']['perturbation_radius'])} raise "
+                        f"the loss ({markdown.fmt(r['minimal_ratio'])} minimal ratio from "
                         f"{r['minimal_ratio_from']}).")
         if block is not None and lam_max > 0:
-            comments.append(f"  The block-diagonal estimate of ||H||_2 is {report.fmt(block)}, "
-                            f"{report.fmt(block / lam_max)}× the whole model's "
-                            f"{report.fmt(lam_max)}.")
-    parts.append(report.table(("run", "parameters", "examples", "loss", "‖∇L‖", "λ_max",
+            comments.append(f"  The block-diagonal estimate of ||H||_2 is {markdown.fmt(block)}, "
+                            f"{markdown.fmt(block / lam_max)}× the whole model's "
+                            f"{markdown.fmt(lam_max)}.")
+    parts.append(markdown.table(("run", "parameters", "examples", "loss", "‖∇L‖", "λ_max",
                                "λ_min", "trace (Hutchinson ± s.e.)", "trace (Hutch++)",
                                "minimal ratio", "perturbation ratio", "block ‖H‖₂"), rows))
     parts.append("\n".join(comments))

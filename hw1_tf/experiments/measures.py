@@ -9,15 +9,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from absl import logging
 
-from hw1_tf import data, hessian, measures, report, store
+from hw1_tf import data, fetch, framework, hessian, markdown, measures, store
 from hw1_tf.config import DistributeOptions, RunConfig, option
 from hw1_tf.errors import Hw1Error, ModelNotFoundError
-from hw1_tf.experiments import approaches, common
+from hw1_tf.experiments import approaches
+from hw1_tf.figures import FigureSet, finish_axes, plt
 
 EXPERIMENT = "measures"
+POSITION = 370  # its place in the slides' order (the registry sorts by it)
 
 # name -> (label, meaning); each oriented so that larger predicts a larger gap
 MEASURES = {
@@ -118,12 +122,11 @@ def measure_model(network, splits: data.Splits, record: dict, config: Config,
     return out
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
     splits_cache: dict[tuple, data.Splits] = {}
     runs = {}
-    for source, name, record, source_config, saved in _models(config, paths):
+    for source, name, record, source_config, saved in _models(config, ctx.paths):
         dataset = record.get("dataset") or source_config.get("dataset") or "mnist"
         if dataset not in data.IMAGE_DATASETS:
             logging.info("measures: %s/%s is not an image classifier; skipped", source, name)
@@ -131,16 +134,16 @@ def run(config: Config) -> dict:
         key = (dataset, source_config.get("train_size"), source_config.get("test_size"),
                source_config.get("seed", 0))
         if key not in splits_cache:
-            splits_cache[key] = common.load_dataset(dataset, config.data_dir,
-                                                    train_size=key[1], test_size=key[2],
-                                                    seed=key[3])
+            splits_cache[key] = fetch.load_dataset(dataset, config.data_dir,
+                                                   train_size=key[1], test_size=key[2],
+                                                   seed=key[3])
         try:
             network = hessian.keras_model_for_saved_model(saved)
         except (ModelNotFoundError, Hw1Error) as e:
             logging.warning("measures: %s/%s skipped: %s", source, name, e)
             continue
         start = time.perf_counter()
-        values = measure_model(network, splits_cache[key], record, config, strategy)
+        values = measure_model(network, splits_cache[key], record, config, ctx.strategy)
         values.update({"source": source, "run": name, "dataset": dataset,
                        "description": record.get("description", ""),
                        "loss_target": source_config.get("stop_loss_below"),
@@ -149,7 +152,7 @@ def run(config: Config) -> dict:
         runs[f"{source}:{name}"] = values
     if len(runs) < 3:
         raise ModelNotFoundError(
-            f"measures: {len(runs)} trained models found under {paths.output_dir} (need 3); "
+            f"measures: {len(runs)} trained models found under {ctx.paths.output_dir} (need 3); "
             "run bin/run_sensitivity and bin/run_sharpness first")
     taus = kendall_taus(list(runs.values()))
     # within one source the models share an architecture and a training recipe, as in Jiang
@@ -159,14 +162,40 @@ def run(config: Config) -> dict:
         members = [r for r in runs.values() if r["source"] == source]
         if len(members) >= 3:
             by_source[source] = kendall_taus(members)
-    return common.finish(EXPERIMENT, config, runs, paths, kendall_tau=taus,
-                         kendall_tau_by_source=by_source)
+    return framework.Outcome(runs, dict(kendall_tau=taus, kendall_tau_by_source=by_source))
 
 
 def kendall_taus(records: list[dict]) -> dict[str, dict[str, float]]:
     """Kendall's tau of every measure against every gap over `records`."""
     return {m: {g: measures.kendall_tau([r[m] for r in records], [r[g] for r in records])
                 for g in GAPS} for m in MEASURES}
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """Kendall's tau of every measure against both generalization gaps, best first."""
+    # an undefined tau (a measure constant over the models) is stored as null
+    taus = {m: {g: np.nan if v is None else float(v) for g, v in t.items()}
+            for m, t in results["kendall_tau"].items()}
+    names = sorted(taus, key=lambda m: -np.nan_to_num(taus[m]["loss_gap"], nan=-2))
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    for i, (gap, label) in enumerate(GAPS.items()):
+        values = [np.nan_to_num(taus[m][gap], nan=0.0) for m in names]
+        ax.barh(y + (i - 0.5) * 0.4, values, height=0.4, color=f"C{i}", label=f"vs {label}")
+    ax.set_yticks(y)
+    ax.set_yticklabels([MEASURES[m] for m in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlim(-1, 1)
+    finish_axes(ax, f"Kendall's tau over {len(results['runs'])} models (best first)",
+                 "Kendall's tau", "measure", log_y=False)
+    out = FigureSet(figures_dir)
+    out.save(fig, "kendall_tau")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -179,38 +208,38 @@ QUESTIONS = (
 
 
 def ranking(taus: dict, gap: str) -> list[tuple[str, float]]:
-    return report.ranked({m: taus[m][gap] for m in taus}, lower_is_better=False)
+    return markdown.ranked({m: taus[m][gap] for m in taus}, lower_is_better=False)
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     runs, taus, config = results["runs"], results["kendall_tau"], results["config"]
     sources = sorted({r["source"] for r in runs.values()})
-    out = [f"{len(runs)} models from {report.join(sources)}; every measure on the same "
+    out = [f"{len(runs)} models from {markdown.join(sources)}; every measure on the same "
            f"{config['analysis_examples']} training examples (sensitivities on "
            f"{config['sensitivity_examples']} test examples), each oriented so that larger "
            "should mean a larger generalization gap, then Kendall's tau over the models "
            "(+1: the measure orders the models exactly as the gap does).", "",
-           ctx.figure("kendall_tau.png", "measures ranked by Kendall's tau"), "",
-           report.table(("measure", *[f"tau vs {g}" for g in GAPS.values()]),
+           ctx.figure("kendall_tau", "measures ranked by Kendall's tau"), "",
+           markdown.table(("measure", *[f"tau vs {g}" for g in GAPS.values()]),
                         [(MEASURES[m], taus[m]["loss_gap"], taus[m]["error_gap"])
                          for m, _ in ranking(taus, "loss_gap")]), "",
            "### Every measure per model", ""]
     shown = ("loss_gap", "error_gap", "spectral_product", "path_norm", "inverse_margin",
              "pac_bayes_flatness", "sharpness_slides", "sharpness_keskar", "hessian_trace",
              "sensitivity_loss_grad")
-    out += [report.table(("model", *shown), [(name, *[r[k] for k in shown])
+    out += [markdown.table(("model", *shown), [(name, *[r[k] for k in shown])
                                               for name, r in runs.items()]), "",
             "### Comment", ""]
     for gap, label in GAPS.items():
         order = ranking(taus, gap)
-        top = [f"{MEASURES[m]} ({report.fmt(t, 2)})" for m, t in order[:3]]
-        bottom = [f"{MEASURES[m]} ({report.fmt(t, 2)})" for m, t in order[-3:]
+        top = [f"{MEASURES[m]} ({markdown.fmt(t, 2)})" for m, t in order[:3]]
+        bottom = [f"{MEASURES[m]} ({markdown.fmt(t, 2)})" for m, t in order[-3:]
                   if t == t]
-        out.append(f"- Against {label}: best {report.join(top)}; worst "
-                   f"{report.join(bottom)}.")
+        out.append(f"- Against {label}: best {markdown.join(top)}; worst "
+                   f"{markdown.join(bottom)}.")
     n = len(runs)
     out.append(f"- With {n} models a single swapped pair moves tau by "
-               f"{report.fmt(2 / (n * (n - 1) / 2), 2)}, so differences below that are noise.")
+               f"{markdown.fmt(2 / (n * (n - 1) / 2), 2)}, so differences below that are noise.")
     targets = {r["source"]: r.get("loss_target") for r in runs.values()}
     out.append("- Training: " + "; ".join(
         f"{s} models " + (f"trained to training loss {t:g}" if t else
@@ -221,15 +250,15 @@ def report_section(results: dict, ctx: report.Context) -> str:
     if by_source:
         out += ["", "### Within each source (one architecture, one recipe)", ""]
         names = list(by_source)
-        out.append(report.table(("measure", *[f"tau vs loss gap, {s}" for s in names]),
+        out.append(markdown.table(("measure", *[f"tau vs loss gap, {s}" for s in names]),
                                 [(MEASURES[m], *[by_source[s][m]["loss_gap"] for s in names])
                                  for m, _ in ranking(taus, "loss_gap")]))
         out.append("")
         for s in names:
             order = ranking(by_source[s], "loss_gap")
             k = sum(1 for r in runs.values() if r["source"] == s)
-            best = [f"{MEASURES[m]} ({report.fmt(t, 2)})" for m, t in order[:3]]
-            out.append(f"- {s} ({k} models): best {report.join(best)}.")
+            best = [f"{MEASURES[m]} ({markdown.fmt(t, 2)})" for m, t in order[:3]]
+            out.append(f"- {s} ({k} models): best {markdown.join(best)}.")
     out.append("- Jiang et al. (2019) found, over thousands of CNNs, that sharpness-based "
                "measures (PAC-Bayes flatness and its magnitude-aware variant) correlate best "
                "with the gap and that spectral-norm products and the parameter count correlate "

@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from absl import logging
 
-from hw1_tf import critical, data, functions, hessian, models, population, report, store
+from hw1_tf import critical, data, framework, functions, hessian, markdown, models, population, store, trainer
 from hw1_tf.config import ConfigError, TrainConfig, option
-from hw1_tf.experiments import common
+from hw1_tf.figures import FigureSet, finish_axes, matplotlib, plt, spans_decades
 
 EXPERIMENT = "minimal_ratio"
+POSITION = 230  # its place in the slides' order (the registry sorts by it)
 NORM_THRESHOLDS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
 
 
@@ -82,22 +85,20 @@ def model_spec(config: Config) -> models.ModelSpec:
 BACKUP = "population"  # the population's backup folder, removed once the results are written
 
 
-def _train(config: Config, spec, splits, seeds, paths):
+def _train(ctx: framework.ExperimentContext, spec, splits, seeds):
     """The population on the loss (and, for grad_norm, on ||grad L||^2 after the switch),
     backed up to resume after a kill."""
-    settings = common.settings_from(config)
-    pop_settings = population.PopulationSettings(**dataclasses.asdict(settings),
-                                                 evaluate_test=False)
+    config = ctx.config
+    pop_settings = trainer.population_settings(config, evaluate_test=False)
     if config.critical_point_method == "grad_norm":
         pop_settings.epochs = config.epochs + config.grad_norm_epochs
         pop_settings.switch_after_epochs = config.epochs
         pop_settings.switch_grad_norm_below = None
         if pop_settings.stop_grad_norm_below is None:
             pop_settings.stop_grad_norm_below = config.critical_grad_norm
-    strategy = common.strategy_from(config)
     return population.train_population(
-        spec, splits, pop_settings, seeds, strategy=strategy, run_name=EXPERIMENT,
-        backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
+        spec, splits, pop_settings, seeds, strategy=ctx.strategy, run_name=EXPERIMENT,
+        backup_dir=ctx.backup_dir(BACKUP))
 
 
 def measure(losses: critical.MemberLosses, theta: np.ndarray, config: Config) -> dict:
@@ -127,10 +128,10 @@ def measure(losses: critical.MemberLosses, theta: np.ndarray, config: Config) ->
             "perturbation_seconds": time.perf_counter() - started}
 
 
-def run(config: Config) -> dict:
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
     if not config.eigen_tolerances:
         raise ConfigError("--eigen_tolerances: give at least one tolerance")
-    paths = common.paths_from(config)
     spec = model_spec(config)
     splits = data.function_splits(config.function, config.n_train, 2, seed=config.seed)
     seeds = [config.seed + i for i in range(config.runs)]
@@ -139,7 +140,7 @@ def run(config: Config) -> dict:
         """Training, the critical-point phase and the measures: one record, kept at once."""
         timings = {}
         started = time.perf_counter()
-        pop, histories = _train(config, spec, splits, seeds, paths)
+        pop, histories = _train(ctx, spec, splits, seeds)
         timings["training"] = time.perf_counter() - started
         losses = critical.MemberLosses(spec, splits.x_train.astype(np.float64),
                                        splits.y_train.astype(np.float64))
@@ -175,16 +176,15 @@ def run(config: Config) -> dict:
             for i in range(config.runs):
                 network = models.build(spec, splits.input_shape, 1)
                 network.set_weights([w[i] for w in _unstack(losses, theta)])
-                store.export_model(network, paths.saved_model(EXPERIMENT, f"run_{i:03d}"))
+                store.export_model(network, ctx.paths.saved_model(EXPERIMENT, f"run_{i:03d}"))
         timings["total"] = sum(timings.values())
         return {"endpoints": {**endpoints, "critical_phase": phase, "timings": timings}}
 
     # the whole population is one record: a rerun of the same config skips it (--force redoes)
-    endpoints = dict(common.run_group_once(EXPERIMENT, config, paths, ["endpoints"], compute,
-                                           backup=BACKUP)["endpoints"])
+    endpoints = dict(ctx.ledger.group_once(["endpoints"], compute, backup=BACKUP)["endpoints"])
     phase, timings = endpoints.pop("critical_phase", None), endpoints.pop("timings", None)
     if phase is None:  # the record kept in results.json: its summaries are beside it there
-        previous = common.previous_results(EXPERIMENT, config, paths)
+        previous = ctx.ledger.previous()
         phase, timings = previous["critical_phase"], previous["timings"]
     # a kept record has its short arrays as lists (results.json): read them as arrays
     table = critical.norm_table(np.asarray(endpoints["grad_norm"]), NORM_THRESHOLDS)
@@ -193,14 +193,12 @@ def run(config: Config) -> dict:
                  config.runs, config.critical_grad_norm)
     fn = functions.get(config.function)
     runs = {"endpoints": endpoints}
-    results = common.finish(
-        EXPERIMENT, config, runs, paths, critical_phase=phase, timings=timings,
+    return framework.Outcome(runs, dict(
+        critical_phase=phase, timings=timings,
         norm_table=[{"threshold": t, "runs": n} for t, n in table],
-        model={**dataclasses.asdict(spec),
-               "num_params": int(np.shape(endpoints["weights"])[1]),
+        model={**dataclasses.asdict(spec), "num_params": int(np.shape(endpoints["weights"])[1]),
                "description": spec.describe()},
-        target={"name": config.function, "formula": fn.formula, "domain": fn.domain})
-    return results
+        target={"name": config.function, "formula": fn.formula, "domain": fn.domain}))
 
 
 def _unstack(losses: critical.MemberLosses, theta: np.ndarray) -> list[np.ndarray]:
@@ -223,6 +221,89 @@ def _ragged_after_switch(histories) -> np.ndarray:
     return out
 
 
+# -------------------------------------------------------------------------------- figures
+
+
+def _ratio_panel(ax, x, loss, norm, reached, norm_scale, xlabel: str, title: str,
+                 threshold: float):
+    """Loss against a minimal ratio: critical runs as dots coloured by ||grad L||, the others
+    as crosses (same colours), so no run is silently mixed in."""
+    points = None
+    for mask, marker, label in ((reached, "o", f"||grad L|| <= {threshold:g}"),
+                                (~reached, "x", f"||grad L|| > {threshold:g} (not critical)")):
+        if mask.any():
+            points = ax.scatter(x[mask], loss[mask], c=norm[mask], cmap="viridis",
+                                norm=norm_scale, marker=marker, s=28,
+                                label=f"{label}: {int(mask.sum())} runs")
+    # log once the losses span a decade: the runs' end points differ by orders of magnitude
+    finish_axes(ax, title, xlabel, "training loss (MSE, float64, full batch)", loss,
+                 log_y=spans_decades(loss, 1.0))
+    ax.set_xlim(-0.02, 1.02)
+    return points
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """minimal_ratio.png: loss vs minimal ratio, one panel per definition; tolerances.png: the
+    eigenvalue ratio at every tolerance; critical_phase.png: ||grad L|| per iteration."""
+    from matplotlib.colors import LogNorm
+
+    config, end = results["config"], results["runs"]["endpoints"]
+    loss = np.asarray(end["loss"], float)
+    norm = np.asarray(end["grad_norm"], float)
+    reached = np.asarray(end["reached"], bool)
+    ratio = np.asarray(end["eigenvalue_ratio"], float)
+    tols = np.asarray(end["eigen_tolerances"], float)
+    positive = norm[norm > 0]
+    norm_scale = LogNorm(vmin=positive.min() if positive.size else 1e-12,
+                         vmax=max(positive.max() if positive.size else 1.0, 1e-12))
+    threshold = float(config["critical_grad_norm"])
+    title_tail = f"{len(loss)} runs, {results['critical_phase']['method']}"
+    out = FigureSet(figures_dir)
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+    panels = ((ratio[:, 0], f"minimal ratio: share of eigenvalues > {tols[0]:g} max|λ|",
+               "Exact Hessian eigenvalues"),
+              (np.asarray(end["perturbation_ratio"], float),
+               "minimal ratio: share of perturbations raising the loss",
+               f"{config['perturbation_samples']} random perturbations, radius "
+               f"{config['perturbation_radius']:g}"))
+    for ax, (x, xlabel, title) in zip(axes, panels):
+        points = _ratio_panel(ax, x, loss, norm, reached, norm_scale, xlabel,
+                              f"{title}\n({title_tail})", threshold)
+    fig.colorbar(points, ax=axes, label="final ||grad L|| (log scale)")
+    out.save(fig, "minimal_ratio", tight=False)
+
+    fig, axes = plt.subplots(1, len(tols), figsize=(5.5 * len(tols), 5), squeeze=False)
+    near = np.asarray(end["near_zero_ratio"], float)
+    for j, (ax, tol) in enumerate(zip(axes[0], tols)):
+        points = _ratio_panel(ax, ratio[:, j], loss, norm, reached, norm_scale,
+                              f"share of eigenvalues > {tol:g} max|λ|",
+                              f"tol = {tol:g} max|λ|\nmedian {np.median(near[:, j]):.0%} of "
+                              "eigenvalues within it", threshold)
+        if j:  # one legend is enough
+            ax.get_legend().remove()
+    fig.colorbar(points, ax=list(axes[0]), label="final ||grad L|| (log scale)")
+    out.save(fig, "tolerances", tight=False)
+
+    phase = results["critical_phase"]
+    history = np.asarray(phase.get("grad_norm", []), float)
+    if history.ndim == 2 and history.shape[0] > 1:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        steps = np.arange(history.shape[0])
+        ax.plot(steps, history, color="C0", lw=0.6, alpha=0.35)
+        ax.plot(steps, np.nanmedian(history, axis=1), color="k", lw=2, label="median run")
+        ax.axhline(threshold, color="C3", ls="--", label=f"critical threshold {threshold:g}")
+        unit = ("iteration after the switch (mini-batch norms, float32)"
+                if phase["method"] == "grad_norm" else
+                f"{phase['method']} iteration (float64, full batch)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        finish_axes(ax, f"||grad L|| in the critical-point phase ({title_tail})", unit,
+                     "||grad L||", log_y=True)
+        out.save(fig, "critical_phase")
+    return out
+
+
+
 # -------------------------------------------------------------------------- REPORT.md section
 
 TITLE = "HW1-2 What happens when the gradient is almost zero"
@@ -234,14 +315,14 @@ QUESTIONS = (
 )
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     """How the end points were found, the norm table, the figure, and what the ratios say."""
     config, phase = results["config"], results["critical_phase"]
     end = results["runs"]["endpoints"]
     model, timings = results["model"], results["timings"]
     runs = len(end["loss"])
     reached = np.asarray(end["reached"], bool)
-    norm = report.series(end["grad_norm"])
+    norm = markdown.series(end["grad_norm"])
     method = phase["method"]
     how = {"grad_norm": f"Adam on ‖∇L‖^2 for {config['grad_norm_epochs']} epochs (the "
                         "slides' recipe, float32, mini-batches)",
@@ -262,34 +343,34 @@ def report_section(results: dict, ctx: report.Context) -> str:
            f"(b) the share of {config['perturbation_samples']} random perturbations of radius "
            f"{config['perturbation_radius']:g} (uniform on the sphere) that raise the loss.", "",
            "### How many runs reached which gradient norm", ""]
-    start = report.series(phase["start_grad_norm"])
-    out.append(report.table(("‖∇L‖ <=", "after the loss epochs", "at the end points"),
+    start = markdown.series(phase["start_grad_norm"])
+    out.append(markdown.table(("‖∇L‖ <=", "after the loss epochs", "at the end points"),
                             [(f"{t:g}", int(np.sum(start <= t)), int(np.sum(norm <= t)))
                              for t in NORM_THRESHOLDS]))
     out += ["", f"{int(reached.sum())} of {runs} runs reached ‖∇L‖ <= "
-            f"{config['critical_grad_norm']:g} (median {report.fmt(np.median(norm))}, "
-            f"largest {report.fmt(np.max(norm))}); critical-point phase "
+            f"{config['critical_grad_norm']:g} (median {markdown.fmt(np.median(norm))}, "
+            f"largest {markdown.fmt(np.max(norm))}); critical-point phase "
             f"{timings['critical_point_phase']:.0f} s, whole study {timings['total']:.0f} s.", ""]
     out += ["### Minimal ratio against the loss", "",
-            ctx.figure("minimal_ratio.png", "loss vs minimal ratio, both definitions"),
-            ctx.figure("tolerances.png", "eigenvalue ratio at each tolerance"),
-            ctx.figure("critical_phase.png", "gradient norm during the critical-point phase"),
+            ctx.figure("minimal_ratio", "loss vs minimal ratio, both definitions"),
+            ctx.figure("tolerances", "eigenvalue ratio at each tolerance"),
+            ctx.figure("critical_phase", "gradient norm during the critical-point phase"),
             ""]
-    tols = report.series(end["eigen_tolerances"])
-    ratio, near = report.series(end["eigenvalue_ratio"]), report.series(end["near_zero_ratio"])
-    pert = report.series(end["perturbation_ratio"])
-    loss = report.series(end["loss"])
-    rows = [(f"eigenvalues > {t:g} max|λ|", report.fmt(np.median(ratio[reached, j]))
-             if reached.any() else "-", f"{report.fmt(ratio[:, j].min())} - "
-             f"{report.fmt(ratio[:, j].max())}", report.fmt(np.median(near[:, j])))
+    tols = markdown.series(end["eigen_tolerances"])
+    ratio, near = markdown.series(end["eigenvalue_ratio"]), markdown.series(end["near_zero_ratio"])
+    pert = markdown.series(end["perturbation_ratio"])
+    loss = markdown.series(end["loss"])
+    rows = [(f"eigenvalues > {t:g} max|λ|", markdown.fmt(np.median(ratio[reached, j]))
+             if reached.any() else "-", f"{markdown.fmt(ratio[:, j].min())} - "
+             f"{markdown.fmt(ratio[:, j].max())}", markdown.fmt(np.median(near[:, j])))
             for j, t in enumerate(tols)]
     rows.append((f"perturbations of radius {config['perturbation_radius']:g} raising the loss",
-                 report.fmt(np.median(pert[reached])) if reached.any() else "-",
-                 f"{report.fmt(pert.min())} - {report.fmt(pert.max())}", "-"))
-    out.append(report.table(("minimal ratio", "median (critical runs)", "range (all runs)",
+                 markdown.fmt(np.median(pert[reached])) if reached.any() else "-",
+                 f"{markdown.fmt(pert.min())} - {markdown.fmt(pert.max())}", "-"))
+    out.append(markdown.table(("minimal ratio", "median (critical runs)", "range (all runs)",
                              "median share near zero"), rows))
     out += ["", "### Comment", ""]
-    eig = report.series(end["eigenvalues"])
+    eig = markdown.series(end["eigenvalues"])
     out += [f"- {c}" for c in _comments(loss, ratio[:, 0], pert, near[:, 0], reached, tols,
                                         eig)]
     return "\n".join(out)
@@ -314,14 +395,14 @@ def _comments(loss, ratio, pert, near, reached, tols, eig) -> list[str]:
         depth = -eig[reached, 0] / np.max(np.abs(eig[reached]), axis=1)
         out.append(f"{minima} of {int(reached.sum())} of them had every sampled perturbation "
                    f"raise the loss (minimum-like at that radius), and the median share is "
-                   f"{report.fmt(np.median(pert[reached]))}; yet a median "
-                   f"{report.pct(np.median(negative))} of their eigenvalues are below "
+                   f"{markdown.fmt(np.median(pert[reached]))}; yet a median "
+                   f"{markdown.pct(np.median(negative))} of their eigenvalues are below "
                    f"-{tols[0]:g} max|λ| (eigenvalue ratio at most "
-                   f"{report.fmt(np.max(ratio[reached]))}). The most negative eigenvalue is a "
-                   f"median {report.fmt(np.median(depth))} of the largest: the negative "
+                   f"{markdown.fmt(np.max(ratio[reached]))}). The most negative eigenvalue is a "
+                   f"median {markdown.fmt(np.median(depth))} of the largest: the negative "
                    "curvature is too weak to show in the loss at that radius, so the two "
                    "definitions disagree.")
-    out.append(f"A median {report.pct(np.median(near))} of the eigenvalues lie within "
+    out.append(f"A median {markdown.pct(np.median(near))} of the eigenvalues lie within "
                f"{tols[0]:g} max|λ| of zero: the critical points are highly degenerate, so "
                "the eigenvalue ratio is mostly a count of flat directions and moves with the "
                "tolerance, while the perturbation ratio tests the loss itself.")

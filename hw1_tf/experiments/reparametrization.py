@@ -7,17 +7,22 @@ definition of hw1_tf.measures is recomputed."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 from absl import logging
 
-from hw1_tf import hessian, measures, models, report, store
-from hw1_tf.config import option
+from hw1_tf import fetch, framework, hessian, markdown, measures, models, store
+from hw1_tf.config import ImageTrainConfig, StopOptions, option
 from hw1_tf.errors import Hw1Error
-from hw1_tf.experiments import approaches, common
+from hw1_tf.experiments import approaches
+from hw1_tf.experiments.sharpness import SHARPNESS_LABELS, SHORT_LABELS
+from hw1_tf.figures import FigureSet, finish_axes, plt
 
 EXPERIMENT = "reparametrization"
+POSITION = 360  # its place in the slides' order (the registry sorts by it)
 
 
 class FunctionChangedError(Hw1Error):
@@ -46,8 +51,8 @@ def rescaled(network: keras.Model, layer: int, alpha: float) -> keras.Model:
 
 
 @dataclasses.dataclass
-class Config(approaches.SharpnessOptions, common.StopOptions,
-             common.ImageTrainConfig):
+class Config(approaches.SharpnessOptions, StopOptions,
+             ImageTrainConfig):
     hidden: tuple[int, ...] = option((32, 32), "Hidden widths of the dense ReLU model.",
                                      lower=1)
     layer: int = option(0, "Dense layer scaled by alpha (the next one by 1/alpha).", lower=0)
@@ -60,16 +65,14 @@ class Config(approaches.SharpnessOptions, common.StopOptions,
     epochs: int = option(5, "Training epochs of the model.", lower=1)
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
-    splits = common.load_splits(config)
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
+    splits = fetch.load_splits(config)
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
 
     def train_and_rescale() -> dict:
-        network, record = approaches.train_approach(EXPERIMENT, config, splits, spec,
-                                                    config.batch_size, config.learning_rate,
-                                                    strategy=strategy, paths=paths)
+        network, record = approaches.train_approach(ctx, splits, spec, config.batch_size,
+                                                    config.learning_rate)
         x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
         x = x.astype(np.float64)
         base = hessian.as_float64_model(network)  # float64: "unchanged" to 1e-10, not 1e-6
@@ -85,7 +88,7 @@ def run(config: Config) -> dict:
             result = measures.sharpness_measures(
                 model, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
                 keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
-                max_block_mb=config.max_block_mb, seed=config.seed, strategy=strategy)
+                max_block_mb=config.max_block_mb, seed=config.seed, strategy=ctx.strategy)
             base_loss = result["analysis_loss"] if base_loss is None else base_loss
             loss_change = abs(result["analysis_loss"] - base_loss) / base_loss
             if change > config.tolerance or loss_change > config.tolerance:
@@ -106,10 +109,41 @@ def run(config: Config) -> dict:
         return record
 
     # one model: kept at once, and a rerun of the same config skips it (--force redoes it)
-    record = common.run_once(EXPERIMENT, config, paths, "model", train_and_rescale)
+    record = ctx.ledger.once("model", train_and_rescale)
     x_count = min(config.analysis_examples, len(splits.x_train))
-    return common.finish(EXPERIMENT, config, {"model": record}, paths,
-                         analysis_examples=x_count)
+    return framework.Outcome({"model": record}, dict(analysis_examples=x_count))
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """Dinh et al.'s rescaling: the function's change (float64 rounding) and each sharpness,
+    against alpha."""
+    r = results["runs"]["model"]
+    alphas = np.asarray(r["alphas"], float)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    floor = 1e-17  # exact zeros drawn here, below float64's epsilon
+    left.plot(alphas, np.maximum(r["output_change"], floor), "-o",
+              label="max |outputs change| / max |outputs|")
+    left.plot(alphas, np.maximum(r["loss_change"], floor), "-s",
+              label="|loss change| / loss (0 drawn at 1e-17)")
+    left.axhline(np.finfo(np.float64).eps, color="gray", linestyle=":", label="float64 epsilon")
+    left.set_ylim(1e-18, 1e-6)
+    left.set_xscale("log")
+    finish_axes(left, "the function is unchanged", "alpha (log scale)", "relative change",
+                 log_y=True)
+    for key, label in SHARPNESS_LABELS:
+        right.plot(alphas, r[key], "-o", label=SHORT_LABELS[key])
+    right.set_xscale("log")
+    finish_axes(right, "while every sharpness changes", "alpha (log scale)", "sharpness",
+                 log_y=True)
+    fig.suptitle(f"HW1-3 bonus: layer {r['layer']} x alpha, layer {r['layer'] + 1} x 1/alpha "
+                 "(ReLU)")
+    out = FigureSet(figures_dir)
+    out.save(fig, "reparametrization")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -122,35 +156,35 @@ QUESTIONS = (
 )
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     r = results["runs"]["model"]
-    alphas = report.series(r["alphas"])
+    alphas = markdown.series(r["alphas"])
     out = [f"One model ({r['description']}, {r['num_params']} parameters, test accuracy "
-           f"{report.pct(r['test_accuracy'])}); Dense layer {r['layer']} times alpha and the "
-           f"next one's kernel times 1/alpha, alpha from {report.fmt(alphas.min())} to "
-           f"{report.fmt(alphas.max())}; everything in float64 on "
+           f"{markdown.pct(r['test_accuracy'])}); Dense layer {r['layer']} times alpha and the "
+           f"next one's kernel times 1/alpha, alpha from {markdown.fmt(alphas.min())} to "
+           f"{markdown.fmt(alphas.max())}; everything in float64 on "
            f"{results['analysis_examples']} training examples.", "",
-           ctx.figure("reparametrization.png", "function unchanged, sharpness not"), "",
-           report.table(("alpha", "output change", "loss change", "slides", "whole-model",
+           ctx.figure("reparametrization", "function unchanged, sharpness not"), "",
+           markdown.table(("alpha", "output change", "loss change", "slides", "whole-model",
                          "Keskar"),
-                        [(report.fmt(a), r["output_change"][i], r["loss_change"][i],
+                        [(markdown.fmt(a), r["output_change"][i], r["loss_change"][i],
                           r["sharpness_slides"][i], r["sharpness_whole"][i],
                           r["sharpness_keskar"][i]) for i, a in enumerate(alphas)]), "",
            "### Comment", ""]
     out.append(f"- The largest relative change of the outputs over all alphas is "
-               f"{report.fmt(float(np.max(r['output_change'])))}, of the loss "
-               f"{report.fmt(float(np.max(r['loss_change'])))}: the same function.")
+               f"{markdown.fmt(float(np.max(r['output_change'])))}, of the loss "
+               f"{markdown.fmt(float(np.max(r['loss_change'])))}: the same function.")
     for key, label in (("sharpness_slides", "slides' (block-diagonal)"),
                        ("sharpness_whole", "whole-model"), ("sharpness_keskar", "Keskar")):
-        v = report.series(r[key])
-        out.append(f"- The {label} sharpness spans {report.fmt(v.min())} to "
-                   f"{report.fmt(v.max())}, {report.fmt(np.log10(v.max() / v.min()), 2)} "
+        v = markdown.series(r[key])
+        out.append(f"- The {label} sharpness spans {markdown.fmt(v.min())} to "
+                   f"{markdown.fmt(v.max())}, {markdown.fmt(np.log10(v.max() / v.min()), 2)} "
                    "orders of magnitude, for one and the same function.")
     out.append(_compare_with_sharpness(r, ctx))
     return "\n".join(out)
 
 
-def _compare_with_sharpness(r: dict, ctx: report.Context) -> str:
+def _compare_with_sharpness(r: dict, ctx: markdown.Context) -> str:
     """How the rescaling's span compares with the span across the sharpness section's
     training approaches (when its results are there)."""
     span = {k: float(np.log10(np.max(r[k]) / np.min(r[k])))
@@ -159,16 +193,16 @@ def _compare_with_sharpness(r: dict, ctx: report.Context) -> str:
         other = store.load_results(ctx.paths, "sharpness")["runs"].values()
     except (Hw1Error, OSError, ValueError, KeyError):
         return (f"- Rescaling alone moves the slides' sharpness by "
-                f"{report.fmt(span['sharpness_slides'], 2)} orders of magnitude; run "
+                f"{markdown.fmt(span['sharpness_slides'], 2)} orders of magnitude; run "
                 "bin/run_sharpness to compare with the spread across training approaches.")
     parts = []
     for key, label in (("sharpness_slides", "slides'"), ("sharpness_keskar", "Keskar")):
         values = [o[key] for o in other]
         across = float(np.log10(max(values) / min(values)))
         verdict = "more than" if span[key] > across else "less than"
-        parts.append(f"the {label} sharpness by {report.fmt(span[key], 2)} orders of magnitude, "
-                     f"{verdict} the {report.fmt(across, 2)} separating the "
+        parts.append(f"the {label} sharpness by {markdown.fmt(span[key], 2)} orders of magnitude, "
+                     f"{verdict} the {markdown.fmt(across, 2)} separating the "
                      f"{len(values)} training approaches of the sharpness section")
-    return ("- For the sharpness section: rescaling one function moves " + report.join(parts)
+    return ("- For the sharpness section: rescaling one function moves " + markdown.join(parts)
             + "; so those sharpness differences say something only among nets of comparable "
             "layer scales, never as an absolute flat/sharp verdict.")

@@ -16,7 +16,7 @@ Results go to results/scratch/results.json (`runs`: every trained net's historie
 "search/ws=..,lr=..", "rule/<rule>", "final"; `overfit_train_accuracy`, `search`, `update_rules`
 naming each rule's run, `final` with `test_accuracy`, `dataset_used`), the final net's best
 parameters to results/scratch/checkpoints/final.npz, figures to figures/scratch/. Each run is
-done once (`common.run_once`: a rerun skips the finished ones) and its Solver backs up at epoch
+done once (the ledger: a rerun skips the finished ones) and its Solver backs up at epoch
 ends, so a killed run started again resumes where it was.
 """
 
@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from absl import logging
 
-from hw1_tf import data, report
+from hw1_tf import data, fetch, framework, markdown
 from hw1_tf.config import ConfigError, RunConfig, option
 from hw1_tf.errors import DataError, Hw1Error, TrainingDivergedError
-from hw1_tf.experiments import common
 from hw1_tf.scratch.optim import UPDATE_RULES
+from hw1_tf.figures import FigureSet, plt, spans_decades
 
 EXPERIMENT = "scratch"
+POSITION = 400  # its place in the slides' order (the registry sorts by it)
 
 
 @dataclasses.dataclass
@@ -122,13 +124,13 @@ def load_data(config: Config) -> tuple[data.Splits, str | None]:
     kwargs = dict(train_size=config.train_size, test_size=config.test_size, seed=config.seed,
                   standardize=config.standardize)
     try:
-        return common.load_dataset(config.dataset, config.data_dir, allow_download=True,
+        return fetch.load_dataset(config.dataset, config.data_dir, allow_download=True,
                                    **kwargs), None
     except DataError as e:
         if config.fallback_dataset == config.dataset:
             raise
         logging.warning("%s; using %s instead", e, config.fallback_dataset)
-        return common.load_dataset(config.fallback_dataset, config.data_dir, **kwargs), str(e)
+        return fetch.load_dataset(config.fallback_dataset, config.data_dir, **kwargs), str(e)
 
 
 def split_train_val(splits: data.Splits, val_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -175,24 +177,24 @@ def _train(arrays, hidden_dims, *, num_classes, weight_scale, update_rule, learn
     return solver, history
 
 
-def _run_once(paths, arrays, hidden_dims, *, name: str, config: Config, then=None,
-              **kwargs) -> dict[str, Any]:
+def _run_once(ctx: framework.ExperimentContext, arrays, hidden_dims, *, name: str,
+              config: Config, then=None, **kwargs) -> dict[str, Any]:
     """Run `name`'s record: the recorded one when it already finished for this config
-    (`common.run_once`), else `_train`'s (then `then(solver, history)`), its Solver backed up
+    (the ledger), else `_train`'s (then `then(solver, history)`), its Solver backed up
     under the run's backup folder so that a killed run started again resumes."""
     def train():
         solver, history = _train(
             arrays, hidden_dims, config=config, name=name,
-            backup_path=common.backup_dir(paths, EXPERIMENT, name) / "solver.npz", **kwargs)
+            backup_path=ctx.ledger.backup_folder(name) / "solver.npz", **kwargs)
         if then is not None:
             then(solver, history)
         return history
 
-    return common.run_once(EXPERIMENT, config, paths, name, train)
+    return ctx.ledger.once(name, train)
 
 
-def run(config: Config) -> dict[str, Any]:
-    paths = common.paths_from(config)
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
     started = time.time()
     splits, fallback_reason = load_data(config)
     arrays = split_train_val(splits, config.val_size, config.seed)
@@ -208,7 +210,7 @@ def run(config: Config) -> dict[str, Any]:
     few = _subset(arrays, config.overfit_samples)
 
     # 1. overfit
-    runs["overfit"] = _run_once(paths, few, config.overfit_hidden_dims, update_rule="sgd",
+    runs["overfit"] = _run_once(ctx, few, config.overfit_hidden_dims, update_rule="sgd",
                                 weight_scale=config.overfit_weight_scale,
                                 learning_rate=config.overfit_learning_rate, name="overfit",
                                 **small)
@@ -223,7 +225,7 @@ def run(config: Config) -> dict[str, Any]:
     for i, ws in enumerate(config.search_weight_scales):
         for j, lr in enumerate(config.search_learning_rates):
             name = f"search/ws={ws:g},lr={lr:g}"
-            hist = _run_once(paths, few, config.search_hidden_dims, update_rule="sgd",
+            hist = _run_once(ctx, few, config.search_hidden_dims, update_rule="sgd",
                              weight_scale=ws, learning_rate=lr, name=name, verbose=False,
                              **small)
             runs[name] = hist
@@ -252,13 +254,13 @@ def run(config: Config) -> dict[str, Any]:
     for rule, lr in zip(config.update_rules, config.rule_learning_rates):
         update_rules[rule] = f"rule/{rule}"
         runs[update_rules[rule]] = _run_once(
-            paths, rules_data, config.rules_hidden_dims, num_classes=n_classes,
+            ctx, rules_data, config.rules_hidden_dims, num_classes=n_classes,
             weight_scale=config.rules_weight_scale, update_rule=rule, learning_rate=lr,
             epochs=config.rules_epochs, batch_size=config.rules_batch_size, config=config,
             compile=compiled, name=update_rules[rule])
 
     # 4. final net
-    checkpoint = paths.results_dir(EXPERIMENT) / "checkpoints" / "final.npz"
+    checkpoint = ctx.paths.results_dir(EXPERIMENT) / "checkpoints" / "final.npz"
 
     def test(solver, history):
         if solver.diverged:
@@ -269,7 +271,7 @@ def run(config: Config) -> dict[str, Any]:
                        checkpoint=str(checkpoint))
 
     final = runs["final"] = _run_once(
-        paths, arrays, config.hidden_dims, num_classes=n_classes,
+        ctx, arrays, config.hidden_dims, num_classes=n_classes,
         weight_scale=config.weight_scale, update_rule=config.optimizer,
         learning_rate=config.learning_rate, lr_decay=config.lr_decay, epochs=config.epochs,
         batch_size=config.batch_size, dropout=config.dropout,
@@ -279,8 +281,7 @@ def run(config: Config) -> dict[str, Any]:
     logging.info("scratch: final net test accuracy %.4f (best val %.4f at epoch %d)", test_acc,
                  final["best_val_acc"], final["best_epoch"])
 
-    results = {
-        "experiment": EXPERIMENT,
+    return framework.Outcome(runs, {
         "dataset_requested": config.dataset,
         "dataset_used": splits.name,
         "fallback_reason": fallback_reason,
@@ -291,9 +292,7 @@ def run(config: Config) -> dict[str, Any]:
                                         "num_params", "hidden_dims", "checkpoint")},
         "test_accuracy": test_acc,
         "seconds": time.time() - started,
-    }
-    return common.finish(EXPERIMENT, config, runs, paths,
-                         **{k: v for k, v in results.items() if k != "experiment"})
+    })
 
 
 def _best_cell(acc: np.ndarray, loss: np.ndarray) -> tuple[int, int]:
@@ -304,6 +303,107 @@ def _best_cell(acc: np.ndarray, loss: np.ndarray) -> tuple[int, int]:
         return 0, 0
     _, _, i, j = max(cells)
     return -i, -j
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def _scratch_curves(ax_loss, ax_acc, run: dict[str, Any], label: str | None = None,
+                    color=None) -> None:
+    """Per-iteration loss on ax_loss, per-epoch train (solid) / val (dashed) accuracy on ax_acc."""
+    loss = [np.nan if v is None else v for v in run["loss_history"]]
+    per_epoch = max(run.get("iterations_per_epoch", 1), 1)
+    it_epochs = np.arange(1, len(loss) + 1) / per_epoch
+    ax_loss.plot(it_epochs, loss, color=color, lw=0.8, label=label)
+    epochs = np.arange(len(run["train_acc_history"]))
+    ax_acc.plot(epochs, run["train_acc_history"], color=color, marker=".",
+                label=f"{label}: train" if label else "train")
+    ax_acc.plot(epochs, run["val_acc_history"], color=color, ls="--", marker=".",
+                label=f"{label}: validation" if label else "validation")
+
+
+def _scratch_loss_axis(ax, values, title: str) -> None:
+    ax.set(title=title, xlabel="epoch", ylabel="training loss (per iteration)")
+    if spans_decades(values):
+        ax.set_yscale("log")
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """Overfitting 50 examples, the weight-scale/learning-rate grid, the four update rules and the
+    final net, from results/scratch/results.json."""
+    out = FigureSet(figures_dir)
+    dataset = results.get("dataset_used", "?")
+    runs = results["runs"]
+
+    overfit = runs["overfit"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    _scratch_curves(ax_loss, ax_acc, overfit)
+    _scratch_loss_axis(ax_loss, overfit["loss_history"], "Training loss")
+    ax_acc.set(title=f"Accuracy (train reaches {results['overfit_train_accuracy']:.0%})",
+               xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    ax_acc.axhline(1.0, color="gray", lw=0.5)
+    ax_acc.legend()
+    fig.suptitle(f"Overfitting {overfit['num_train']} training examples: "
+                 f"{len(overfit['hidden_dims']) + 1}-layer net, {dataset}")
+    out.save(fig, "overfit")
+
+    search = results["search"]
+    acc = np.array([[np.nan if v is None else v for v in row] for row in search["train_acc"]],
+                   dtype=float)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    image = ax.imshow(acc, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
+    for (i, j), v in np.ndenumerate(acc):
+        ax.text(j, i, "div." if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                color="black" if np.isnan(v) or v >= 0.6 else "white", fontsize=8)
+    ax.set_xticks(range(len(search["learning_rates"])),
+                  [f"{v:g}" for v in search["learning_rates"]])
+    ax.set_yticks(range(len(search["weight_scales"])),
+                  [f"{v:g}" for v in search["weight_scales"]])
+    ax.set(xlabel="learning rate (log grid)", ylabel="weight scale (log grid)",
+           title=f"{len(search['hidden_dims']) + 1}-layer net on a small set: final train "
+                 f"accuracy\n(best: weight_scale={search['best']['weight_scale']:g}, "
+                 f"lr={search['best']['learning_rate']:g})")
+    fig.colorbar(image, ax=ax, label="training accuracy")
+    out.save(fig, "search")
+
+    rules = {rule: runs[name] for rule, name in results["update_rules"].items()}
+    fig, (ax_loss, ax_train, ax_val) = plt.subplots(1, 3, figsize=(15, 4.2))
+    all_losses = []
+    for k, (name, run) in enumerate(rules.items()):
+        color = f"C{k}"
+        label = f"{name} (lr={run['learning_rate']:g})"
+        loss = [np.nan if v is None else v for v in run["loss_history"]]
+        all_losses += loss
+        per_epoch = max(run.get("iterations_per_epoch", 1), 1)
+        ax_loss.plot(np.arange(1, len(loss) + 1) / per_epoch, loss, color=color, lw=0.7,
+                     alpha=0.85, label=label)
+        epochs = np.arange(len(run["train_acc_history"]))
+        ax_train.plot(epochs, run["train_acc_history"], color=color, marker="o", label=label)
+        ax_val.plot(epochs, run["val_acc_history"], color=color, marker="o", label=label)
+    _scratch_loss_axis(ax_loss, all_losses, "Training loss")
+    ax_train.set(title="Training accuracy", xlabel="epoch", ylabel="accuracy")
+    ax_val.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (ax_loss, ax_train, ax_val):
+        ax.legend(fontsize=8)
+    first = next(iter(rules.values()), {})
+    fig.suptitle(f"Update rules on a {len(first.get('hidden_dims', [])) + 1}-layer net, "
+                 f"{dataset}")
+    out.save(fig, "update_rules")
+
+    final = runs["final"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    _scratch_curves(ax_loss, ax_acc, final)
+    _scratch_loss_axis(ax_loss, final["loss_history"], "Training loss")
+    ax_acc.axhline(final["test_accuracy"], color="k", lw=0.8, ls=":",
+                   label=f"test (best-val params): {final['test_accuracy']:.4f}")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    ax_acc.legend()
+    fig.suptitle(f"Final net {final['hidden_dims']} ({final['update_rule']}, "
+                 f"{final['normalization'] or 'no norm'}, dropout {final['dropout']:g}) on "
+                 f"{dataset}: test accuracy {final['test_accuracy']:.2%}")
+    out.save(fig, "final")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -328,12 +428,12 @@ def _widths(run: dict) -> str:
 
 def _last_epoch_loss(run: dict) -> float:
     """Mean training loss over the last epoch's iterations (NaN once diverged)."""
-    loss = report.series(run["loss_history"])
+    loss = markdown.series(run["loss_history"])
     tail = loss[-max(1, int(run.get("iterations_per_epoch", 1))):]
     return float(np.mean(tail)) if tail.size and np.isfinite(tail).all() else float("nan")
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     """The four parts: overfitting 50 examples, the weight-scale/learning-rate grid, the update
     rules, the final net; each with its figure, numbers and a comment computed from them."""
     runs, config = results["runs"], results["config"]
@@ -343,46 +443,46 @@ def report_section(results: dict, ctx: report.Context) -> str:
               f"{results['fallback_reason']})" if results.get("fallback_reason") else "")
            + f"; {runs['final']['num_train']} training examples, {config['val_size']} held out "
            "for validation."]
-    out += ["", "### 1. Overfitting a small set", "", ctx.figure("overfit.png", "overfit")]
+    out += ["", "### 1. Overfitting a small set", "", ctx.figure("overfit", "overfit")]
     out += ["", _overfit_part(runs["overfit"])]
     out += ["", "### 2. Weight scale and learning rate of a deeper net", "",
-            ctx.figure("search.png", "search grid"), "", _search_part(results["search"])]
-    out += ["", "### 3. Update rules", "", ctx.figure("update_rules.png", "update rules"), "",
+            ctx.figure("search", "search grid"), "", _search_part(results["search"])]
+    out += ["", "### 3. Update rules", "", ctx.figure("update_rules", "update rules"), "",
             _rules_part({rule: runs[name] for rule, name in results["update_rules"].items()})]
-    out += ["", "### 4. Final net", "", ctx.figure("final.png", "final net"), "",
+    out += ["", "### 4. Final net", "", ctx.figure("final", "final net"), "",
             _final_part(runs["final"])]
     return "\n".join(out)
 
 
 def _overfit_part(run: dict) -> str:
-    train, val = report.series(run["train_acc_history"]), report.series(run["val_acc_history"])
+    train, val = markdown.series(run["train_acc_history"]), markdown.series(run["val_acc_history"])
     layers = len(run["hidden_dims"]) + 1
     reached = np.flatnonzero(train >= 1.0)
     rows = [(f"{layers} layers ({_widths(run)})", run["num_params"], run["num_train"],
              run["num_epochs"], f"{run['weight_scale']:g}", f"{run['learning_rate']:g}",
-             report.pct(np.nanmax(train)), report.pct(val[-1]))]
-    text = report.table(("net", "parameters", "training examples", "epochs", "weight scale",
+             markdown.pct(np.nanmax(train)), markdown.pct(val[-1]))]
+    text = markdown.table(("net", "parameters", "training examples", "epochs", "weight scale",
                          "learning rate", "best training accuracy", "final validation accuracy"),
                         rows)
     if reached.size:
         comment = (f"The {layers}-layer net fit all {run['num_train']} examples (100% training "
                    f"accuracy) at epoch {int(reached[0])} of {run['num_epochs']}")
     else:
-        comment = (f"The {layers}-layer net reached only {report.pct(np.nanmax(train))} "
+        comment = (f"The {layers}-layer net reached only {markdown.pct(np.nanmax(train))} "
                    f"training accuracy on {run['num_train']} examples in {run['num_epochs']} "
                    "epochs: the sanity check failed")
-    comment += (f", while validation accuracy ended at {report.pct(val[-1])}: a gap of "
-                f"{report.points(train[-1] - val[-1])} between the examples it saw and those it "
+    comment += (f", while validation accuracy ended at {markdown.pct(val[-1])}: a gap of "
+                f"{markdown.points(train[-1] - val[-1])} between the examples it saw and those it "
                 "did not.")
     return text + "\n\n" + comment
 
 
 def _search_part(search: dict) -> str:
-    acc = report.series(search["train_acc"]).reshape(len(search["weight_scales"]),
+    acc = markdown.series(search["train_acc"]).reshape(len(search["weight_scales"]),
                                                      len(search["learning_rates"]))
-    rows = [[f"{ws:g}"] + ["diverged" if np.isnan(v) else report.pct(v, 0) for v in acc[i]]
+    rows = [[f"{ws:g}"] + ["diverged" if np.isnan(v) else markdown.pct(v, 0) for v in acc[i]]
             for i, ws in enumerate(search["weight_scales"])]
-    text = report.table(["weight scale \\ learning rate"]
+    text = markdown.table(["weight scale \\ learning rate"]
                         + [f"{lr:g}" for lr in search["learning_rates"]], rows)
     layers = len(search["hidden_dims"]) + 1
     n, diverged = acc.size, int(np.isnan(acc).sum())
@@ -391,8 +491,8 @@ def _search_part(search: dict) -> str:
                f"reached 100%, {diverged} diverged")
     rest = acc[np.isfinite(acc) & (acc < 1.0)]
     if rest.size:
-        comment += (f", the other {rest.size} ended between {report.pct(rest.min(), 0)} and "
-                    f"{report.pct(rest.max(), 0)}")
+        comment += (f", the other {rest.size} ended between {markdown.pct(rest.min(), 0)} and "
+                    f"{markdown.pct(rest.max(), 0)}")
     comment += "."
     if len(full):
         pairs = [f"({search['weight_scales'][i]:g}, {search['learning_rates'][j]:g})"
@@ -400,7 +500,7 @@ def _search_part(search: dict) -> str:
         comment += f" The (weight scale, learning rate) pairs that fit the set: {', '.join(pairs)}."
     best = search["best"]
     comment += (f" Kept: weight scale {best['weight_scale']:g}, learning rate "
-                f"{best['learning_rate']:g} ({report.pct(best['train_acc'])}, the lowest final "
+                f"{best['learning_rate']:g} ({markdown.pct(best['train_acc'])}, the lowest final "
                 "loss among the most accurate).")
     return text + "\n\n" + comment
 
@@ -409,48 +509,48 @@ def _rules_part(rules: dict) -> str:
     if not rules:
         return "No update rules were compared (--update_rules is empty)."
     stats = {name: {"loss": _last_epoch_loss(r),
-                    "train": report.series(r["train_acc_history"])[-1],
-                    "val": report.series(r["val_acc_history"])[-1]} for name, r in rules.items()}
+                    "train": markdown.series(r["train_acc_history"])[-1],
+                    "val": markdown.series(r["val_acc_history"])[-1]} for name, r in rules.items()}
     first = next(iter(rules.values()))
-    text = report.table(
+    text = markdown.table(
         ("update rule", "learning rate", "last-epoch training loss", "training accuracy",
          "validation accuracy", "diverged"),
-        [(name, f"{r['learning_rate']:g}", stats[name]["loss"], report.pct(stats[name]["train"]),
-          report.pct(stats[name]["val"]), "yes" if r["diverged"] else "no")
+        [(name, f"{r['learning_rate']:g}", stats[name]["loss"], markdown.pct(stats[name]["train"]),
+          markdown.pct(stats[name]["val"]), "yes" if r["diverged"] else "no")
          for name, r in rules.items()])
-    val = report.ranked({n: s["val"] for n, s in stats.items()}, lower_is_better=False)
+    val = markdown.ranked({n: s["val"] for n, s in stats.items()}, lower_is_better=False)
     (winner, top), others = val[0], val[1:]
     comment = (f"After {first['num_epochs']} epochs on {first['num_train']} examples "
                f"({len(first['hidden_dims']) + 1}-layer net), {winner} has the best validation "
-               f"accuracy, {report.pct(top)}")
+               f"accuracy, {markdown.pct(top)}")
     if others:
-        comment += ", " + ", ".join(f"{report.points(top - v)} above {n}" for n, v in others)
+        comment += ", " + ", ".join(f"{markdown.points(top - v)} above {n}" for n, v in others)
     comment += "."
-    loss = report.ranked({n: s["loss"] for n, s in stats.items()}, lower_is_better=True)
+    loss = markdown.ranked({n: s["loss"] for n, s in stats.items()}, lower_is_better=True)
     (low_n, low), (high_n, high) = loss[0], loss[-1]
     if low_n != high_n and np.isfinite(high) and low > 0:
-        comment += (f" Lowest last-epoch training loss: {low_n} ({report.fmt(low)}), "
-                    f"{report.times(high / low)} below {high_n} ({report.fmt(high)}).")
+        comment += (f" Lowest last-epoch training loss: {low_n} ({markdown.fmt(low)}), "
+                    f"{markdown.times(high / low)} below {high_n} ({markdown.fmt(high)}).")
     diverged = [n for n, r in rules.items() if r["diverged"]]
     if diverged:
-        comment += f" Diverged: {report.join(diverged)}."
+        comment += f" Diverged: {markdown.join(diverged)}."
     return text + "\n\n" + comment
 
 
 def _final_part(run: dict) -> str:
-    train, val = report.series(run["train_acc_history"]), report.series(run["val_acc_history"])
-    text = report.table(
+    train, val = markdown.series(run["train_acc_history"]), markdown.series(run["val_acc_history"])
+    text = markdown.table(
         ("hidden widths", "parameters", "normalization", "dropout", "L2", "update rule",
          "learning rate (decay/epoch)", "epochs", "best validation accuracy (epoch)",
          "test accuracy"),
         [(_widths(run), run["num_params"], run["normalization"] or "none",
           f"{run['dropout']:g}", f"{run['reg']:g}", run["update_rule"],
           f"{run['learning_rate']:g} (×{run['lr_decay']:g})", run["num_epochs"],
-          f"{report.pct(run['best_val_acc'])} ({run['best_epoch']})",
-          report.pct(run["test_accuracy"]))])
-    comment = (f"Test accuracy {report.pct(run['test_accuracy'])} with the parameters of epoch "
+          f"{markdown.pct(run['best_val_acc'])} ({run['best_epoch']})",
+          markdown.pct(run["test_accuracy"]))])
+    comment = (f"Test accuracy {markdown.pct(run['test_accuracy'])} with the parameters of epoch "
                f"{run['best_epoch']} of {run['num_epochs']} (best validation accuracy "
-               f"{report.pct(run['best_val_acc'])}). At the last epoch training accuracy is "
-               f"{report.pct(train[-1])}, {report.points(train[-1] - val[-1])} above validation "
-               f"({report.pct(val[-1])}).")
+               f"{markdown.pct(run['best_val_acc'])}). At the last epoch training accuracy is "
+               f"{markdown.pct(train[-1])}, {markdown.points(train[-1] - val[-1])} above validation "
+               f"({markdown.pct(val[-1])}).")
     return text + "\n\n" + comment

@@ -6,19 +6,22 @@ of the final weights and two input sensitivities averaged over the test set: the
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 from absl import logging
 
-from hw1_tf import measures, models, report
-from hw1_tf.config import option
-from hw1_tf.experiments import approaches, common
+from hw1_tf import fetch, framework, markdown, measures, models
+from hw1_tf.config import ImageTrainConfig, StopOptions, option
+from hw1_tf.experiments import approaches
+from hw1_tf.figures import FigureSet, log_x_if_wide, plt
 
 EXPERIMENT = "sensitivity"
+POSITION = 340  # its place in the slides' order (the registry sorts by it)
 
 
 @dataclasses.dataclass
-class Config(common.StopOptions, common.ImageTrainConfig):
+class Config(StopOptions, ImageTrainConfig):
     RUN_SELECTION: ClassVar[tuple[str, ...]] = ("batch_sizes", "learning_rates")
 
     vary: str = option("batch_size", "What the approaches vary (the other stays at "
@@ -42,24 +45,60 @@ def approaches_of(config) -> list[tuple[int, float]]:
     return [(config.batch_size, lr) for lr in config.learning_rates]
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
-    splits = common.load_splits(config)
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
+    splits = fetch.load_splits(config)
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
     n = min(config.sensitivity_examples or len(splits.x_test), len(splits.x_test))
 
     def sensitivities(network, record):
         grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n],
-                                                 strategy=strategy)
+                                                 strategy=ctx.strategy)
         logging.info("sensitivities %.4g (loss grad) %.4g (Jacobian) on %d test examples",
                      grad.mean(), jac.mean(), n)
         return {"sensitivity_loss_grad": float(grad.mean()),
                 "sensitivity_jacobian": float(jac.mean()), "sensitivity_examples": n}
 
-    runs = approaches.run_approaches(EXPERIMENT, config, splits, spec, approaches_of(config),
-                                     sensitivities, strategy=strategy, paths=paths)
-    return common.finish(EXPERIMENT, config, runs, paths, vary=config.vary)
+    runs = approaches.run_approaches(ctx, splits, spec, approaches_of(config), sensitivities)
+    return framework.Outcome(runs, dict(vary=config.vary))
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+_SENSITIVITIES = (("sensitivity_loss_grad", "||d loss / d x||_F (slides)", "-"),
+                  ("sensitivity_jacobian", "||d softmax / d x||_F (Novak et al.)", ":"))
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """The slides' figure: loss (or accuracy) of training and test on the left axis and both
+    sensitivities on the right, against the varied batch size or learning rate."""
+    vary = results["vary"]
+    runs = sorted(results["runs"].values(), key=lambda r: r[vary])
+    xs = [r[vary] for r in runs]
+    xlabel = ("batch size" if vary == "batch_size" else "learning rate") + " (log scale)"
+    out = FigureSet(figures_dir)
+    for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        for split, style in (("train", "-o"), ("test", "--o")):
+            ax.plot(xs, [r[f"{split}_{metric}"] for r in runs], style, color="C0",
+                    label=f"{split} {metric}")
+        log_x_if_wide(ax, xs)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel, color="C0")
+        ax.grid(True, which="both", alpha=0.3)
+        right = ax.twinx()
+        for key, label, style in _SENSITIVITIES:
+            right.plot(xs, [r[key] for r in runs], style, marker="s", color="C3", label=label)
+        right.set_yscale("log")
+        right.set_ylabel("sensitivity, test mean (log scale)", color="C3")
+        handles = ax.get_legend_handles_labels()
+        more = right.get_legend_handles_labels()
+        ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="best")
+        ax.set_title(f"HW1-3 {metric} and sensitivity vs {vary.replace('_', ' ')}")
+        out.save(fig, f"{metric}_sensitivity")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -73,25 +112,25 @@ QUESTIONS = (
 )
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     config, runs = results["config"], results["runs"]
     vary = results["vary"]
     values = {name: r[vary] for name, r in runs.items()}
     first = next(iter(runs.values()))
-    fixed = ("learning rate " + report.fmt(config["learning_rate"]) if vary == "batch_size"
+    fixed = ("learning rate " + markdown.fmt(config["learning_rate"]) if vary == "batch_size"
              else f"batch size {config['batch_size']}")
     out = [f"{len(runs)} models ({first['description']}, {first['num_params']} parameters) on "
            f"{first['dataset']}, {config['epochs']} epochs of {config['optimizer']} each, "
            f"{fixed}, {vary.replace('_', ' ')} varied: "
-           f"{report.join([report.fmt(v) for v in values.values()])}. Loss and accuracy are "
+           f"{markdown.join([markdown.fmt(v) for v in values.values()])}. Loss and accuracy are "
            "of the final weights over the whole splits; sensitivities are averaged over "
            f"{first['sensitivity_examples']} test examples.", "",
-           ctx.figure("loss_sensitivity.png", "loss and sensitivity"),
-           ctx.figure("accuracy_sensitivity.png", "accuracy and sensitivity"), "",
-           report.table((vary.replace("_", " "), "train loss", "test loss", "train acc",
+           ctx.figure("loss_sensitivity", "loss and sensitivity"),
+           ctx.figure("accuracy_sensitivity", "accuracy and sensitivity"), "",
+           markdown.table((vary.replace("_", " "), "train loss", "test loss", "train acc",
                          "test acc", "‖dL/dx‖", "‖dp/dx‖"),
-                        [(report.fmt(r[vary]), r["train_loss"], r["test_loss"],
-                          report.pct(r["train_accuracy"]), report.pct(r["test_accuracy"]),
+                        [(markdown.fmt(r[vary]), r["train_loss"], r["test_loss"],
+                          markdown.pct(r["train_accuracy"]), markdown.pct(r["test_accuracy"]),
                           r["sensitivity_loss_grad"], r["sensitivity_jacobian"])
                          for r in runs.values()]), "", "### Comment", ""]
     order = sorted(runs.values(), key=lambda r: r[vary])
@@ -101,17 +140,17 @@ def report_section(results: dict, ctx: report.Context) -> str:
         ys = [r[key] for r in order]
         tau = measures.kendall_tau(xs, ys)
         out.append(f"- From the smallest to the largest {vary.replace('_', ' ')}, {label} "
-                   f"goes from {report.fmt(ys[0])} to {report.fmt(ys[-1])} "
-                   f"({report.times(ys[-1] / ys[0]) if ys[0] > 0 else 'n/a'}); Kendall's tau "
-                   f"against the {vary.replace('_', ' ')} is {report.fmt(tau, 2)}.")
+                   f"goes from {markdown.fmt(ys[0])} to {markdown.fmt(ys[-1])} "
+                   f"({markdown.times(ys[-1] / ys[0]) if ys[0] > 0 else 'n/a'}); Kendall's tau "
+                   f"against the {vary.replace('_', ' ')} is {markdown.fmt(tau, 2)}.")
     for key, label in (("test_loss", "test loss"), ("loss_gap", "test minus training loss")):
         tau = measures.kendall_tau([r["sensitivity_loss_grad"] for r in order],
                                    [r[key] for r in order])
         out.append(f"- Kendall's tau of the loss-gradient sensitivity against the {label}: "
-                   f"{report.fmt(tau, 2)}.")
+                   f"{markdown.fmt(tau, 2)}.")
     best = max(order, key=lambda r: r["test_accuracy"])
     worst = min(order, key=lambda r: r["test_accuracy"])
-    out.append(f"- Best test accuracy {report.pct(best['test_accuracy'])} at "
-               f"{vary.replace('_', ' ')} {report.fmt(best[vary])}, worst "
-               f"{report.pct(worst['test_accuracy'])} at {report.fmt(worst[vary])}.")
+    out.append(f"- Best test accuracy {markdown.pct(best['test_accuracy'])} at "
+               f"{vary.replace('_', ' ')} {markdown.fmt(best[vary])}, worst "
+               f"{markdown.pct(worst['test_accuracy'])} at {markdown.fmt(worst[vary])}.")
     return "\n".join(out)

@@ -7,18 +7,20 @@ Keskar et al.'s own box maximisation by L-BFGS-B (hw1_tf.measures)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
-
-from hw1_tf import measures, models, report
-from hw1_tf.config import option
-from hw1_tf.experiments import approaches, common
+from hw1_tf import fetch, framework, markdown, measures, models
+from hw1_tf.config import ImageTrainConfig, StopOptions, option
+from hw1_tf.experiments import approaches
+from hw1_tf.figures import FigureSet, finish_axes, plt
 
 EXPERIMENT = "sharpness"
+POSITION = 350  # its place in the slides' order (the registry sorts by it)
 
 
 @dataclasses.dataclass
-class Config(approaches.SharpnessOptions, common.StopOptions, common.ImageTrainConfig):
+class Config(approaches.SharpnessOptions, StopOptions, ImageTrainConfig):
     RUN_SELECTION: ClassVar[tuple[str, ...]] = ("batch_sizes", "learning_rates")
 
     batch_sizes: tuple[int, ...] = option((16, 64, 256, 1024, 4096), "Batch sizes (each "
@@ -33,10 +35,9 @@ class Config(approaches.SharpnessOptions, common.StopOptions, common.ImageTrainC
     epochs: int = option(10, "Training epochs per run.", lower=1)
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
-    splits = common.load_splits(config)
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
+    splits = fetch.load_splits(config)
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
     x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
 
@@ -45,12 +46,71 @@ def run(config: Config) -> dict:
             network, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
             keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
             max_block_mb=config.max_block_mb, eigen_tolerance=config.eigen_tolerance,
-            seed=config.seed, strategy=strategy)
+            seed=config.seed, strategy=ctx.strategy)
 
     pairs = [(b, lr) for lr in config.learning_rates for b in config.batch_sizes]
-    runs = approaches.run_approaches(EXPERIMENT, config, splits, spec, pairs, sharpness,
-                                     strategy=strategy, paths=paths)
-    return common.finish(EXPERIMENT, config, runs, paths, analysis_examples=len(x))
+    runs = approaches.run_approaches(ctx, splits, spec, pairs, sharpness)
+    return framework.Outcome(runs, dict(analysis_examples=len(x)))
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+SHARPNESS_LABELS = (("sharpness_slides", "slides: block-diagonal ||H||_2 eps^2/(2(1+L))"),
+              ("sharpness_whole", "whole-model ||H||_2 eps^2/(2(1+L))"),
+              ("sharpness_keskar", "Keskar et al.: max over eps-box (L-BFGS-B)"))
+
+
+SHORT_LABELS = {"sharpness_slides": "slides (block-diagonal ||H||_2)",
+          "sharpness_whole": "whole-model ||H||_2", "sharpness_keskar": "Keskar et al. (box)"}
+
+
+def _at_rate(runs: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    return sorted((r for r in runs if r["learning_rate"] == lr), key=lambda r: r["batch_size"])
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """Each sharpness and the training/test loss against batch size, one series per learning
+    rate; and each sharpness against the generalization gap."""
+    runs = list(results["runs"].values())
+    rates = sorted({r["learning_rate"] for r in runs})
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, (key, title) in zip(axes.flat, SHARPNESS_LABELS):
+        for i, lr in enumerate(rates):
+            rs = _at_rate(runs, lr)
+            ax.plot([r["batch_size"] for r in rs], [r[key] for r in rs], "-o", color=f"C{i}",
+                    label=f"lr {lr:g}")
+        ax.set_xscale("log")
+        finish_axes(ax, title, "batch size (log scale)", "sharpness", log_y=True)
+    ax = axes.flat[3]
+    for i, lr in enumerate(rates):
+        rs = _at_rate(runs, lr)
+        bs = [r["batch_size"] for r in rs]
+        ax.plot(bs, [r["train_loss"] for r in rs], "-o", color=f"C{i}",
+                label=f"train, lr {lr:g}")
+        ax.plot(bs, [r["test_loss"] for r in rs], "--s", color=f"C{i}", label=f"test, lr {lr:g}")
+    ax.set_xscale("log")
+    finish_axes(ax, "training (solid) and test (dashed) loss", "batch size (log scale)",
+                 "cross-entropy loss", values=[r[k] for r in runs for k in ("train_loss",
+                                                                             "test_loss")])
+    fig.suptitle(f"HW1-3 bonus: sharpness of {len(runs)} training approaches")
+    out = FigureSet(figures_dir)
+    out.save(fig, "sharpness")
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
+    for ax, (key, title) in zip(axes, SHARPNESS_LABELS):
+        for i, lr in enumerate(rates):
+            rs = [r for r in runs if r["learning_rate"] == lr]
+            ax.scatter([r["loss_gap"] for r in rs], [r[key] for r in rs], color=f"C{i}",
+                       label=f"lr {lr:g}")
+            for r in rs:
+                ax.annotate(str(r["batch_size"]), (r["loss_gap"], r[key]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        finish_axes(ax, SHORT_LABELS[key], "test - training loss", "sharpness", log_y=True)
+    fig.suptitle("sharpness vs generalization gap (labels: batch size)")
+    out.save(fig, "sharpness_vs_gap")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -68,7 +128,7 @@ DEFINITIONS = (("sharpness_slides", "slides (block-diagonal ||H||)"),
                ("sharpness_keskar", "Keskar box (L-BFGS-B)"))
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     config, runs = results["config"], results["runs"]
     first = next(iter(runs.values()))
     out = [f"{len(runs)} approaches ({len(config['batch_sizes'])} batch sizes x "
@@ -76,14 +136,14 @@ def report_section(results: dict, ctx: report.Context) -> str:
            f"{config['epochs']} epochs) of {first['description']} with {first['num_params']} "
            f"parameters on {first['dataset']}. Every sharpness is computed on the same "
            f"{results['analysis_examples']} training examples: the slides' eps = "
-           f"{report.fmt(config['epsilon'])}, Keskar's box eps = "
-           f"{report.fmt(config['keskar_epsilon'])} with {config['keskar_maxiter']} L-BFGS-B "
+           f"{markdown.fmt(config['epsilon'])}, Keskar's box eps = "
+           f"{markdown.fmt(config['keskar_epsilon'])} with {config['keskar_maxiter']} L-BFGS-B "
            f"iterations from {config['keskar_restarts']} starts.", "",
-           ctx.figure("sharpness.png", "sharpness and loss against batch size"),
-           ctx.figure("sharpness_vs_gap.png", "sharpness against the generalization gap"), "",
-           report.table(("approach", "train loss", "test loss", "test acc", "block ‖H‖",
+           ctx.figure("sharpness", "sharpness and loss against batch size"),
+           ctx.figure("sharpness_vs_gap", "sharpness against the generalization gap"), "",
+           markdown.table(("approach", "train loss", "test loss", "test acc", "block ‖H‖",
                          "whole ‖H‖", "block/whole", "slides", "Keskar", "seconds"),
-                        [(name, r["train_loss"], r["test_loss"], report.pct(r["test_accuracy"]),
+                        [(name, r["train_loss"], r["test_loss"], markdown.pct(r["test_accuracy"]),
                           r["block_hessian_norm"], r["hessian_norm"], r["block_to_whole_ratio"],
                           r["sharpness_slides"], r["sharpness_keskar"], r["sharpness_seconds"])
                          for name, r in runs.items()]), "", "### Comment", ""]
@@ -91,30 +151,30 @@ def report_section(results: dict, ctx: report.Context) -> str:
     if "keskar_first_order" in first:
         shares = [r["keskar_first_order"] / r["sharpness_keskar"] for r in runs.values()
                   if r["sharpness_keskar"] > 0]
-        out.append(f"- Keskar's box value is {report.fmt(min(shares), 2)} to "
-                   f"{report.fmt(max(shares), 2)} times its first-order part "
+        out.append(f"- Keskar's box value is {markdown.fmt(min(shares), 2)} to "
+                   f"{markdown.fmt(max(shares), 2)} times its first-order part "
                    "eps sum |g_i| (|theta_i| + 1) / (1 + L): near 1 the slope at theta, not the "
                    "curvature, decides it (the gradient norms on the analysis examples are "
-                   f"{report.fmt(min(r['gradient_norm'] for r in runs.values()))} to "
-                   f"{report.fmt(max(r['gradient_norm'] for r in runs.values()))}).")
-    out.append(f"- The block-diagonal norm of `tf.hessians` is {report.fmt(min(ratios), 2)} to "
-               f"{report.fmt(max(ratios), 2)} times the whole-model ||H||_2 (a block's norm "
+                   f"{markdown.fmt(min(r['gradient_norm'] for r in runs.values()))} to "
+                   f"{markdown.fmt(max(r['gradient_norm'] for r in runs.values()))}).")
+    out.append(f"- The block-diagonal norm of `tf.hessians` is {markdown.fmt(min(ratios), 2)} to "
+               f"{markdown.fmt(max(ratios), 2)} times the whole-model ||H||_2 (a block's norm "
                "can only be smaller: each block is a compression of H).")
     gaps = [r["loss_gap"] for r in runs.values()]
     batch = [r["batch_size"] for r in runs.values()]
     for key, label in DEFINITIONS:
         values = [r[key] for r in runs.values()]
-        out.append(f"- {label}: from {report.fmt(min(values))} to {report.fmt(max(values))}; "
+        out.append(f"- {label}: from {markdown.fmt(min(values))} to {markdown.fmt(max(values))}; "
                    "Kendall's tau against the batch size "
-                   f"{report.fmt(measures.kendall_tau(batch, values), 2)}"
+                   f"{markdown.fmt(measures.kendall_tau(batch, values), 2)}"
                    f", against test minus training loss "
-                   f"{report.fmt(measures.kendall_tau(values, gaps), 2)}.")
+                   f"{markdown.fmt(measures.kendall_tau(values, gaps), 2)}.")
     for lr in config["learning_rates"]:
         rs = sorted((r for r in runs.values() if r["learning_rate"] == lr),
                     key=lambda r: r["batch_size"])
-        out.append(f"- Learning rate {report.fmt(lr)}: batch {rs[0]['batch_size']} -> "
+        out.append(f"- Learning rate {markdown.fmt(lr)}: batch {rs[0]['batch_size']} -> "
                    f"{rs[-1]['batch_size']} moves the test accuracy "
-                   f"{report.pct(rs[0]['test_accuracy'])} -> {report.pct(rs[-1]['test_accuracy'])} "
-                   f"and the slides' sharpness {report.fmt(rs[0]['sharpness_slides'])} -> "
-                   f"{report.fmt(rs[-1]['sharpness_slides'])}.")
+                   f"{markdown.pct(rs[0]['test_accuracy'])} -> {markdown.pct(rs[-1]['test_accuracy'])} "
+                   f"and the slides' sharpness {markdown.fmt(rs[0]['sharpness_slides'])} -> "
+                   f"{markdown.fmt(rs[-1]['sharpness_slides'])}.")
     return "\n".join(out)

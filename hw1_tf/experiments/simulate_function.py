@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from hw1_tf import data, functions, models, population, report
+from hw1_tf import data, framework, functions, markdown, models, population, records, trainer
 from hw1_tf.config import TrainConfig, option
 from hw1_tf.errors import TrainingDivergedError
-from hw1_tf.experiments import common
+from hw1_tf.figures import FigureSet, epochs_axis, finish_axes, model_label, plt
 
 EXPERIMENT = "simulate_function"
+POSITION = 110  # its place in the slides' order (the registry sorts by it)
 
 
 @dataclasses.dataclass
@@ -54,12 +56,10 @@ def _final_loss(run: dict) -> float:
     return history["epoch"]["train_loss"][-1]
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
-    settings = common.settings_from(config)
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
     specs = model_specs(config)
-    common.log_param_table([(s.name, s.describe(), models.param_count(1, s.hidden, 1))
+    trainer.log_param_table([(s.name, s.describe(), models.param_count(1, s.hidden, 1))
                             for s in specs])
     runs, targets, best = {}, {}, {}
     all_splits = {fn_name: data.function_splits(fn_name, config.n_train, config.n_test,
@@ -73,8 +73,7 @@ def run(config: Config) -> dict:
     # computation), on that function's data with seed config.seed + restart: exactly the run
     # the single-model core would make with that seed.
     members = [(fn_name, r) for fn_name in config.functions for r in range(config.restarts)]
-    pop_settings = population.PopulationSettings(**dataclasses.asdict(settings),
-                                                 evaluate_test=False)  # grid scored below
+    pop_settings = trainer.population_settings(config, evaluate_test=False)  # scored below
     for spec in specs:
         names = [f"{fn_name}_{spec.name}" + (f"_r{r}" if config.restarts > 1 else "")
                  for fn_name, r in members]
@@ -82,30 +81,27 @@ def run(config: Config) -> dict:
         def train(spec=spec, names=names):
             pop, histories = population.train_population(
                 spec, [all_splits[fn_name] for fn_name, _ in members], pop_settings,
-                [config.seed + r for _, r in members], strategy=strategy, run_name=spec.name,
-                backup_dir=common.run_backup_dir(paths, EXPERIMENT, spec.name, strategy))
+                [config.seed + r for _, r in members], strategy=ctx.strategy,
+                run_name=spec.name, backup_dir=ctx.backup_dir(spec.name))
             predictions = pop.predict(np.stack([all_splits[fn_name].x_test
                                                 for fn_name, _ in members]))[:, :, 0]
             if config.save_models:
                 saved = population.export_members(
-                    pop, lambda i: paths.saved_model(EXPERIMENT, names[i]))
-            records = {}
+                    pop, lambda i: ctx.paths.saved_model(EXPERIMENT, names[i]))
+            kept = {}
             for i, ((fn_name, restart), run_name, history) in enumerate(
                     zip(members, names, histories)):
                 pred = predictions[i]
-                records[run_name] = {
-                    "model": dataclasses.asdict(spec), "description": spec.describe(),
-                    "num_params": history.pop("num_params"),
-                    "history": common.history_arrays(history),
-                    "function": fn_name, "restart": restart, "prediction": pred,
-                    "test_mse": float(np.mean((pred - all_splits[fn_name].y_test[:, 0]) ** 2))}
+                kept[run_name] = records.RunRecord.of(
+                    spec, history, function=fn_name, restart=restart, prediction=pred,
+                    test_mse=float(np.mean((pred - all_splits[fn_name].y_test[:, 0]) ** 2))
+                ).to_dict()
                 if config.save_models:
-                    records[run_name]["saved_model"] = str(saved[i])
-            return records
+                    kept[run_name]["saved_model"] = str(saved[i])
+            return kept
 
         # one population per model: its runs are skipped together once all have finished
-        runs.update(common.run_group_once(EXPERIMENT, config, paths, names, train,
-                                          backup=spec.name))
+        runs.update(ctx.ledger.group_once(names, train, backup=spec.name))
         # "tune all models to the best" (slides): keep the lowest final training loss (a
         # member that diverged is never the best while another finished)
         for fn_name in config.functions:
@@ -120,7 +116,47 @@ def run(config: Config) -> dict:
         raise TrainingDivergedError(
             f"every run diverged: the loss became NaN/inf (first at iteration "
             f"{min(failed.values())}); lower --learning_rate (now {config.learning_rate:g})")
-    return common.finish(EXPERIMENT, config, runs, paths, targets=targets, best_runs=best)
+    return framework.Outcome(runs, dict(targets=targets, best_runs=best))
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """Per function: the training loss of every model (its best restart bold, the other
+    restarts faint), and the best restarts' predictions against the ground truth."""
+    out = FigureSet(figures_dir)
+    runs = results["runs"]
+    for fn_name, target in results["targets"].items():
+        best = {key.split("/", 1)[1]: runs[name] for key, name in results["best_runs"].items()
+                if key.split("/", 1)[0] == fn_name}
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, (model_name, best_run) in enumerate(best.items()):
+            for run in runs.values():
+                if run["function"] == fn_name and run["model"]["name"] == model_name \
+                        and run is not best_run:
+                    loss = run["history"]["epoch"]["train_loss"]
+                    ax.plot(epochs_axis(loss), loss, color=f"C{i}", alpha=0.25, linewidth=0.8)
+            loss = best_run["history"]["epoch"]["train_loss"]
+            ax.plot(epochs_axis(loss), loss, color=f"C{i}", label=model_label(best_run))
+        restarts = results["config"].get("restarts", 1)
+        note = f" (best of {restarts} inits bold)" if restarts > 1 else ""
+        finish_axes(ax, f"HW1-1 training loss fitting {target['formula']}{note}", "epoch",
+                     "training loss (MSE)", log_y=True)
+        out.save(fig, f"loss_{fn_name}")
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.plot(target["x"], target["y"], color="black", linewidth=2.5, label="ground truth")
+        for i, run in enumerate(best.values()):
+            ax.plot(target["x"], run["prediction"], color=f"C{i}", linewidth=1.3,
+                    label=f"{model_label(run)}, test MSE " + (f"{run['test_mse']:.2e}" if
+                                                           run["test_mse"] is not None
+                                                           else "n/a (diverged)"))
+        finish_axes(ax, f"HW1-1 predictions vs ground truth: {target['formula']}", "x", "y",
+                     log_y=False)
+        out.save(fig, f"prediction_{fn_name}")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -141,7 +177,7 @@ QUESTIONS = (
 def _late_improvement(loss) -> float:
     """How much the lowest training loss fell during the last tenth of the epochs (relative
     to the lowest before it): near 0 once training has converged."""
-    loss = report.series(loss)
+    loss = markdown.series(loss)
     tail = max(1, len(loss) // 10)
     if len(loss) <= tail:
         return float("nan")
@@ -149,7 +185,7 @@ def _late_improvement(loss) -> float:
     return float(max(0.0, 1.0 - last / before)) if before > 0 else float("nan")
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     """Models and functions, the loss and prediction figures, the final losses of each
     model's best initialisation, and which depth fit each function best and by how much."""
     config, runs, targets = results["config"], results["runs"], results["targets"]
@@ -158,14 +194,14 @@ def report_section(results: dict, ctx: report.Context) -> str:
     restarts = int(config.get("restarts", 1))
     out = ["### Models and functions", ""]
     first = {m: next(r for (_, mm), r in best.items() if mm == m) for m in model_names}
-    out.append(report.table(
+    out.append(markdown.table(
         ("model", "hidden layers", "widths", "activation", "parameters"),
         [(m, len(r["model"]["hidden"]), ", ".join(map(str, r["model"]["hidden"])),
           r["model"]["activation"], r["num_params"]) for m, r in first.items()]))
     counts = [r["num_params"] for r in first.values()]
     out += ["", f"{len(model_names)} dense models with {min(counts)} to {max(counts)} parameters "
             f"(target {config['target_params']}), fitted to {len(targets)} functions:", ""]
-    out.append(report.table(
+    out.append(markdown.table(
         ("function", "formula", "domain"),
         [(name, t["formula"], f"[{t['domain'][0]:g}, {t['domain'][1]:g}]")
          for name, t in targets.items()]))
@@ -179,8 +215,8 @@ def report_section(results: dict, ctx: report.Context) -> str:
 
     out += ["", "### Training loss and predictions", ""]
     for fn in targets:
-        out += [ctx.figure(f"loss_{fn}.png", f"training loss of every model on {fn}"),
-                ctx.figure(f"prediction_{fn}.png", f"predictions vs ground truth, {fn}"), ""]
+        out += [ctx.figure(f"loss_{fn}", f"training loss of every model on {fn}"),
+                ctx.figure(f"prediction_{fn}", f"predictions vs ground truth, {fn}"), ""]
 
     header = ["function", "model", "final training MSE", "test MSE"]
     if restarts > 1:
@@ -188,7 +224,7 @@ def report_section(results: dict, ctx: report.Context) -> str:
     header.append("late improvement (last 10% of epochs)")
     rows, comments, wins = [], [], {m: [] for m in model_names}
     for fn in targets:
-        final = {m: float(report.series(best[fn, m]["history"]["epoch"]["train_loss"])[-1])
+        final = {m: float(markdown.series(best[fn, m]["history"]["epoch"]["train_loss"])[-1])
                  for m in model_names}
         test = {m: float(best[fn, m]["test_mse"]) for m in model_names}
         late = {m: _late_improvement(best[fn, m]["history"]["epoch"]["train_loss"])
@@ -196,46 +232,46 @@ def report_section(results: dict, ctx: report.Context) -> str:
         for m in model_names:
             row = [fn, m, final[m], test[m]]
             if restarts > 1:
-                all_final = [float(report.series(r["history"]["epoch"]["train_loss"])[-1])
+                all_final = [float(markdown.series(r["history"]["epoch"]["train_loss"])[-1])
                              for r in runs.values() if r["function"] == fn
                              and r["model"]["name"] == m]
-                row.append(f"{report.fmt(min(all_final))} - {report.fmt(max(all_final))}")
-            row.append(report.pct(late[m]))
+                row.append(f"{markdown.fmt(min(all_final))} - {markdown.fmt(max(all_final))}")
+            row.append(markdown.pct(late[m]))
             rows.append(row)
         comments.append(_function_comment(fn, final, test, late, int(config["epochs"])))
-        wins[report.ranked(final, lower_is_better=True)[0][0]].append(fn)
-    out += ["### Key numbers", "", report.table(header, rows), "", "### Comment", ""]
+        wins[markdown.ranked(final, lower_is_better=True)[0][0]].append(fn)
+    out += ["### Key numbers", "", markdown.table(header, rows), "", "### Comment", ""]
     out += [f"- {c}" for c in comments]
     tally = [f"{m} on {len(fns)} ({', '.join(fns)})" for m, fns in wins.items() if fns]
     never = [m for m, fns in wins.items() if not fns]
-    line = f"- Lowest final training loss per function: {report.join(tally)}"
+    line = f"- Lowest final training loss per function: {markdown.join(tally)}"
     if never:
-        line += f"; {report.join(never)} never"
+        line += f"; {markdown.join(never)} never"
     out.append(line + ".")
     out.append(f"- Bonus: {len(model_names)} models and {len(targets)} functions.")
     return "\n".join(out)
 
 
 def _function_comment(fn: str, final: dict, test: dict, late: dict, epochs: int) -> str:
-    order = report.ranked(final, lower_is_better=True)
+    order = markdown.ranked(final, lower_is_better=True)
     (winner, low), others = order[0], order[1:]
-    text = f"**{fn}**: {winner} reached the lowest final training MSE, {report.fmt(low)}"
+    text = f"**{fn}**: {winner} reached the lowest final training MSE, {markdown.fmt(low)}"
     if others and low > 0:
-        text += ": " + ", ".join(f"{report.times(v / low)} lower than {m}'s {report.fmt(v)}"
+        text += ": " + ", ".join(f"{markdown.times(v / low)} lower than {m}'s {markdown.fmt(v)}"
                                  for m, v in others)
     text += "."
-    test_winner, test_low = report.ranked(test, lower_is_better=True)[0]
+    test_winner, test_low = markdown.ranked(test, lower_is_better=True)[0]
     if test_winner == winner:
-        text += f" It also has the lowest test MSE ({report.fmt(test_low)})."
+        text += f" It also has the lowest test MSE ({markdown.fmt(test_low)})."
     else:
-        text += (f" On the test grid {test_winner} is best instead ({report.fmt(test_low)} vs "
-                 f"{report.fmt(test[winner])}, {report.pct(1 - test_low / test[winner])} lower)"
+        text += (f" On the test grid {test_winner} is best instead ({markdown.fmt(test_low)} vs "
+                 f"{markdown.fmt(test[winner])}, {markdown.pct(1 - test_low / test[winner])} lower)"
                  ", so the lowest training loss did not generalise best.")
     moving = {m: v for m, v in late.items() if np.isfinite(v) and v > 0.05}
     tail = max(1, epochs // 10)
     if moving:
         text += (f" In the last {tail} of {epochs} epochs the loss still fell by "
-                 + report.join([f"{report.pct(v)} ({m})" for m, v in moving.items()])
+                 + markdown.join([f"{markdown.pct(v)} ({m})" for m, v in moving.items()])
                  + ": not converged; more epochs may lower it.")
     else:
         text += (f" No model's loss fell by more than 5% in the last {tail} of {epochs} "

@@ -6,19 +6,23 @@ accuracy at those weights; PCA fitted on all runs' snapshots together reduces th
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from hw1_tf import landscape, population, report
-from hw1_tf.config import option
-from hw1_tf.experiments import common
+from hw1_tf import framework, landscape, markdown, population, records, trainer
+from hw1_tf.config import TaskConfig, option
+from hw1_tf.experiments import tasks
+from hw1_tf.figures import FigureSet, plt
 
 EXPERIMENT = "trajectory"
+POSITION = 210  # its place in the slides' order (the registry sorts by it)
 BACKUP = "population"  # the population's backup folder, removed once the results are written
 
 
 @dataclasses.dataclass
-class Config(common.TaskConfig):
+class Config(TaskConfig):
     task: str = option("image", "Train on the image dataset (--dataset) or the 1-D function.",
                        choices=("image", "function"))
     runs: int = option(8, "Training runs (seeds seed, seed+1, ...), trained as one population.",
@@ -35,11 +39,10 @@ class Config(common.TaskConfig):
     save_models: bool = option(False, "Export each trained member as a SavedModel.")
 
 
-def run(config: Config) -> dict:
-    paths = common.paths_from(config)
-    strategy = common.strategy_from(config)
-    name, splits, spec = common.task_setup(config, config.task)
-    settings = population.PopulationSettings(**dataclasses.asdict(common.settings_from(config)))
+def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+    config = ctx.config
+    name, splits, spec = tasks.task_setup(config, config.task)
+    settings = trainer.population_settings(config)
     seeds = [config.seed + i for i in range(config.runs)]
     rng = np.random.RandomState(config.seed)
     chosen = np.sort(rng.choice(len(splits.x_train), min(config.eval_size, len(splits.x_train)),
@@ -53,29 +56,28 @@ def run(config: Config) -> dict:
                                     splits.num_classes)
         # a population of the same seeds holds exactly the weights training starts from
         snaps.initial(population.Population(spec, splits.input_shape, outputs, seeds,
-                                            strategy))
+                                            ctx.strategy))
         # backed up with the snapshots: a run resumed after a kill has them all
         pop, histories = population.train_population(
-            spec, splits, settings, seeds, strategy=strategy, run_name=name, callbacks=[snaps],
-            backup_dir=common.run_backup_dir(paths, EXPERIMENT, BACKUP, strategy))
+            spec, splits, settings, seeds, strategy=ctx.strategy, run_name=name, callbacks=[snaps],
+            backup_dir=ctx.backup_dir(BACKUP))
         arrays = snaps.arrays()
         if config.save_models:
-            saved = population.export_members(pop, lambda i: paths.saved_model(EXPERIMENT,
-                                                                              f"run{i}"))
-        records = {}
+            saved = population.export_members(pop, lambda i: ctx.paths.saved_model(EXPERIMENT,
+                                                                                  f"run{i}"))
+        kept = {}
         for i, history in enumerate(histories):
-            records[names[i]] = {
-                "seed": seeds[i], "model": dataclasses.asdict(spec),
-                "description": spec.describe(), "num_params": history.pop("num_params"),
-                "history": common.history_arrays(history), "snapshot_epochs": arrays["epochs"],
-                "snapshots": {"whole": arrays["whole"][i], "layer": arrays["layer"][i],
-                              "loss": arrays["loss"][i], "accuracy": arrays["accuracy"][i]}}
+            kept[names[i]] = {"seed": seeds[i], **records.RunRecord.of(
+                spec, history, snapshot_epochs=arrays["epochs"],
+                snapshots={"whole": arrays["whole"][i], "layer": arrays["layer"][i],
+                           "loss": arrays["loss"][i], "accuracy": arrays["accuracy"][i]}
+            ).to_dict()}
             if config.save_models:
-                records[names[i]]["saved_model"] = str(saved[i])
-        return records
+                kept[names[i]]["saved_model"] = str(saved[i])
+        return kept
 
     # the runs train as one population: a rerun of the same config skips them as a group
-    runs = common.run_group_once(EXPERIMENT, config, paths, names, train, backup=BACKUP)
+    runs = ctx.ledger.group_once(names, train, backup=BACKUP)
     # the PCA of every run's snapshots, from the records (fresh or kept)
     pca = {}
     for part in ("whole", "layer"):
@@ -85,11 +87,55 @@ def run(config: Config) -> dict:
                      "num_weights": int(stacked.shape[-1])}
     snapshot_epochs = np.asarray(runs[names[0]]["snapshot_epochs"])
     layers = len(spec.hidden) + 1
-    results = common.finish(EXPERIMENT, config, runs, paths, task=name, pca=pca,
-                            snapshot_epochs=snapshot_epochs,
-                            layer_index=int(config.layer % layers), num_layers=layers,
-                            eval_examples=int(len(chosen)), num_classes=splits.num_classes)
-    return results
+    return framework.Outcome(runs, dict(
+        task=name, pca=pca, snapshot_epochs=snapshot_epochs,
+        layer_index=int(config.layer % layers), num_layers=layers,
+        eval_examples=int(len(chosen)), num_classes=splits.num_classes))
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
+    """The slides' figure: one layer (left) and the whole model (right) after PCA, one colour
+    per run, each snapshot annotated with its training accuracy (or loss), the explained
+    variance on the axes."""
+    runs = results["runs"]
+    classes = results["num_classes"]
+    metric = "accuracy" if classes else "loss"
+    epochs = np.asarray(results["snapshot_epochs"])
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6.2))
+    for ax, part, title in ((axes[0], "layer", f"dense layer {results['layer_index']}"),
+                            (axes[1], "whole", "whole model")):
+        coords = np.asarray(results["pca"][part]["coords"])
+        ev = np.asarray(results["pca"][part]["explained_variance_ratio"])
+        for i, (name, run) in enumerate(runs.items()):
+            xy = coords[i]
+            values = np.asarray(run["snapshots"][metric], float)
+            color = f"C{i % 10}"
+            ax.plot(xy[:, 0], xy[:, 1], "-", color=color, lw=0.9, alpha=0.7)
+            ax.plot(xy[:, 0], xy[:, 1], "o", color=color, ms=3.5,
+                    label=f"{name} (seed {run['seed']}): final {metric} {values[-1]:.3g}")
+            ax.plot(xy[0, 0], xy[0, 1], "s", mfc="none", color=color, ms=8)
+            ax.plot(xy[-1, 0], xy[-1, 1], "*", color=color, ms=11)
+            for (px, py), v in zip(xy, values):
+                ax.annotate(f"{v:.2f}" if classes else f"{v:.1e}", (px, py),
+                            textcoords="offset points", xytext=(3, 3), fontsize=5.5,
+                            color=color)
+        ax.plot([], [], "s", mfc="none", color="gray", label="initialisation (epoch 0)")
+        ax.plot([], [], "*", color="gray", ms=10, label=f"end (epoch {int(epochs[-1])})")
+        ax.set_title(f"{title} ({results['pca'][part]['num_weights']} weights)")
+        ax.set_xlabel(f"PC 1 ({100 * ev[0]:.1f}% of variance)")
+        ax.set_ylabel(f"PC 2 ({100 * ev[1]:.1f}% of variance)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle(f"HW1-2 weight trajectories of {len(runs)} runs on {results['task']}: PCA of "
+                 f"weights every {results['config']['snapshot_every']} epochs, "
+                 f"points annotated with training {metric}")
+    out = FigureSet(figures_dir)
+    out.save(fig, "trajectory")
+    return out
+
 
 
 # -------------------------------------------------------------------------- REPORT.md section
@@ -113,7 +159,7 @@ def _spread(coords: np.ndarray) -> tuple[float, float]:
     return spread, path
 
 
-def report_section(results: dict, ctx: report.Context) -> str:
+def report_section(results: dict, ctx: markdown.Context) -> str:
     """Settings, the figure, per-run final loss/accuracy and a comment from the PCA numbers."""
     config, runs, pca = results["config"], results["runs"], results["pca"]
     first = next(iter(runs.values()))
@@ -135,35 +181,35 @@ def report_section(results: dict, ctx: report.Context) -> str:
            f"{len(runs) * len(epochs)} snapshots of all runs together; once on the whole "
            f"model ({pca['whole']['num_weights']} weights) and once on dense layer {layer} of "
            f"{results['num_layers']} ({pca['layer']['num_weights']} weights: kernel and bias).",
-           "", ctx.figure("trajectory.png", "weight trajectories of all runs after PCA"), ""]
+           "", ctx.figure("trajectory", "weight trajectories of all runs after PCA"), ""]
     metric = "accuracy" if classes else "loss"
-    final = {n: float(report.series(r["snapshots"][metric])[-1]) for n, r in runs.items()}
-    rows = [(n, r["seed"], float(report.series(r["snapshots"]["loss"])[-1]),
-             *( [float(report.series(r["snapshots"]["accuracy"])[-1])] if classes else []))
+    final = {n: float(markdown.series(r["snapshots"][metric])[-1]) for n, r in runs.items()}
+    rows = [(n, r["seed"], float(markdown.series(r["snapshots"]["loss"])[-1]),
+             *( [float(markdown.series(r["snapshots"]["accuracy"])[-1])] if classes else []))
             for n, r in runs.items()]
-    out += [report.table(("run", "seed", "final training loss",
+    out += [markdown.table(("run", "seed", "final training loss",
                           *(["final training accuracy"] if classes else [])), rows), ""]
     out += ["### Comment", ""]
     for part, label in (("whole", "whole model"), ("layer", f"layer {layer}")):
         coords = np.asarray(pca[part]["coords"])
-        ev = report.series(pca[part]["explained_variance_ratio"])
+        ev = markdown.series(pca[part]["explained_variance_ratio"])
         spread, path = _spread(coords)
-        out.append(f"- **{label}**: the 2 PCA axes explain {report.pct(ev[0])} and "
-                   f"{report.pct(ev[1])} of the variance ({report.pct(ev.sum())} together). "
-                   f"The runs' end points lie {report.fmt(spread)} (mean distance to their "
-                   f"centroid) apart against paths of {report.fmt(path)} on average: "
+        out.append(f"- **{label}**: the 2 PCA axes explain {markdown.pct(ev[0])} and "
+                   f"{markdown.pct(ev[1])} of the variance ({markdown.pct(ev.sum())} together). "
+                   f"The runs' end points lie {markdown.fmt(spread)} (mean distance to their "
+                   f"centroid) apart against paths of {markdown.fmt(path)} on average: "
                    + ("they end in DIFFERENT places, each moving along its own direction "
                       "away from its own initialisation"
                       if spread > 0.5 * path else "they end close together, relative to "
                       "how far they travelled") + ".")
     values = np.asarray(list(final.values()))
-    best, worst = report.ranked(final, lower_is_better=not classes)[0], \
-        report.ranked(final, lower_is_better=not classes)[-1]
-    out.append(f"- Yet they perform alike: final training {metric} {report.fmt(values.min())}"
-               f" to {report.fmt(values.max())} (best {best[0]}, worst {worst[0]}), so "
+    best, worst = markdown.ranked(final, lower_is_better=not classes)[0], \
+        markdown.ranked(final, lower_is_better=not classes)[-1]
+    out.append(f"- Yet they perform alike: final training {metric} {markdown.fmt(values.min())}"
+               f" to {markdown.fmt(values.max())} (best {best[0]}, worst {worst[0]}), so "
                "different weights give (nearly) the same loss: many equally good minima, "
                "related e.g. by permuting hidden units." if values.max() - values.min()
                < 0.1 * max(abs(values.mean()), 1e-12) else
-               f"- Their final training {metric} differs: {report.fmt(values.min())} to "
-               f"{report.fmt(values.max())} (best {best[0]}, worst {worst[0]}).")
+               f"- Their final training {metric} differs: {markdown.fmt(values.min())} to "
+               f"{markdown.fmt(values.max())} (best {best[0]}, worst {worst[0]}).")
     return "\n".join(out)

@@ -1,0 +1,214 @@
+"""The run ledger: one mechanism for every experiment to skip what is done, resume what was
+interrupted, and merge results, so none is lost nor emptied by a rerun.
+
+  * `once(run, train)` keeps a run's record as soon as it finishes
+    (results/<exp>/finished/<run>/) and skips a run already finished for the same config (unless
+    `--force`); a killed run resumes from its per-epoch backup (`backup_dir`, removed once the
+    record is kept). `group_once` does the same for runs trained together (a population).
+  * `write(runs, **extras)` refuses to write when nothing was produced (one error, the old
+    results.json untouched), and otherwise merges: results.json keeps the runs of an earlier
+    invocation of the same config (`result_key`) that this one did not redo, this invocation's
+    runs replace theirs, and dict-valued extras merge key by key (`REMOVE` deletes a key). A
+    results.json of another config is replaced.
+  * Across several workers nothing is skipped nor restored from a folder of its own (each worker
+    must take the chief's decision, and only the chief sees the recorded runs).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from absl import logging
+
+from hw1_tf import store
+from hw1_tf.errors import Hw1Error
+
+# Config fields that change how a run executes or where it writes, not its numbers.
+EXECUTION_FIELDS = frozenset({
+    "verbose", "output_dir", "saved_models_dir", "force", "tensorboard", "save_models",
+    "strategy", "logical_cpus", "jit_compile", "steps_per_execution", "data_dir",
+    "allow_download", "optional_datasets"})
+REMOVE = object()  # an extra's dict value that deletes its key from the merged results
+_RESULT_META = ("experiment", "command", "created", "config", "runs", "arrays_file")
+
+
+def result_key(config: Any, stored: dict | None = None) -> dict[str, Any]:
+    """What decides a run's numbers: the config (or the `stored` one, from a results.json)
+    without EXECUTION_FIELDS and the Config's RUN_SELECTION (the fields choosing which runs
+    to do, e.g. datasets: they say which runs exist, not what each one is)."""
+    skip = EXECUTION_FIELDS | set(getattr(config, "RUN_SELECTION", ()))
+    values = store.to_jsonable(config) if stored is None else stored
+    return {k: v for k, v in values.items() if k not in skip}
+
+
+def merge_extras(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new` over `old`; dict values merge key by key, a `REMOVE` value deleting its key."""
+    merged = dict(old)
+    for key, value in new.items():
+        if isinstance(value, dict):
+            both = {**(old.get(key) if isinstance(old.get(key), dict) else {}), **value}
+            value = {k: v for k, v in both.items() if v is not REMOVE}
+        merged[key] = value
+    return merged
+
+
+class Ledger:
+    """The finished runs, backups and results of one experiment under one config."""
+
+    def __init__(self, experiment: str, config: Any, paths: store.Paths, *,
+                 several_workers: bool = False):
+        self.experiment = experiment
+        self.config = config
+        self.paths = paths
+        self.several_workers = several_workers
+        self.trained: list[str] = []  # runs this invocation trained
+        self.skipped: list[str] = []  # runs it found finished
+
+    # ------------------------------------------------------------------------------ reading
+
+    def same_config(self, results: dict | None) -> bool:
+        return bool(results) and isinstance(results.get("config"), dict) and \
+            result_key(self.config, results["config"]) == result_key(self.config)
+
+    def previous(self) -> dict | None:
+        """The results.json of the same config, else None (none, another config, or
+        unreadable: then it will be replaced)."""
+        path = self.paths.results_json(self.experiment)
+        if not path.is_file():
+            return None
+        try:
+            results = store.read_results(path)
+        except Hw1Error as e:
+            logging.warning("%s (it will be replaced)", e)
+            return None
+        return results if self.same_config(results) else None
+
+    def _finished_runs(self) -> dict[str, Any]:
+        """Runs kept by `once` for the same config and not yet merged by `write`."""
+        runs = {}
+        folder = self.paths.results_dir(self.experiment) / "finished"
+        for path in sorted(folder.glob("*/results.json")):
+            try:
+                results = store.read_results(path)
+            except Hw1Error as e:
+                logging.warning("%s (ignored)", e)
+                continue
+            if self.same_config(results):
+                runs.update(results["runs"])
+        return runs
+
+    def finished(self, run_name: str):
+        """The record of `run_name` if it already finished for the same config, else None."""
+        runs = self._finished_runs()
+        if run_name not in runs:
+            runs = (self.previous() or {}).get("runs", {})
+        return runs.get(run_name)
+
+    @property
+    def may_skip(self) -> bool:
+        """Whether finished runs may be skipped: not with --force, nor across several workers."""
+        return not getattr(self.config, "force", False) and not self.several_workers
+
+    # ------------------------------------------------------------------------ runs done once
+
+    def _keep(self, run_name: str, record: Any) -> None:
+        name = f"{self.experiment}/finished/{run_name.replace('/', '__')}"
+        store.save_results(self.paths, name, self.config, {run_name: record})
+
+    def once(self, run_name: str, train: Callable[[], Any]) -> Any:
+        """`train()`'s record of `run_name`, or the kept one when the run already finished for
+        the same config (unless --force). A new record is kept at once, so an interrupted study
+        costs only the run in flight, and that one resumes from its backup."""
+        if self.may_skip:
+            record = self.finished(run_name)
+            if record is not None:
+                logging.info("%s/%s: already finished for this config, skipped (--force reruns "
+                             "it)", self.experiment, run_name)
+                self.skipped.append(run_name)
+                return record
+        record = train()
+        self._keep(run_name, record)
+        self.trained.append(run_name)
+        self.remove_backup(run_name)
+        return record
+
+    def group_once(self, run_names: Sequence[str], train: Callable[[], dict[str, Any]], *,
+                   backup: str | None = None) -> dict[str, Any]:
+        """`once` for runs trained together (a population): the kept records when every one of
+        `run_names` already finished for the same config, else `train()`'s, each kept; then
+        the group's backup `backup` is removed."""
+        if self.may_skip:
+            records = {n: self.finished(n) for n in run_names}
+            if all(r is not None for r in records.values()):
+                logging.info("%s: %d runs already finished for this config, skipped (--force "
+                             "reruns them)", self.experiment, len(records))
+                self.skipped.extend(run_names)
+                return records
+        records = train()
+        for name, record in records.items():
+            self._keep(name, record)
+            self.trained.append(name)
+        if backup is not None:
+            self.remove_backup(backup)
+        return records
+
+    # ------------------------------------------------------- runs kept as SavedModels (reuse)
+
+    def model_record_path(self, run_name: str) -> Path:
+        """The training record kept beside run `run_name`'s SavedModel, so a reused model (a
+        SavedModel under --saved_models_dir, possibly from another output folder) keeps its
+        history."""
+        return self.paths.saved_model(self.experiment, run_name).with_suffix(".json")
+
+    def keep_model_record(self, run_name: str, record: dict[str, Any]) -> None:
+        store.write_json(self.model_record_path(run_name), record)
+        self.trained.append(run_name)
+
+    def model_record(self, run_name: str) -> dict[str, Any] | None:
+        """The record kept beside the SavedModel of `run_name`, else None."""
+        path = self.model_record_path(run_name)
+        return store.read_json(path) if path.is_file() else None
+
+    # ------------------------------------------------------------------------------ backups
+
+    def backup_folder(self, name: str) -> Path:
+        """Where run (or group) `name` keeps its per-epoch backup while it trains."""
+        return self.paths.results_dir(self.experiment) / "backup" / name.replace("/", "__")
+
+    def backup_dir(self, name: str) -> Path | None:
+        """`backup_folder`, or None across several workers (each would restore from its own
+        folder)."""
+        return None if self.several_workers else self.backup_folder(name)
+
+    def remove_backup(self, name: str) -> None:
+        """Removes the backup `name` (its results are kept now), and backup/ once empty."""
+        folder = self.backup_folder(name)
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
+
+    # ------------------------------------------------------------------------------ writing
+
+    def write(self, runs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """Writes results.json (numpy arrays to the .npz beside it), merged with the earlier
+        results of the same config (see the module doc); returns them as written. Raises
+        Hw1Error, writing nothing, when `runs` is empty."""
+        path = self.paths.results_json(self.experiment)
+        if not runs:
+            skipped = "; ".join(f"{k}: {v}" for k, v in
+                                (extra.get("skipped_datasets") or {}).items() if v is not REMOVE)
+            raise Hw1Error(f"{self.experiment}: nothing was produced"
+                           f"{f' ({skipped})' if skipped else ''}; {path} left as it was")
+        previous = self.previous() or {"runs": {}}
+        all_runs = {**previous["runs"], **self._finished_runs(), **runs}
+        kept = len(all_runs) - len(runs)
+        if kept:
+            logging.info("%s: %d earlier run(s) of the same config kept in %s", self.experiment,
+                         kept, path)
+        extras = merge_extras({k: v for k, v in previous.items() if k not in _RESULT_META},
+                              extra)
+        store.save_results(self.paths, self.experiment, self.config, all_runs, **extras)
+        shutil.rmtree(self.paths.results_dir(self.experiment) / "finished", ignore_errors=True)
+        return store.load_results(self.paths, self.experiment)
