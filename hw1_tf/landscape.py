@@ -310,6 +310,65 @@ DENSE_ROLES = frozenset({"kernel", "bias"})
 BN_ROLES = frozenset({"gamma", "beta", "moving_mean", "moving_variance"})
 
 
+def off_plane_fraction(offsets: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Per row of `offsets`, the fraction of its length that is NOT in the plane of
+    `directions` (orthonormal rows): 0 when the projection onto the plane is exact."""
+    norms = np.linalg.norm(offsets, axis=1)
+    inside = np.linalg.norm(offsets @ directions.T, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, np.sqrt(np.maximum(norms ** 2 - inside ** 2, 0)) / norms, 0.)
+
+
+def random_plane_surface(losses: SurfaceEvaluator, weights: Sequence[np.ndarray], span: float,
+                         line_points: int, grid_points: int, seed: int = 0) -> dict:
+    """The loss around trained `weights` along two filter-normalised random directions (Li et
+    al. 2018): 1-D along each (`line`, `line_losses`) and on their plane (`axis`, `losses`
+    [i, j] at a = axis[i], b = axis[j]), steps in units of the filter norms, up to `span`."""
+    directions = filter_normalized_directions(weights, 2, seed=seed)
+    line = np.linspace(-span, span, line_points)
+    axis = np.linspace(-span, span, grid_points)
+    norms = np.linalg.norm(directions, axis=1)
+    return {
+        "line": line,
+        "line_losses": np.stack([losses(directions[k:k + 1], line[:, None]) for k in (0, 1)]),
+        "axis": axis,
+        "losses": losses(directions, mesh(axis, axis)).reshape(len(axis), len(axis)),
+        "direction_norms": norms,
+        "cosine": float(directions[0] @ directions[1] / np.prod(norms)),
+        "points": 2 * len(line) + len(axis) ** 2,
+    }
+
+
+def trajectory_plane_surface(losses: SurfaceEvaluator, trajectory: np.ndarray,
+                             theta: np.ndarray, margin: float, line_points: int,
+                             grid_points: int, seed: int = 0) -> dict:
+    """The loss on the plane of the training trajectory's first two principal directions
+    around the trained `theta`, `margin` times as wide as the projected trajectory, with the
+    trajectory's coordinates on it and the share of each snapshot's offset off the plane."""
+    directions, coords, explained = trajectory_directions(trajectory, theta, seed=seed)
+    extent = margin * np.maximum(np.abs(coords).max(0), 1e-6)
+    axis_x = np.linspace(-extent[0], extent[0], grid_points)
+    axis_y = np.linspace(-extent[1], extent[1], grid_points)
+    line = np.linspace(-extent[0], extent[0], line_points)
+    return {
+        "axis_x": axis_x, "axis_y": axis_y,
+        "losses": losses(directions, mesh(axis_x, axis_y)).reshape(len(axis_x), len(axis_y)),
+        "line": line,
+        "trajectory": coords,
+        "off_plane_fraction": off_plane_fraction(trajectory - theta, directions),
+        "explained_variance_ratio": explained,
+        "line_losses": losses(directions[:1], line[:, None]),
+        "points": len(axis_x) * len(axis_y) + line_points,
+    }
+
+
+def straight_line(losses: SurfaceEvaluator, start: np.ndarray, theta: np.ndarray,
+                  alphas: np.ndarray) -> dict:
+    """The loss on (1 - alpha) start + alpha theta: theta + (1 - alpha) (start - theta)."""
+    return {"alpha": alphas, "losses": losses((start - theta)[None], (1 - alphas)[:, None]),
+            "points": len(alphas)}
+
+
 class IncompatibleModelsError(Hw1Error):
     """Two SavedModels cannot be interpolated (other shapes, or not a dense net)."""
 

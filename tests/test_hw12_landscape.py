@@ -161,7 +161,7 @@ def test_trajectory_plane_holds_a_three_point_trajectory():
     dirs, coords, _ = landscape.trajectory_directions(traj, traj[-1])
     np.testing.assert_allclose(dirs @ dirs.T, np.eye(2), atol=1e-12)
     np.testing.assert_allclose(coords @ dirs, traj - traj[-1], atol=1e-10)
-    assert np.allclose(error_surface._off_plane(traj - traj[-1], dirs), 0, atol=1e-6)
+    assert np.allclose(landscape.off_plane_fraction(traj - traj[-1], dirs), 0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------- experiments

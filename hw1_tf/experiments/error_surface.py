@@ -89,45 +89,17 @@ def run(ctx: framework.ExperimentContext) -> framework.Outcome:
     losses = landscape.SurfaceEvaluator(weights, x, y, splits.num_classes, spec.activation)
 
     start = time.perf_counter()
-    evaluated = 0
-    # random directions: 1-D along each, 2-D on the plane
-    random_dirs = landscape.filter_normalized_directions(weights, 2, seed=config.seed)
-    line = np.linspace(-config.span, config.span, config.line_points)
-    axis = np.linspace(-config.span, config.span, config.grid_points)
-    random = {
-        "line": line,
-        "line_losses": np.stack([losses(random_dirs[k:k + 1], line[:, None]) for k in (0, 1)]),
-        "axis": axis,
-        "losses": losses(random_dirs, landscape.mesh(axis, axis)).reshape(len(axis), len(axis)),
-        "direction_norms": np.linalg.norm(random_dirs, axis=1),
-        "cosine": float(random_dirs[0] @ random_dirs[1] / np.prod(
-            np.linalg.norm(random_dirs, axis=1))),
-    }
-    evaluated += 2 * len(line) + len(axis) ** 2
-    # the trajectory's own PCA plane
-    pca_dirs, coords, explained = landscape.trajectory_directions(trajectory, theta,
-                                                                  seed=config.seed)
-    extent = config.pca_margin * np.maximum(np.abs(coords).max(0), 1e-6)
-    axis_x = np.linspace(-extent[0], extent[0], config.grid_points)
-    axis_y = np.linspace(-extent[1], extent[1], config.grid_points)
-    pca = {
-        "axis_x": axis_x, "axis_y": axis_y,
-        "losses": losses(pca_dirs, landscape.mesh(axis_x, axis_y)).reshape(len(axis_x),
-                                                                           len(axis_y)),
-        "line": np.linspace(-extent[0], extent[0], config.line_points),
-        "trajectory": coords, "trajectory_epochs": np.asarray(run_record["trajectory_epochs"]),
-        "trajectory_loss": trajectory_loss,
-        # the trajectory's projection loses what lies off the plane: its share per snapshot
-        "off_plane_fraction": _off_plane(trajectory - theta, pca_dirs),
-        "explained_variance_ratio": explained,
-    }
-    pca["line_losses"] = losses(pca_dirs[:1], pca["line"][:, None])
-    evaluated += len(axis_x) * len(axis_y) + config.line_points
-    # straight line initial -> trained: theta + (1 - alpha) (theta_0 - theta)
-    alpha = np.linspace(*config.interpolation_range, config.line_points)
-    interpolation = {"alpha": alpha,
-                     "losses": losses((trajectory[0] - theta)[None], (1 - alpha)[:, None])}
-    evaluated += len(alpha)
+    random = landscape.random_plane_surface(losses, weights, config.span, config.line_points,
+                                            config.grid_points, seed=config.seed)
+    pca = landscape.trajectory_plane_surface(losses, trajectory, theta, config.pca_margin,
+                                             config.line_points, config.grid_points,
+                                             seed=config.seed)
+    pca.update(trajectory_epochs=np.asarray(run_record["trajectory_epochs"]),
+               trajectory_loss=trajectory_loss)
+    interpolation = landscape.straight_line(
+        losses, trajectory[0], theta, np.linspace(*config.interpolation_range,
+                                                  config.line_points))
+    evaluated = sum(part.pop("points") for part in (random, pca, interpolation))
     seconds = time.perf_counter() - start
     logging.info("%s: %d grid points on %d examples in %.1f s (%.0f points/s)", name,
                  evaluated, len(x), seconds, evaluated / seconds)
@@ -139,15 +111,6 @@ def run(ctx: framework.ExperimentContext) -> framework.Outcome:
         centre_loss=float(random["losses"][centre, centre]) if config.grid_points % 2 else None,
         eval_examples=int(len(x)), num_classes=splits.num_classes,
         surface_seconds=seconds, grid_points_evaluated=int(evaluated)))
-
-
-def _off_plane(offsets: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """Per snapshot, the fraction of its offset from the end point's length that is NOT in the
-    plane of `directions` (orthonormal rows): 0 when the projection is exact."""
-    norms = np.linalg.norm(offsets, axis=1)
-    inside = np.linalg.norm(offsets @ directions.T, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norms > 0, np.sqrt(np.maximum(norms ** 2 - inside ** 2, 0)) / norms, 0.)
 
 
 # -------------------------------------------------------------------------------- figures
