@@ -292,6 +292,9 @@ class HistoryTensorBoard(keras.callbacks.Callback):
             self.writer.close()
 
 
+FINGERPRINT_FILE = "fingerprint.json"
+
+
 class RunBackup(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` that survives a kill at any moment and backs up the
     run's own state beside the weights.
@@ -303,18 +306,27 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     previous or the new one. Started again, `restored_epoch()` tells where the data must start,
     `restore_state(model)` restores the callbacks' state, and Keras the weights and the epoch in
     `on_train_begin`. It must come after the stateful callbacks in `fit`'s list, so their epoch
-    end is in the backup. The caller removes `backup_dir` once the run's results are recorded
-    (Keras' own delete-at-end is off for that reason)."""
+    end is in the backup. With `fingerprint` (store.Backup's protocol), a backup of another run
+    (other settings, data or starting weights) is discarded with one warning instead of being
+    restored. The caller removes `backup_dir` once the run's results are recorded (Keras' own
+    delete-at-end is off for that reason)."""
 
-    def __init__(self, backup_dir: str | Path, stateful=(), run_name: str = "run"):
+    def __init__(self, backup_dir: str | Path, stateful=(), run_name: str = "run",
+                 fingerprint: dict | None = None):
         self.root = Path(backup_dir)
         super().__init__(str(self.root / "current"), save_freq="epoch", delete_checkpoint=False)
         self.stateful = list(stateful)
         self.run_name = run_name
+        self.fingerprint = fingerprint
         current, old = self.root / "current", self.root / "old"
         if old.is_dir() and not current.is_dir():  # killed between the two renames
             os.replace(old, current)
         shutil.rmtree(self.root / "staging", ignore_errors=True)
+        saved = current / FINGERPRINT_FILE
+        if fingerprint is not None and current.is_dir() and not store.Backup(
+                saved, fingerprint, run_name).matches(
+                store.read_json(saved) if saved.is_file() else None):
+            shutil.rmtree(current)  # another run's: Keras must not restore it
 
     def restored_epoch(self) -> int:
         """Epochs already done according to the backup (0 without one)."""
@@ -349,6 +361,8 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             super()._save_model()
             store.save_state(staging / "run_state.npz",
                              [c.backup_state() for c in self.stateful])
+            if self.fingerprint is not None:
+                store.write_json(staging / FINGERPRINT_FILE, self.fingerprint)
         finally:
             self._use_folder(current)
         if current.is_dir():

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 from absl import logging
 
-from hw1_tf import data, experiments, framework, store
+from hw1_tf import data, experiments, store
 from hw1_tf.config import option
 from hw1_tf.errors import Hw1Error
 
@@ -55,6 +55,8 @@ class FiguresConfig:
 
 def make_figures(config: FiguresConfig) -> None:
     """Redraws figures from results.json files, never retraining."""
+    from hw1_tf import framework  # it imports TensorFlow: after the binary's quiet start
+
     paths = store.Paths.create(config.output_dir)
     for name in _selected(config.experiments):
         if config.skip_missing and not paths.results_json(name).is_file():

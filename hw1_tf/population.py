@@ -38,7 +38,6 @@ chunks into data held on the device, one iteration per call without XLA under se
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -622,40 +621,30 @@ class _Progress:
                    state["epochs_done"], state["seconds"])
 
 
-def _fingerprint(population: Population, settings: PopulationSettings, splits: data.Splits
-                 ) -> dict[str, Any]:
+def _fingerprint(population: Population, settings: PopulationSettings, splits: data.Splits,
+                 stateful: Sequence[Any]) -> dict[str, Any]:
     """What a backup must match to be resumed: members, model, settings, training data and
     the members' starting weights (called before training: `initial` may be given ones)."""
-    digest = hashlib.sha1()
-    for array in (splits.x_train, splits.y_train, *(p.numpy() for p in population.params)):
-        digest.update(np.ascontiguousarray(array).tobytes())
     values = {k: v for k, v in dataclasses.asdict(settings).items() if k != "verbose"}
-    return store.to_jsonable({"spec": population.spec, "seeds": population.seeds,
-                              "settings": values, "input_shape": population.input_shape,
-                              "data": digest.hexdigest()})
+    return store.fingerprint(splits.x_train, splits.y_train,
+                             *(p.numpy() for p in population.params), spec=population.spec,
+                             seeds=population.seeds, settings=values,
+                             input_shape=population.input_shape, callbacks=len(stateful))
 
 
-def _restore_backup(path: Path, fingerprint: dict[str, Any], trainer: _Trainer,
-                    stateful: Sequence[Any], run_name: str) -> _Progress | None:
-    """The progress of the backup at `path` with the trainer and the stateful callbacks set to
-    it, or None (no backup, or one of other settings, members or data: ignored)."""
-    if not path.is_file():
-        return None
-    try:
-        state = store.load_state(path)
-    except Hw1Error as e:
-        logging.warning("%s: %s; starting afresh", run_name, e)
-        return None
-    if state.get("fingerprint") != fingerprint or len(state["callbacks"]) != len(stateful):
-        logging.warning("%s: the backup in %s is of other settings, members or data; starting "
-                        "afresh (it will be replaced)", run_name, path)
+def _restore_backup(backup: store.Backup, trainer: _Trainer, stateful: Sequence[Any],
+                    run_name: str) -> _Progress | None:
+    """The progress of the backup with the trainer and the stateful callbacks set to it, or
+    None (no backup, or one of another run: ignored)."""
+    state = backup.restore()
+    if state is None:
         return None
     trainer.restore(state["trainer"])
     for fn, value in zip(stateful, state["callbacks"]):
         fn.restore_state(value)
     progress = _Progress.restored(state["progress"])
     logging.info("%s: resuming after epoch %d from the backup in %s", run_name,
-                 progress.epochs_done, path.parent)
+                 progress.epochs_done, backup.path.parent)
     return progress
 
 
@@ -713,16 +702,15 @@ def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data
     size = population.size
     evaluate_test = settings.evaluate_test and splits.x_test is not None and splits.x_test.size
     stateful = [fn for fn in callbacks if hasattr(fn, "backup_state")]
-    backup_path = Path(backup_dir) / BACKUP_FILE if backup_dir is not None else None
-    fingerprint = _fingerprint(population, settings, splits) if backup_path else None
-    progress = backup_path and _restore_backup(backup_path, fingerprint, trainer, stateful,
-                                               run_name)
+    backup = store.Backup(Path(backup_dir) / BACKUP_FILE,
+                          _fingerprint(population, settings, splits, stateful),
+                          run_name) if backup_dir is not None else None
+    progress = backup and _restore_backup(backup, trainer, stateful, run_name)
     if not progress:
         switched_at = np.full(size, -1)
         switched_at[trainer.objective.numpy() == 1] = -2  # minimised the norm from the start
         progress = _Progress([], [], [], {"test_loss": [], **(
             {"test_accuracy": []} if splits.num_classes else {})}, switched_at)
-    schedule = store.BackupSchedule()
     per_epoch = pipeline.chunks_per_epoch(n, settings.batch_size, chunk)
     start = time.perf_counter()
     first_epoch = progress.epochs_done
@@ -756,9 +744,9 @@ def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data
             fn(epoch, population)
         progress.epochs_done = epoch + 1
         active = trainer.active.numpy()
-        if backup_path and schedule.due(final=epoch + 1 == settings.epochs or not active.any()):
-            schedule.write(backup_path, {
-                "fingerprint": fingerprint, "trainer": trainer.state(),
+        if backup and backup.due(final=epoch + 1 == settings.epochs or not active.any()):
+            backup.write({
+                "trainer": trainer.state(),
                 "callbacks": [fn.backup_state() for fn in stateful],
                 "progress": progress.state(progress.seconds_before
                                            + time.perf_counter() - start)})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -276,6 +277,58 @@ class BackupSchedule:
         self.done_at = time.perf_counter()
         self.cost = self.done_at - started
         return out
+
+
+def fingerprint(*arrays: np.ndarray, **values: Any) -> dict[str, Any]:
+    """What a backup must match to be resumed: `values` (settings, seeds, shapes; as JSON) and
+    one sha1 of the bytes of `arrays` (training data, starting weights)."""
+    digest = hashlib.sha1()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return to_jsonable({**values, "data": digest.hexdigest()})
+
+
+class Backup:
+    """The one backup protocol of every training engine (the Keras core's `RunBackup`, the
+    population, the scratch Solver): a run's state written at epoch ends, atomically and on a
+    `BackupSchedule`, together with the run's `fingerprint`; started again, `restore()` gives
+    the state back only when the fingerprint is this run's. A backup that is missing,
+    unreadable or of another run (other settings, seeds, data or starting weights) is ignored
+    with one warning, and the run starts afresh (its backup is then replaced)."""
+
+    def __init__(self, path: str | Path, fingerprint: dict[str, Any], run_name: str = "run",
+                 factor: float = 20.0):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.run_name = run_name
+        self.schedule = BackupSchedule(factor)
+
+    def matches(self, saved_fingerprint: Any) -> bool:
+        if saved_fingerprint == self.fingerprint:
+            return True
+        logging.warning("%s: the backup in %s is of another run (other settings, seeds, data or "
+                        "starting weights); starting afresh (it will be replaced)", self.run_name,
+                        self.path)
+        return False
+
+    def restore(self) -> Any | None:
+        """The state backed up for this run, else None."""
+        if not self.path.is_file():
+            return None
+        try:
+            saved = load_state(self.path)
+        except Hw1Error as e:
+            logging.warning("%s: %s; starting afresh", self.run_name, e)
+            return None
+        if not self.matches(saved.get("fingerprint")):
+            return None
+        return saved["state"]
+
+    def due(self, final: bool = False) -> bool:
+        return self.schedule.due(final)
+
+    def write(self, state: Any) -> Path:
+        return self.schedule.write(self.path, {"fingerprint": self.fingerprint, "state": state})
 
 
 def save_results(paths: Paths, experiment: str, config: Any, runs: dict[str, Any],

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from hw1_tf import distribute, pipeline
+from hw1_tf import distribute, pipeline, store
 from hw1_tf.callbacks import (HistoryTensorBoard, IterationLog, ObjectiveSwitch, ProgressLog,
                               EpochDecay, RunBackup, StopAtTarget)
 from hw1_tf.errors import Hw1Error
@@ -416,6 +416,14 @@ def warn_if_batch_exceeds(run_name: str, batch_size: int, examples: int) -> None
                         "one full-batch step", run_name, batch_size, examples)
 
 
+def _fingerprint(model, settings: TrainSettings, train_xy, stateful) -> dict[str, Any]:
+    """What a backup of this run must match to be resumed (store.Backup): the settings, the
+    training data and the starting weights (before `fit`, so a resumed run has the same)."""
+    values = {k: v for k, v in dataclasses.asdict(settings).items() if k != "verbose"}
+    return store.fingerprint(*train_xy, *model.network.get_weights(), settings=values,
+                             callbacks=[type(c).__name__ for c in stateful])
+
+
 def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_xy=None,
           run_name: str = "run", callbacks=(), tensorboard_dir=None,
           backup_dir=None) -> dict[str, Any]:
@@ -442,7 +450,8 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
     first_epoch = 0
     if backup_dir is not None:  # after the stateful callbacks: it saves what they did
         stateful = [c for c in all_callbacks if hasattr(c, "backup_state")]
-        backup = RunBackup(backup_dir, stateful, run_name=run_name)
+        backup = RunBackup(backup_dir, stateful, run_name=run_name,
+                           fingerprint=_fingerprint(model, settings, train_xy, stateful))
         backup.restore_state(model)
         first_epoch = min(backup.restored_epoch(), settings.epochs)
         all_callbacks.append(backup)

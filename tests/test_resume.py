@@ -100,12 +100,12 @@ class _Crash(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def _tiny(tmp_path, cbs=(), switch=None, spe=4):
+def _tiny(tmp_path, cbs=(), switch=None, spe=4, seed=1):
     rng = np.random.RandomState(0)
     x = rng.randn(96, 5).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
     settings = training.TrainSettings(epochs=5, batch_size=8, steps_per_execution=spe,
-                                      verbose=0, seed=1, switch_after_epochs=switch)
+                                      verbose=0, seed=seed, switch_after_epochs=switch)
     model = training.build_instrumented(
         lambda: keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="tanh"),
                                   keras.layers.Dense(2)]), 2, settings)
@@ -129,6 +129,19 @@ def test_interrupted_run_resumes_with_the_same_history_and_weights(tmp_path, swi
         np.testing.assert_allclose(h1["epoch"][key], h2["epoch"][key], rtol=1e-6)
     for a, b in zip(resumed.network.weights, straight.network.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_backup_of_another_run_is_discarded_not_restored(tmp_path):
+    """The Keras core's backup carries the run's fingerprint (store.Backup's protocol): one of
+    another seed in the same folder must not be resumed (Keras alone would restore its weights
+    and epoch)."""
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(tmp_path / "a", [_Crash(3)], seed=1)
+    assert (tmp_path / "a/backup/current/fingerprint.json").is_file()
+    _, other = _tiny(tmp_path / "a", [], seed=2)  # same folder, another run
+    _, fresh = _tiny(tmp_path / "b", [], seed=2)
+    assert other["iteration"] == fresh["iteration"]  # from scratch: all 5 epochs, its own
+    assert other["epoch_end_iteration"] == [12, 24, 36, 48, 60]
 
 
 def _sim(tmp_path, **kw):

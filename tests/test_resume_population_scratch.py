@@ -63,7 +63,7 @@ def test_population_restored_from_its_backup_continues_bit_identically(tmp_path,
     monkeypatch.setattr(store.BackupSchedule, "due", lambda self, final=False: True)
     with pytest.raises(_Interrupt):
         _train(tmp_path / "a", [_crash_after(crash_epoch)])
-    backup = store.load_state(tmp_path / "a" / population.BACKUP_FILE)
+    backup = store.load_state(tmp_path / "a" / population.BACKUP_FILE)["state"]
     assert backup["progress"]["epochs_done"] == crash_epoch - 1  # the epoch before the crash
     resumed, h1, snaps1 = _train(tmp_path / "a")
     straight, h2, snaps2 = _train(None)
@@ -131,7 +131,7 @@ def test_solver_restored_from_its_backup_continues_bit_identically(tmp_path, mon
     interrupted._end_of_epoch = end_of_epoch
     with pytest.raises(_Interrupt):
         interrupted.train()
-    assert store.load_state(tmp_path / "solver.npz")["epoch"] == 2
+    assert store.load_state(tmp_path / "solver.npz")["state"]["epoch"] == 2
     resumed = solver(tmp_path / "solver.npz").train()
     straight = solver(None).train()
     assert len(resumed.loss_history) == 4 * (90 // 16)
@@ -225,7 +225,7 @@ def _kill_mid_epoch_and_rerun(binary, flags, tmp_path, backup, epoch_line, epoch
         procs[1].wait(timeout=30)
         killed_at = time.perf_counter() - started
         assert procs[1].returncode == -signal.SIGKILL
-        epoch = epochs_done(store.load_state(path))
+        epoch = epochs_done(store.load_state(path)["state"])
         assert 1 <= epoch < epochs
         restart = _start(binary, flags, killed)
         procs.append(restart)

@@ -29,7 +29,6 @@ op by op (no tracing: the cheapest choice for a few dozen steps on 50 examples).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import time
@@ -41,7 +40,6 @@ import tensorflow as tf
 from absl import logging
 
 from hw1_tf import store
-from hw1_tf.errors import Hw1Error
 from hw1_tf.scratch import optim
 
 COMPILE_MODES = ("xla", "graph", "eager")
@@ -77,7 +75,7 @@ class Solver:
         self.eval_batch_size = int(eval_batch_size)
         self.name = name
         self.backup_path = Path(backup_path) if backup_path else None
-        self._backups = store.BackupSchedule()
+        self._backup: store.Backup | None = None  # made at train(), once the model is set
 
         self.X_train = _flat(data["X_train"])
         self.y_train = np.asarray(data["y_train"], np.int32)
@@ -153,7 +151,9 @@ class Solver:
     def train(self) -> "Solver":
         total = self.num_epochs * self.iterations_per_epoch
         start = time.time()
-        if self.backup_path is not None and not self.train_acc_history:
+        if self.backup_path is not None and self._backup is None:
+            self._backup = store.Backup(self.backup_path, self._fingerprint(), self.name)
+        if self._backup is not None and not self.train_acc_history:
             self._restore_backup()
         if self.epoch == 0 and not self.train_acc_history:
             self._end_of_epoch()
@@ -206,24 +206,20 @@ class Solver:
         if self.checkpoint_path is not None and not self.diverged:
             self.save_checkpoint(self.checkpoint_path)
         last = self.epoch == self.num_epochs or self.diverged
-        if self.backup_path is not None and self.epoch > 0 and self._backups.due(final=last):
-            self._backups.write(self.backup_path, {"fingerprint": self._fingerprint(),
-                                                   **self._state()})
+        if self._backup is not None and self.epoch > 0 and self._backup.due(final=last):
+            self._backup.write(self._state())
 
     # ------------------------------------------------------------------------- backup
 
     def _fingerprint(self) -> dict[str, Any]:
         """What a backup must match to be resumed: rule, schedule, seed, shapes and data."""
-        digest = hashlib.sha1()
-        for array in (self.X_train, self.y_train, self.X_val, self.y_val):
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return store.to_jsonable({
-            "rule": self.rule.name, "hyperparams": self.rule.hyperparams(),
-            "learning_rate": self.initial_learning_rate, "lr_decay": self.lr_decay,
-            "batch_size": self.batch_size, "num_epochs": self.num_epochs, "seed": self.seed,
-            "num_train_samples": self.num_train_samples,
-            "num_val_samples": self.num_val_samples, "data": digest.hexdigest(),
-            "weights": {k: list(v.shape) for k, v in self.model.get_weights().items()}})
+        return store.fingerprint(
+            self.X_train, self.y_train, self.X_val, self.y_val, rule=self.rule.name,
+            hyperparams=self.rule.hyperparams(), learning_rate=self.initial_learning_rate,
+            lr_decay=self.lr_decay, batch_size=self.batch_size, num_epochs=self.num_epochs,
+            seed=self.seed, num_train_samples=self.num_train_samples,
+            num_val_samples=self.num_val_samples,
+            weights={k: list(v.shape) for k, v in self.model.get_weights().items()})
 
     def _state(self) -> dict[str, Any]:
         name, keys, pos, has_gauss, cached = self._rng.get_state()
@@ -243,16 +239,8 @@ class Solver:
 
     def _restore_backup(self) -> None:
         """Continues from the backup at `backup_path` when there is one of this run."""
-        if not self.backup_path.is_file():
-            return
-        try:
-            state = store.load_state(self.backup_path)
-        except Hw1Error as e:
-            logging.warning("%s: %s; starting afresh", self.name, e)
-            return
-        if state.get("fingerprint") != self._fingerprint():
-            logging.warning("%s: the backup %s is of another run; starting afresh (it will be "
-                            "replaced)", self.name, self.backup_path)
+        state = self._backup.restore()
+        if state is None:
             return
         self.model.set_weights(state["weights"])
         for p, slots in state["slots"].items():
