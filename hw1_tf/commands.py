@@ -125,7 +125,7 @@ def make_report(config: ReportConfig) -> None:
 # ------------------------------------------------------------------------ compare_results
 
 # Keys whose values say when, by which command or how fast a result was made, not what it is.
-VOLATILE_KEYS = ("created", "command", "timings", "figures", "arrays_file")
+VOLATILE_KEYS = ("created", "command", "timings", "hvp_timings", "figures", "arrays_file")
 VOLATILE_SUFFIXES = ("seconds",)
 
 
