@@ -89,11 +89,23 @@ def host_reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
         return False
 
 
+def tfds_prepared(name: str, data_dir: Path) -> bool:
+    """Whether tensorflow-datasets has prepared `name` under `data_dir`."""
+    return any((tfds_dir(Path(data_dir)) / name).glob("*/dataset_info.json"))
+
+
+def dataset_present(name: str, data_dir: Path) -> bool:
+    """Whether `name` can be loaded from `data_dir` without fetching: the one place that knows
+    (a complete IDX folder, prepared tfds data, or scikit-learn's digits)."""
+    return name == "digits" or idx.idx_folder_complete(name, Path(data_dir)) or \
+        tfds_prepared(name, data_dir)
+
+
 def load_tfds(name: str, data_dir: Path, download: bool) -> tuple[np.ndarray, ...]:
     """(x_train, y_train, x_test, y_test) from tensorflow-datasets, downloading if allowed."""
     import tensorflow_datasets as tfds
 
-    prepared = any((tfds_dir(data_dir) / name).glob("*/dataset_info.json"))
+    prepared = tfds_prepared(name, data_dir)
     if download and not prepared and name in TFDS_HOSTS and not host_reachable(TFDS_HOSTS[name]):
         raise DataError(f"{name}: not prepared in {tfds_dir(data_dir)} and its download host "
                         f"{TFDS_HOSTS[name]} is unreachable (no internet?); run bin/fetch_data "

