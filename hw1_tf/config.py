@@ -96,7 +96,7 @@ class RunConfig:
         validate(self)
 
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")  # hw1_tf.training.make_optimizer builds them
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")  # the one list: the core and populations
 
 
 @dataclasses.dataclass

@@ -49,9 +49,9 @@ import tensorflow as tf
 from absl import logging
 
 from hw1_tf import data, distribute, models, pipeline, store, training
+from hw1_tf.config import OPTIMIZERS
 from hw1_tf.errors import Hw1Error
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 EVAL_BATCH = 4096
 # per-iteration columns: loss, ||grad L_i||, objective used, correct predictions (classification),
 # member still active after the iteration (False from its stop or failure on)

@@ -29,6 +29,7 @@ import tensorflow as tf
 from absl import logging
 
 from hw1_tf import distribute, pipeline, store
+from hw1_tf.config import OPTIMIZERS
 from hw1_tf.callbacks import (HistoryTensorBoard, IterationLog, ObjectiveSwitch, ProgressLog,
                               EpochDecay, RunBackup, StopAtTarget)
 from hw1_tf.errors import Hw1Error
@@ -322,8 +323,8 @@ class TrainSettings:
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    table = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
-             "rmsprop": keras.optimizers.RMSprop, "adagrad": keras.optimizers.Adagrad}
+    table = dict(zip(OPTIMIZERS, (keras.optimizers.Adam, keras.optimizers.SGD,
+                                  keras.optimizers.RMSprop, keras.optimizers.Adagrad)))
     if name not in table:
         raise Hw1Error(f"unknown optimizer {name!r}; choose from {', '.join(table)}")
     return table[name](learning_rate=learning_rate)
