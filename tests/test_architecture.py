@@ -178,3 +178,19 @@ def test_compare_results_binary_exit_codes(tmp_path):
     missing = subprocess.run([sys.executable, str(ROOT / "bin/compare_results"), str(a),
                               str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 1 and "no such folder" in missing.stderr
+
+
+def test_unknown_or_unimportable_experiments_are_one_line_errors(tmp_path):
+    unknown = subprocess.run([sys.executable, "-m", "hw1_tf", "nope"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().startswith("usage error: unknown experiment 'nope'")
+    assert "Traceback" not in unknown.stderr
+    env = {**__import__("os").environ, experiments.ENV: "no_such_module"}
+    bad = subprocess.run([sys.executable, str(ROOT / "bin/make_report"),
+                          f"--output_dir={tmp_path}"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: $HW1_TF_EXPERIMENTS names 'no_such_module', which cannot be imported: No "
+        "module named 'no_such_module'")
+    assert not (tmp_path / "REPORT.md").exists()

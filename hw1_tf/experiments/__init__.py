@@ -70,13 +70,18 @@ def _all() -> dict[str, tuple[float, str]]:
     return {**_builtin(), **_registered()}
 
 
+def _sorted(found: dict[str, tuple[float, str]]) -> tuple[str, ...]:
+    return tuple(sorted(found, key=lambda n: (found[n][0], n)))
+
+
 def names() -> tuple[str, ...]:
     """Every experiment's name, in the slides' order."""
-    return tuple(sorted(_all(), key=lambda n: (_all()[n][0], n)))
+    return _sorted(_all())
 
 
 def builtin_names() -> tuple[str, ...]:
-    return tuple(n for n in names() if n in _builtin())
+    """The names of this package's experiments (no registered module is imported)."""
+    return _sorted(_builtin())
 
 
 def get(name: str) -> ModuleType:
