@@ -57,8 +57,7 @@ class MemberLosses:
         self.input_shape = tuple(x.shape[1:])
         integer_labels = np.issubdtype(np.asarray(y).dtype, np.integer)
         outputs = int(np.max(y)) + 1 if integer_labels else int(np.prod(y.shape[1:]) or 1)
-        network = models.build(spec, self.input_shape, outputs)
-        self.shapes = [tuple(v.shape) for v in network.trainable_variables]
+        self.shapes = population.dense_shapes(spec, self.input_shape, outputs)
         self.sizes = [math.prod(s) for s in self.shapes]
         self.num_params = int(sum(self.sizes))
         self.dtype = tf.as_dtype(dtype)

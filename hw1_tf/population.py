@@ -19,7 +19,9 @@ becomes NaN/inf is frozen at its last finite weights and marked failed; the othe
 
 `train_population` returns the population and one history per member with the structure of
 `training.train`'s, so experiments and figures treat a member like any run; `Population.member(i)`
-is an ordinary Keras model and `export_members` writes members as SavedModels. With
+is an ordinary Keras model (the one conversion from a member to a model: `member(i, spec)` for
+a narrower net padded in, `Population.from_flat` for weights computed elsewhere) and
+`export_members` writes members as SavedModels. With
 `backup_dir`, a population killed mid-run and started again continues from its last epoch-end
 backup to the numbers an uninterrupted run ends with.
 
@@ -28,7 +30,8 @@ times faster per member, bench/population.py); members with large matmuls (an MN
 nothing from batching and are better trained one by one.
 Members may also start from given weights (`initial`): narrower dense nets zero-padded to `spec`
 (`padded_initial_weights`) train exactly as they would alone, so models of one depth and
-different widths can share a population (the capacity experiment's small widths).
+different widths can share a population (the capacity experiment's small widths), and
+`member(i, narrow_spec)` gives the narrow model back.
 
 Keras' `fit` is not used: its metrics and callbacks are scalars per model, while everything here
 is a vector over members. The loop mirrors the core's: several iterations per XLA call on index
@@ -123,15 +126,9 @@ def dense_shapes(spec: models.ModelSpec, input_shape: tuple[int, ...],
     return shapes
 
 
-def padded_initial_weights(spec: models.ModelSpec, wide: models.ModelSpec,
-                           input_shape: tuple[int, ...], outputs: int,
-                           seed: int) -> list[np.ndarray]:
-    """The initial weights of `spec` (a run with seed `seed`) zero-padded to the wider `wide`
-    (same depth, each width >= spec's). A padded unit has zero incoming weights and bias, so
-    its pre-activation is 0 and, with activation(0) = 0, its output too: the net computes
-    `spec`'s function, and every padded weight gets a zero gradient (its outgoing weights are
-    zero, and so is its output), so it stays zero under any of OPTIMIZERS (zero gradient, zero
-    state, zero step): as a population member it trains exactly as `spec` alone."""
+def check_paddable(spec: models.ModelSpec, wide: models.ModelSpec) -> None:
+    """Raises Hw1Error unless the dense `spec` zero-padded to `wide` computes `spec`'s function
+    (same depth and activation, each width <= wide's, activation(0) = 0, no BatchNorm)."""
     if spec.kind != "dense" or wide.kind != "dense" or spec.batch_norm or wide.batch_norm:
         raise Hw1Error(f"model {spec.name}: only dense nets without BatchNorm can be padded")
     if (len(spec.hidden) != len(wide.hidden) or spec.activation != wide.activation
@@ -142,6 +139,18 @@ def padded_initial_weights(spec: models.ModelSpec, wide: models.ModelSpec,
     if float(activation(tf.zeros([1]))[0]) != 0.0:
         raise Hw1Error(f"model {spec.name}: padding needs activation(0) = 0; "
                        f"{spec.activation} is not")
+
+
+def padded_initial_weights(spec: models.ModelSpec, wide: models.ModelSpec,
+                           input_shape: tuple[int, ...], outputs: int,
+                           seed: int) -> list[np.ndarray]:
+    """The initial weights of `spec` (a run with seed `seed`) zero-padded to the wider `wide`
+    (same depth, each width >= spec's). A padded unit has zero incoming weights and bias, so
+    its pre-activation is 0 and, with activation(0) = 0, its output too: the net computes
+    `spec`'s function, and every padded weight gets a zero gradient (its outgoing weights are
+    zero, and so is its output), so it stays zero under any of OPTIMIZERS (zero gradient, zero
+    state, zero step): as a population member it trains exactly as `spec` alone."""
+    check_paddable(spec, wide)
     weights = initial_weights(spec, input_shape, outputs, seed)
     return [np.pad(w, [(0, t - n) for n, t in zip(w.shape, shape)])
             for w, shape in zip(weights, dense_shapes(wide, input_shape, outputs))]
@@ -275,10 +284,44 @@ class Population:
     def member_weights(self, i: int) -> list[np.ndarray]:
         return [p.numpy()[i] for p in self.params]
 
-    def member(self, i: int) -> keras.Model:
-        """Member i as an ordinary Keras model (`models.build(spec)`) holding its weights."""
-        network = models.build(self.spec, self.input_shape, self.outputs)
-        network.set_weights(self.member_weights(i))
+    @classmethod
+    def from_flat(cls, spec: models.ModelSpec, input_shape: tuple[int, ...], outputs: int,
+                  theta: np.ndarray, seeds: Sequence[int] | None = None,
+                  strategy=None) -> "Population":
+        """A population whose member i holds the flat parameter vector `theta[i]` ((M, P):
+        each layer's kernel then bias, row-major, in `dense_shapes` order, as
+        `critical.MemberLosses.flatten` lays them out), rounded to float32 as every
+        population's weights are; `seeds` (default 0 .. M-1) only label the members. Its
+        `member(i)` / `export_members` turn weights computed outside a population (e.g.
+        float64 end points) into Keras models."""
+        theta = np.asarray(theta)
+        shapes = dense_shapes(spec, input_shape, outputs)
+        sizes = [math.prod(s) for s in shapes]
+        if theta.ndim != 2 or theta.shape[1] != sum(sizes):
+            raise Hw1Error(f"flat weights of {spec.describe()}: (members, {sum(sizes)}) "
+                           f"needed, got {theta.shape}")
+        parts = np.split(theta, np.cumsum(sizes)[:-1], axis=1)
+        initial = [[p[i].reshape(s) for p, s in zip(parts, shapes)] for i in range(len(theta))]
+        return cls(spec, input_shape, outputs, range(len(theta)) if seeds is None else seeds,
+                   strategy, initial=initial)
+
+    def member(self, i: int, spec: models.ModelSpec | None = None) -> keras.Model:
+        """Member i as an ordinary Keras model (`models.build`) holding its weights: the one
+        conversion from a population member to a model (`export_members` and the experiments
+        use it; shapes follow from the specs, no model is built to learn them).
+
+        `spec` (default the population's): a narrower dense net that was zero-padded into
+        the population (`padded_initial_weights`; same depth and activation, widths <=);
+        the model is then `spec`'s, holding the block of member i's weights that belongs to
+        it (`cropped_weights`), i.e. the narrow net the member trained as."""
+        weights = self.member_weights(i)
+        if spec is None:
+            spec = self.spec
+        elif dataclasses.replace(spec, name=self.spec.name) != self.spec:
+            check_paddable(spec, self.spec)
+            weights = cropped_weights(weights, spec, self.input_shape, self.outputs)
+        network = models.build(spec, self.input_shape, self.outputs)
+        network.set_weights(weights)
         return network
 
 

@@ -2,12 +2,15 @@
 member the numbers of its own `training.train` run (same seed, batches and optimizer), and the
 per-member masks (switch, stop, failure) act on one member only."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from hw1_tf import data, models, pipeline, population, store, training
+from hw1_tf.errors import Hw1Error
 
 SPLITS = data.function_splits("sinc", 64, 20, seed=0)  # 4 batches of 16 per epoch
 SPEC = models.ModelSpec("pop", hidden=(8, 6), activation="tanh")
@@ -172,3 +175,66 @@ def test_members_on_different_data_equal_their_own_core_runs():
     np.testing.assert_allclose(pop.predict(grids)[1], pop.member(1).predict(sign.x_test,
                                                                              verbose=0),
                                rtol=1e-5, atol=1e-6)
+
+
+DIGITS = data.load("digits", train_size=96, test_size=32, seed=0)  # 3 batches of 32
+WIDE = models.ModelSpec("wide", hidden=(12, 12))
+NARROW = [models.ModelSpec(f"n{w}", hidden=(w, w)) for w in (3, 7, 12)]  # one unpadded
+
+
+def test_member_of_a_padded_population_is_the_narrow_model_alone_and_exports(tmp_path):
+    """member(i, spec) of a population zero-padded to a wider net (the capacity experiment's
+    setup) is the narrow model trained alone with member i's seed: its weights and outputs;
+    exported (SavedModel and .keras) and loaded back it gives the same outputs."""
+    shape, seeds = DIGITS.input_shape, (0, 1, 2)
+    base = dict(epochs=2, batch_size=32, learning_rate=0.01, verbose=0, optimizer="adam")
+    initial = [population.padded_initial_weights(s, WIDE, shape, 10, seed)
+               for s, seed in zip(NARROW, seeds)]
+    settings = population.PopulationSettings(**base, steps_per_execution=3, jit_compile=False)
+    pop, _ = population.train_population(WIDE, DIGITS, settings, seeds, initial=initial)
+    x = DIGITS.x_test
+    padded = pop.predict(x)
+    for i, (spec, seed) in enumerate(zip(NARROW, seeds)):
+        single = training.TrainSettings(**base, seed=seed, steps_per_execution=1,
+                                        jit_compile=False)
+        alone = training.build_instrumented(lambda: models.build(spec, shape, 10), 10, single)
+        training.train(alone, (DIGITS.x_train, DIGITS.y_train), single)
+        member = pop.member(i, spec)
+        assert member.name == spec.name
+        assert member.count_params() == alone.network.count_params() == \
+            models.param_count(64, spec.hidden, 10)
+        for got, want in zip(member.get_weights(), alone.network.get_weights()):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        out = member.predict(x, verbose=0)
+        np.testing.assert_allclose(out, alone.network.predict(x, verbose=0), rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(out, padded[i], rtol=1e-5, atol=1e-6)  # padding is silent
+        path = store.export_model(member, tmp_path / spec.name)
+        loaded = store.load_saved_model(path)  # kept: serve needs its variables alive
+        np.testing.assert_allclose(loaded.serve(tf.constant(x)), out, rtol=0, atol=1e-6)
+        reloaded = keras.models.load_model(str(path.with_suffix(".keras")), compile=False)
+        np.testing.assert_allclose(reloaded.predict(x, verbose=0), out, rtol=0, atol=1e-6)
+    with pytest.raises(Hw1Error, match="cannot be padded"):
+        pop.member(0, models.ModelSpec("n", hidden=(16, 4)))
+    with pytest.raises(Hw1Error, match="cannot be padded"):
+        pop.member(0, models.ModelSpec("n", hidden=(3, 3), activation="tanh"))
+
+
+def test_population_from_flat_vectors_holds_them_as_members():
+    """`from_flat`: rows of (M, P) parameter vectors (the layout critical.MemberLosses uses)
+    become members; member(i) holds row i rounded to float32, shapes from the spec alone."""
+    shapes = population.dense_shapes(SPEC, (1,), 1)
+    assert shapes == [(1, 8), (8,), (8, 6), (6,), (6, 1), (1,)]
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(3, sum(math.prod(s) for s in shapes)))  # float64
+    pop = population.Population.from_flat(SPEC, (1,), 1, theta, seeds=(5, 6, 7))
+    assert pop.size == 3 and pop.seeds == [5, 6, 7] and pop.num_params == theta.shape[1]
+    x = SPLITS.x_test
+    for i in range(3):
+        member = pop.member(i)
+        got = np.concatenate([w.ravel() for w in member.get_weights()])
+        np.testing.assert_array_equal(got, theta[i].astype(np.float32))
+        np.testing.assert_allclose(member.predict(x, verbose=0), pop.predict(x)[i], rtol=1e-5,
+                                   atol=1e-6)
+    with pytest.raises(Hw1Error, match="flat weights"):
+        population.Population.from_flat(SPEC, (1,), 1, theta[:, :-1])

@@ -143,13 +143,8 @@ def _train_together(ctx, specs, splits) -> dict[str, dict[str, Any]]:
         run_name=f"{EXPERIMENT} population of {len(specs)} padded to {wide.name}",
         initial=initial,
         backup_dir=ctx.backup_dir(GROUP_BACKUP))
-    kept = {}
-    for i, (spec, history) in enumerate(zip(specs, histories)):
-        network = models.build(spec, splits.input_shape, outputs)
-        network.set_weights(population.cropped_weights(pop.member_weights(i), spec,
-                                                       splits.input_shape, outputs))
-        kept[spec.name] = _record(ctx, spec, history, network, splits)
-    return kept
+    return {spec.name: _record(ctx, spec, history, pop.member(i, spec), splits)
+            for i, (spec, history) in enumerate(zip(specs, histories))}
 
 
 def train_models(ctx, specs, splits) -> tuple[dict, str]:

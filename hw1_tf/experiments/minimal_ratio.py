@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from hw1_tf import critical, data, framework, functions, hessian, markdown, models, population, store, trainer
+from hw1_tf import critical, data, framework, functions, hessian, markdown, models, population, trainer
 from hw1_tf.config import ConfigError, TrainConfig, option
 from hw1_tf.figures import FigureSet, finish_axes, matplotlib, plt, spans_decades
 
@@ -172,11 +172,10 @@ def run(ctx: framework.ExperimentContext) -> framework.Outcome:
         timings["hessians"] = endpoints.pop("hessian_seconds")
         timings["perturbations"] = endpoints.pop("perturbation_seconds")
         endpoints["seeds"] = np.asarray(seeds)
-        if config.save_models:
-            for i in range(config.runs):
-                network = models.build(spec, splits.input_shape, 1)
-                network.set_weights([w[i] for w in _unstack(losses, theta)])
-                store.export_model(network, ctx.paths.saved_model(EXPERIMENT, f"run_{i:03d}"))
+        if config.save_models:  # the float64 end points, as float32 Keras models
+            population.export_members(
+                population.Population.from_flat(spec, splits.input_shape, 1, theta, seeds),
+                lambda i: ctx.paths.saved_model(EXPERIMENT, f"run_{i:03d}"))
         timings["total"] = sum(timings.values())
         return {"endpoints": {**endpoints, "critical_phase": phase, "timings": timings}}
 
@@ -199,12 +198,6 @@ def run(ctx: framework.ExperimentContext) -> framework.Outcome:
         model={**dataclasses.asdict(spec), "num_params": int(np.shape(endpoints["weights"])[1]),
                "description": spec.describe()},
         target={"name": config.function, "formula": fn.formula, "domain": fn.domain}))
-
-
-def _unstack(losses: critical.MemberLosses, theta: np.ndarray) -> list[np.ndarray]:
-    parts = np.split(theta, np.cumsum(losses.sizes)[:-1], axis=1)
-    return [p.reshape((len(theta),) + s).astype(np.float32) for p, s in zip(parts,
-                                                                           losses.shapes)]
 
 
 def _ragged_after_switch(histories) -> np.ndarray:
