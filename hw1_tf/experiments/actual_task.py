@@ -47,39 +47,73 @@ class Config(TrainConfig):
     RUN_SELECTION: ClassVar[tuple[str, ...]] = ("datasets", "dataset", "models")
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
-    config = ctx.config
-    settings = trainer.settings_from(config)
-    datasets = (config.dataset,) if config.dataset else config.datasets
-    runs, skipped, tables = {}, {}, {}
-    for name in datasets:
+def _datasets(ctx: framework.ExperimentContext) -> dict[str, data.Splits | str]:
+    """Each dataset of the config, in order: its splits, or (a str) why it was skipped. Loaded
+    once and shared: the plan needs them (which runs exist depends on which datasets load),
+    and so do the runs."""
+    return ctx.shared("datasets", lambda: _load_datasets(ctx.config))
+
+
+def _load_datasets(config: Config) -> dict[str, data.Splits | str]:
+    loaded = {}
+    for name in (config.dataset,) if config.dataset else config.datasets:
         try:
-            splits = fetch.load_dataset(name, config.data_dir, train_size=config.train_size,
-                                        test_size=config.test_size, seed=config.seed,
-                                        fetch_missing=config.allow_download,
-                                        allow_download=config.allow_download)
+            loaded[name] = fetch.load_dataset(name, config.data_dir,
+                                              train_size=config.train_size,
+                                              test_size=config.test_size, seed=config.seed,
+                                              fetch_missing=config.allow_download,
+                                              allow_download=config.allow_download)
         except DataError as e:
             if name not in config.optional_datasets:
                 raise
             logging.warning("skipping %s (optional): %s", name, e)
-            skipped[name] = str(e)
-            continue
-        skipped[name] = ledger.REMOVE  # an earlier skip of it no longer holds
-        specs = [models.family_spec(f, config.target_params, splits.input_shape,
-                                    splits.num_classes) for f in config.models]
-        rows = []
-        for spec in specs:
-            run_name = f"{name}_{spec.name}"
+            loaded[name] = str(e)
+    return loaded
 
-            def train(spec=spec, run_name=run_name):
-                return ctx.train_model(run_name, spec, splits, settings,
-                                       save_model=config.save_models,
-                                       tensorboard=config.tensorboard, dataset=name)[1]
 
-            runs[run_name] = ctx.ledger.once(run_name, train)
-            rows.append((run_name, spec.describe(), runs[run_name]["num_params"]))
-        tables[name] = trainer.log_param_table(rows)
-    return framework.Outcome(runs, dict(skipped_datasets=skipped, param_tables=tables))
+def _specs(ctx: framework.ExperimentContext, dataset: str) -> list[models.ModelSpec]:
+    """The model of each family sized for `dataset` (a search for the CNNs: made once)."""
+    def make():
+        splits = _datasets(ctx)[dataset]
+        return [models.family_spec(f, ctx.config.target_params, splits.input_shape,
+                                   splits.num_classes) for f in ctx.config.models]
+    return ctx.shared(f"specs/{dataset}", make)
+
+
+def _run_name(dataset: str, spec: models.ModelSpec) -> str:
+    return f"{dataset}_{spec.name}"
+
+
+def _loaded(ctx: framework.ExperimentContext) -> list[str]:
+    return [name for name, splits in _datasets(ctx).items() if not isinstance(splits, str)]
+
+
+def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
+    """One run per (dataset that loaded, model family)."""
+    return [framework.Run(_run_name(dataset, spec), train, {"dataset": dataset, "spec": spec})
+            for dataset in _loaded(ctx) for spec in _specs(ctx, dataset)]
+
+
+def train(ctx: framework.ExperimentContext, dataset: str, spec: models.ModelSpec) -> dict:
+    config = ctx.config
+    return ctx.train_model(_run_name(dataset, spec), spec, _datasets(ctx)[dataset],
+                           trainer.settings_from(config), save_model=config.save_models,
+                           tensorboard=config.tensorboard, dataset=dataset)[1]
+
+
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    """The records, the skipped datasets and a parameter table per dataset trained on."""
+    # a loaded dataset's REMOVE clears an earlier invocation's skip of it from the merged
+    # results: that skip no longer holds
+    skipped = {name: splits if isinstance(splits, str) else ledger.REMOVE
+               for name, splits in _datasets(ctx).items()}
+    tables = {}
+    for dataset in _loaded(ctx):
+        rows = [(_run_name(dataset, spec), spec.describe(),
+                 records[_run_name(dataset, spec)]["num_params"])
+                for spec in _specs(ctx, dataset)]
+        tables[dataset] = trainer.log_param_table(rows)
+    return framework.Outcome(records, dict(skipped_datasets=skipped, param_tables=tables))
 
 
 # -------------------------------------------------------------------------------- figures

@@ -59,29 +59,32 @@ def train_approach(ctx: framework.ExperimentContext, splits: data.Splits,
     return network, record
 
 
-def run_approaches(ctx: framework.ExperimentContext, splits: data.Splits,
-                   spec: models.ModelSpec, pairs: Sequence[tuple[int, float]],
-                   measure: Callable[[Any, dict], dict[str, Any]]) -> dict[str, dict]:
-    """Every (batch size, learning rate) of `pairs` trained (`train_approach`), its record
-    completed with `measure(network, record)`'s values and `<experiment>_seconds` (the time
-    `measure` took). Each finished approach is kept at once (the ledger): an interrupted study
-    resumes at the next one, and a rerun skips those already done."""
+def plan_approaches(pairs: Sequence[tuple[int, float]],
+                    train: Callable[..., dict]) -> list[framework.Run]:
+    """One run per (batch size, learning rate) of `pairs`, named by `approach_name`, trained
+    by the experiment's module-level `train(ctx, batch_size, learning_rate)`. Each finished
+    approach is kept at once (the ledger): an interrupted study resumes at the next one, and a
+    rerun skips those already done."""
+    return [framework.Run(approach_name(b, lr), train, {"batch_size": b, "learning_rate": lr})
+            for b, lr in pairs]
+
+
+def train_and_measure(ctx: framework.ExperimentContext, splits: data.Splits,
+                      spec: models.ModelSpec, batch_size: int, learning_rate: float,
+                      measure: Callable[[framework.ExperimentContext, Any, dict],
+                                        dict[str, Any]]) -> dict:
+    """One approach trained (`train_approach`), its record completed with
+    `measure(ctx, network, record)`'s values (a module-level function of the experiment) and
+    `<experiment>_seconds` (the time `measure` took)."""
     experiment = ctx.name
-    runs = {}
-    for batch_size, lr in pairs:
-        name = approach_name(batch_size, lr)
-
-        def train(batch_size=batch_size, lr=lr, name=name):
-            network, record = train_approach(ctx, splits, spec, batch_size, lr)
-            start = time.perf_counter()
-            record.update(measure(network, record))
-            record[f"{experiment}_seconds"] = time.perf_counter() - start
-            logging.info("%s/%s: test accuracy %.4f, measured in %.1fs", experiment, name,
-                         record["test_accuracy"], record[f"{experiment}_seconds"])
-            return record
-
-        runs[name] = ctx.ledger.once(name, train)
-    return runs
+    network, record = train_approach(ctx, splits, spec, batch_size, learning_rate)
+    start = time.perf_counter()
+    record.update(measure(ctx, network, record))
+    record[f"{experiment}_seconds"] = time.perf_counter() - start
+    logging.info("%s/%s: test accuracy %.4f, measured in %.1fs", experiment,
+                 approach_name(batch_size, learning_rate), record["test_accuracy"],
+                 record[f"{experiment}_seconds"])
+    return record
 
 
 def analysis_subset(splits: data.Splits, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

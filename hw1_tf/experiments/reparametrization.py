@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from hw1_tf import fetch, framework, hessian, markdown, measures, models, store
+from hw1_tf import data, fetch, framework, hessian, markdown, measures, models, store
 from hw1_tf.config import ImageTrainConfig, StopOptions, option
 from hw1_tf.errors import Hw1Error
 from hw1_tf.experiments import approaches
@@ -65,53 +65,62 @@ class Config(approaches.SharpnessOptions, StopOptions,
     epochs: int = option(5, "Training epochs of the model.", lower=1)
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+def _splits(ctx: framework.ExperimentContext) -> data.Splits:
+    return ctx.shared("splits", lambda: fetch.load_splits(ctx.config))
+
+
+def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
+    """One model: kept at once, and a rerun of the same config skips it (--force redoes it)."""
+    return [framework.Run("model", train)]
+
+
+def train(ctx: framework.ExperimentContext) -> dict:
+    """The model trained, then rescaled by every alpha: the record holds, per alpha, the
+    change of the outputs and of the loss and every sharpness."""
     config = ctx.config
-    splits = fetch.load_splits(config)
+    splits = _splits(ctx)
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
+    network, record = approaches.train_approach(ctx, splits, spec, config.batch_size,
+                                                config.learning_rate)
+    x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
+    x = x.astype(np.float64)
+    base = hessian.as_float64_model(network)  # float64: "unchanged" to 1e-10, not 1e-6
+    logits = measures.logits_of(base, x)
+    scale = float(np.max(np.abs(logits)))
+    rows = {k: [] for k in ("output_change", "loss_change", "analysis_loss",
+                            "block_hessian_norm", "hessian_norm", "sharpness_slides",
+                            "sharpness_whole", "sharpness_keskar")}
+    base_loss = None
+    for alpha in config.alphas:
+        model = rescaled(base, config.layer, alpha)
+        change = float(np.max(np.abs(measures.logits_of(model, x) - logits))) / scale
+        result = measures.sharpness_measures(
+            model, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
+            keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
+            max_block_mb=config.max_block_mb, seed=config.seed, strategy=ctx.strategy)
+        base_loss = result["analysis_loss"] if base_loss is None else base_loss
+        loss_change = abs(result["analysis_loss"] - base_loss) / base_loss
+        if change > config.tolerance or loss_change > config.tolerance:
+            raise FunctionChangedError(f"alpha={alpha:g} changed the outputs by "
+                                       f"{change:.2e} and the loss by {loss_change:.2e} "
+                                       "(relative)")
+        rows["output_change"].append(change)
+        rows["loss_change"].append(loss_change)
+        for key in rows:
+            if key in result:
+                rows[key].append(result[key])
+        logging.info("alpha %g: outputs change %.1e, loss %.1e; sharpness slides %.3g, "
+                     "whole %.3g, Keskar %.3g", alpha, change, loss_change,
+                     result["sharpness_slides"], result["sharpness_whole"],
+                     result["sharpness_keskar"])
+    record.update({"alphas": np.asarray(config.alphas), "layer": config.layer,
+                   **{k: np.asarray(v) for k, v in rows.items()}})
+    return record
 
-    def train_and_rescale() -> dict:
-        network, record = approaches.train_approach(ctx, splits, spec, config.batch_size,
-                                                    config.learning_rate)
-        x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
-        x = x.astype(np.float64)
-        base = hessian.as_float64_model(network)  # float64: "unchanged" to 1e-10, not 1e-6
-        logits = measures.logits_of(base, x)
-        scale = float(np.max(np.abs(logits)))
-        rows = {k: [] for k in ("output_change", "loss_change", "analysis_loss",
-                                "block_hessian_norm", "hessian_norm", "sharpness_slides",
-                                "sharpness_whole", "sharpness_keskar")}
-        base_loss = None
-        for alpha in config.alphas:
-            model = rescaled(base, config.layer, alpha)
-            change = float(np.max(np.abs(measures.logits_of(model, x) - logits))) / scale
-            result = measures.sharpness_measures(
-                model, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
-                keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
-                max_block_mb=config.max_block_mb, seed=config.seed, strategy=ctx.strategy)
-            base_loss = result["analysis_loss"] if base_loss is None else base_loss
-            loss_change = abs(result["analysis_loss"] - base_loss) / base_loss
-            if change > config.tolerance or loss_change > config.tolerance:
-                raise FunctionChangedError(f"alpha={alpha:g} changed the outputs by "
-                                           f"{change:.2e} and the loss by {loss_change:.2e} "
-                                           "(relative)")
-            rows["output_change"].append(change)
-            rows["loss_change"].append(loss_change)
-            for key in rows:
-                if key in result:
-                    rows[key].append(result[key])
-            logging.info("alpha %g: outputs change %.1e, loss %.1e; sharpness slides %.3g, "
-                         "whole %.3g, Keskar %.3g", alpha, change, loss_change,
-                         result["sharpness_slides"], result["sharpness_whole"],
-                         result["sharpness_keskar"])
-        record.update({"alphas": np.asarray(config.alphas), "layer": config.layer,
-                       **{k: np.asarray(v) for k, v in rows.items()}})
-        return record
 
-    # one model: kept at once, and a rerun of the same config skips it (--force redoes it)
-    record = ctx.ledger.once("model", train_and_rescale)
-    x_count = min(config.analysis_examples, len(splits.x_train))
-    return framework.Outcome({"model": record}, dict(analysis_examples=x_count))
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    x_count = min(ctx.config.analysis_examples, len(_splits(ctx).x_train))
+    return framework.Outcome(records, dict(analysis_examples=x_count))
 
 
 # -------------------------------------------------------------------------------- figures

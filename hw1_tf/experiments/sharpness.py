@@ -10,7 +10,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hw1_tf import fetch, framework, markdown, measures, models
+import numpy as np
+
+from hw1_tf import data, fetch, framework, markdown, measures, models
 from hw1_tf.config import ImageTrainConfig, StopOptions, option
 from hw1_tf.experiments import approaches
 from hw1_tf.figures import FigureSet, finish_axes, plt
@@ -35,22 +37,43 @@ class Config(approaches.SharpnessOptions, StopOptions, ImageTrainConfig):
     epochs: int = option(10, "Training epochs per run.", lower=1)
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+def _splits(ctx: framework.ExperimentContext) -> data.Splits:
+    return ctx.shared("splits", lambda: fetch.load_splits(ctx.config))
+
+
+def _analysis_subset(ctx: framework.ExperimentContext) -> tuple[np.ndarray, np.ndarray]:
+    """The training examples every sharpness is computed on (the same for every model)."""
+    return ctx.shared("analysis_subset", lambda: approaches.analysis_subset(
+        _splits(ctx), ctx.config.analysis_examples, ctx.config.seed))
+
+
+def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
+    """One run per (batch size, learning rate): every batch size at each learning rate."""
     config = ctx.config
-    splits = fetch.load_splits(config)
-    spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
-    x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
-
-    def sharpness(network, record):
-        return measures.sharpness_measures(
-            network, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
-            keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
-            max_block_mb=config.max_block_mb, eigen_tolerance=config.eigen_tolerance,
-            seed=config.seed, strategy=ctx.strategy)
-
     pairs = [(b, lr) for lr in config.learning_rates for b in config.batch_sizes]
-    runs = approaches.run_approaches(ctx, splits, spec, pairs, sharpness)
-    return framework.Outcome(runs, dict(analysis_examples=len(x)))
+    return approaches.plan_approaches(pairs, train)
+
+
+def train(ctx: framework.ExperimentContext, batch_size: int, learning_rate: float) -> dict:
+    spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(ctx.config.hidden))
+    return approaches.train_and_measure(ctx, _splits(ctx), spec, batch_size, learning_rate,
+                                        measure)
+
+
+def measure(ctx: framework.ExperimentContext, network, record: dict) -> dict:
+    """The three sharpness definitions of the trained `network` on the analysis examples."""
+    config = ctx.config
+    x, y = _analysis_subset(ctx)
+    return measures.sharpness_measures(
+        network, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
+        keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
+        max_block_mb=config.max_block_mb, eigen_tolerance=config.eigen_tolerance,
+        seed=config.seed, strategy=ctx.strategy)
+
+
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    x, _ = _analysis_subset(ctx)
+    return framework.Outcome(records, dict(analysis_examples=len(x)))
 
 
 # -------------------------------------------------------------------------------- figures
