@@ -1,8 +1,9 @@
 """How an experiment runs: its `ExperimentContext`, built once by the CLI, and the phases.
 
 An experiment module (hw1_tf.experiments) does its work in one of two shapes:
-  * phases: `plan(ctx) -> [Run]` lists the runs to train; the framework trains each through the
-    ledger (skipped when finished for the same config, kept at once, resumed from its backup);
+  * phases: `plan(ctx) -> [Run | Group]` lists the runs to train (a Group: runs trained
+    together, one population); the framework trains each through the ledger (skipped when
+    finished for the same config, kept at once, resumed from its backup);
     then `analyse(records, ctx) -> Outcome` turns the records into results;
   * or `run(ctx) -> Outcome` when its runs depend on each other's results.
 The framework then writes the results through the ledger (merged with earlier runs of the same
@@ -39,6 +40,18 @@ class Run:
 
 
 @dataclasses.dataclass
+class Group:
+    """Runs of a plan trained together (one population): their names, and how to train them:
+    `train(ctx, **options)` -> {name: record} for every one of `names`. Skipped only when all
+    finished; `backup` names the group's backup folder (removed once they are kept)."""
+
+    names: list[str]
+    train: Callable[..., dict[str, dict[str, Any]]]
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    backup: str | None = None
+
+
+@dataclasses.dataclass
 class Outcome:
     """What an experiment produced: its runs' records and the results beside them."""
 
@@ -70,6 +83,7 @@ class ExperimentContext:
         self.ledger = Ledger(name, config, self.paths, several_workers=self._several_workers())
         self.progress = Progress(name)
         self._shared: dict[str, Any] = {}
+        self.training_seconds: float | None = None  # the plan's wall time, for analyse
 
     def shared(self, key: str, make: Callable[[], Any]) -> Any:
         """`make()`, made once per context: what several runs of a plan share (a dataset)."""
@@ -124,20 +138,31 @@ def _worker_scratch_paths() -> store.Paths:
 
 
 def train_plan(module: Any, ctx: ExperimentContext) -> dict[str, Any]:
-    """Trains `module.plan(ctx)`'s runs through the ledger: {run name: record}."""
+    """Trains `module.plan(ctx)`'s runs (Run) and groups of runs (Group) through the ledger:
+    {run name: record}, in the plan's order."""
     plan = list(module.plan(ctx))
     records = {}
-    for i, run in enumerate(plan):
-        records[run.name] = ctx.ledger.once(run.name,
-                                            lambda run=run: run.train(ctx, **run.options))
-        ctx.progress.step(i + 1, len(plan), f"runs ({run.name})")
+    for i, item in enumerate(plan):
+        if isinstance(item, Group):
+            records.update(ctx.ledger.group_once(
+                item.names, lambda item=item: item.train(ctx, **item.options),
+                backup=item.backup))
+            what = f"groups ({len(item.names)} runs)"
+        else:
+            records[item.name] = ctx.ledger.once(
+                item.name, lambda item=item: item.train(ctx, **item.options))
+            what = f"runs ({item.name})"
+        ctx.progress.step(i + 1, len(plan), what)
     return records
 
 
 def produce(module: Any, ctx: ExperimentContext) -> Outcome:
     """The experiment's Outcome, by its phases (plan, ledger, analyse) or its `run`."""
     if hasattr(module, "plan"):
-        outcome = module.analyse(train_plan(module, ctx), ctx)
+        started = time.perf_counter()
+        records = train_plan(module, ctx)
+        ctx.training_seconds = time.perf_counter() - started  # finished runs skipped included
+        outcome = module.analyse(records, ctx)
     else:
         outcome = module.run(ctx)
     if not isinstance(outcome, Outcome):
