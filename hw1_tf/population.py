@@ -52,7 +52,7 @@ import tensorflow as tf
 from absl import logging
 
 from hw1_tf import data, distribute, models, pipeline, store, training
-from hw1_tf.config import OPTIMIZERS
+from hw1_tf.config import OPTIMIZERS, StopOptions
 from hw1_tf.errors import Hw1Error
 
 EVAL_BATCH = 4096
@@ -691,6 +691,15 @@ def _restore_backup(backup: store.Backup, trainer: _Trainer, stateful: Sequence[
     return progress
 
 
+def unsupported(settings: Any) -> list[str]:
+    """The options set in `settings` (or a config) that a population does not follow and a
+    model trained alone does (config.StopOptions: a population stops a member only on
+    ||grad L|| and keeps one learning rate): the one place that says so, for
+    `train_population` and for experiments choosing how to train (capacity)."""
+    return [f.name for f in dataclasses.fields(StopOptions)
+            if getattr(settings, f.name, None) is not None]
+
+
 def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data.Splits],
                      settings: PopulationSettings,
                      seeds: Sequence[int], *, strategy=None, run_name: str = "population",
@@ -716,13 +725,11 @@ def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data
     order depends only on the seed and the epoch). The caller removes `backup_dir` once the
     results are kept.
     """
-    if settings.stop_loss_below is not None or settings.stop_accuracy_above is not None:
-        raise Hw1Error("a population does not stop at a training loss or accuracy target; "
-                       "train these models one by one to use --stop_loss_below / "
-                       "--stop_accuracy_above")
-    if settings.learning_rate_decay is not None:
-        raise Hw1Error("a population keeps its learning rate; train these models one by one "
-                       "to use --learning_rate_decay")
+    refused = unsupported(settings)
+    if refused:
+        raise Hw1Error("a population does not stop at a training loss or accuracy target and "
+                       "keeps its learning rate; train these models one by one to use "
+                       + " / ".join(f"--{k}" for k in refused))
     strategy = strategy or tf.distribute.get_strategy()
     if not isinstance(splits, data.Splits):
         if len(splits) != len(seeds):

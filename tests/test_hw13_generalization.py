@@ -391,7 +391,14 @@ def test_population_refuses_a_loss_target():
     from hw1_tf import population
 
     settings = population.PopulationSettings(epochs=1, stop_loss_below=0.1)
-    with pytest.raises(Hw1Error, match="does not stop at a training loss"):
+    with pytest.raises(Hw1Error, match="does not stop at a training loss.*--stop_loss_below$"):
+        population.train_population(models.ModelSpec("m", "dense", hidden=(4,)), _splits(),
+                                    settings, seeds=(0, 1))
+    # every option only a model alone follows (config.StopOptions) is refused, by name
+    settings = population.PopulationSettings(epochs=1, learning_rate_decay=0.9,
+                                             stop_accuracy_above=0.9)
+    assert population.unsupported(settings) == ["stop_accuracy_above", "learning_rate_decay"]
+    with pytest.raises(Hw1Error, match="--stop_accuracy_above / --learning_rate_decay$"):
         population.train_population(models.ModelSpec("m", "dense", hidden=(4,)), _splits(),
                                     settings, seeds=(0, 1))
 
