@@ -16,14 +16,13 @@ Results go to results/scratch/results.json (`runs`: every trained net's historie
 "search/ws=..,lr=..", "rule/<rule>", "final"; `overfit_train_accuracy`, `search`, `update_rules`
 naming each rule's run, `final` with `test_accuracy`, `dataset_used`), the final net's best
 parameters to results/scratch/checkpoints/final.npz, figures to figures/scratch/. Each run is
-done once (the ledger: a rerun skips the finished ones) and its Solver backs up at epoch
+done once (the plan, through the ledger: a rerun skips the finished ones) and its Solver backs up at epoch
 ends, so a killed run started again resumes where it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -177,60 +176,122 @@ def _train(arrays, hidden_dims, *, num_classes, weight_scale, update_rule, learn
     return solver, history
 
 
-def _run_once(ctx: framework.ExperimentContext, arrays, hidden_dims, *, name: str,
-              config: Config, then=None, **kwargs) -> dict[str, Any]:
-    """Run `name`'s record: the recorded one when it already finished for this config
-    (the ledger), else `_train`'s (then `then(solver, history)`), its Solver backed up
-    under the run's backup folder so that a killed run started again resumes."""
-    def train():
-        solver, history = _train(
-            arrays, hidden_dims, config=config, name=name,
-            backup_path=ctx.ledger.backup_folder(name) / "solver.npz", **kwargs)
-        if then is not None:
-            then(solver, history)
-        return history
+def _data(ctx: framework.ExperimentContext) -> dict[str, Any]:
+    """The dataset (or its fallback) split into train/val/test arrays, loaded once."""
+    def load():
+        config = ctx.config
+        splits, fallback_reason = load_data(config)
+        arrays = split_train_val(splits, config.val_size, config.seed)
+        logging.info("scratch: %s, %d train / %d val / %d test examples of dimension %d",
+                     splits.name, len(arrays["X_train"]), len(arrays["X_val"]),
+                     len(arrays["X_test"]), arrays["X_train"].shape[1])
+        return {"splits": splits, "fallback_reason": fallback_reason, "arrays": arrays}
 
-    return ctx.ledger.once(name, train)
+    return ctx.shared("data", load)
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+def _search_name(weight_scale: float, learning_rate: float) -> str:
+    return f"search/ws={weight_scale:g},lr={learning_rate:g}"
+
+
+def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
+    """The four parts' runs, each kept once it finishes and resumed from its Solver backup:
+    overfit, the weight-scale x learning-rate grid, one run per update rule, the final net."""
     config = ctx.config
-    started = time.time()
-    splits, fallback_reason = load_data(config)
-    arrays = split_train_val(splits, config.val_size, config.seed)
-    n_classes = splits.num_classes
-    compiled = "xla" if config.jit_compile else "graph"
-    logging.info("scratch: %s, %d train / %d val / %d test examples of dimension %d",
-                 splits.name, len(arrays["X_train"]), len(arrays["X_val"]),
-                 len(arrays["X_test"]), arrays["X_train"].shape[1])
-    runs: dict[str, Any] = {}
+    runs = [framework.Run("overfit", train_overfit)]
+    runs += [framework.Run(_search_name(ws, lr), train_search,
+                           {"weight_scale": ws, "learning_rate": lr})
+             for ws in config.search_weight_scales for lr in config.search_learning_rates]
+    runs += [framework.Run(f"rule/{rule}", train_rule, {"rule": rule, "learning_rate": lr})
+             for rule, lr in zip(config.update_rules, config.rule_learning_rates)]
+    return runs + [framework.Run("final", train_final)]
+
+
+def _solve(ctx: framework.ExperimentContext, name: str, arrays, hidden_dims,
+           **kwargs) -> tuple[Any, dict[str, Any]]:
+    """`_train` of run `name`, its Solver backed up under the run's backup folder so that a
+    killed run started again resumes."""
+    return _train(arrays, hidden_dims, config=ctx.config, name=name,
+                  num_classes=_data(ctx)["splits"].num_classes,
+                  backup_path=ctx.ledger.backup_folder(name) / "solver.npz", **kwargs)
+
+
+def _small(config: Config) -> dict[str, Any]:
     # A few dozen steps on 50 examples: eager beats tracing and compiling a tf.function.
-    small = dict(num_classes=n_classes, epochs=config.overfit_epochs,
-                 batch_size=config.overfit_batch_size, config=config, compile="eager")
-    few = _subset(arrays, config.overfit_samples)
+    return dict(epochs=config.overfit_epochs, batch_size=config.overfit_batch_size,
+                compile="eager", update_rule="sgd")
 
-    # 1. overfit
-    runs["overfit"] = _run_once(ctx, few, config.overfit_hidden_dims, update_rule="sgd",
-                                weight_scale=config.overfit_weight_scale,
-                                learning_rate=config.overfit_learning_rate, name="overfit",
-                                **small)
-    overfit_acc = max(runs["overfit"]["train_acc_history"])
+
+def train_overfit(ctx: framework.ExperimentContext) -> dict[str, Any]:
+    """1. Overfit a few examples."""
+    config = ctx.config
+    few = _subset(_data(ctx)["arrays"], config.overfit_samples)
+    history = _solve(ctx, "overfit", few, config.overfit_hidden_dims,
+                     weight_scale=config.overfit_weight_scale,
+                     learning_rate=config.overfit_learning_rate, **_small(config))[1]
     logging.info("scratch: overfit %d examples -> train accuracy %.3f", len(few["X_train"]),
-                 overfit_acc)
+                 max(history["train_acc_history"]))
+    return history
 
-    # 2. weight_scale x learning_rate search for a deep net
+
+def train_search(ctx: framework.ExperimentContext, weight_scale: float,
+                 learning_rate: float) -> dict[str, Any]:
+    """2. One cell of the weight-scale x learning-rate search for a deep net."""
+    config = ctx.config
+    name = _search_name(weight_scale, learning_rate)
+    history = _solve(ctx, name, _subset(_data(ctx)["arrays"], config.overfit_samples),
+                     config.search_hidden_dims, weight_scale=weight_scale,
+                     learning_rate=learning_rate, verbose=False, **_small(config))[1]
+    logging.info("scratch: %s -> train acc %s%s", name, history["final_train_acc"],
+                 " (diverged)" if history["diverged"] else "")
+    return history
+
+
+def _compiled(config: Config) -> str:
+    return "xla" if config.jit_compile else "graph"
+
+
+def train_rule(ctx: framework.ExperimentContext, rule: str, learning_rate: float
+               ) -> dict[str, Any]:
+    """3. One update rule on a subset."""
+    config = ctx.config
+    return _solve(ctx, f"rule/{rule}", _subset(_data(ctx)["arrays"], config.rules_train_size),
+                  config.rules_hidden_dims, weight_scale=config.rules_weight_scale,
+                  update_rule=rule, learning_rate=learning_rate, epochs=config.rules_epochs,
+                  batch_size=config.rules_batch_size, compile=_compiled(config))[1]
+
+
+def _checkpoint(ctx: framework.ExperimentContext) -> Path:
+    return ctx.paths.results_dir(EXPERIMENT) / "checkpoints" / "final.npz"
+
+
+def train_final(ctx: framework.ExperimentContext) -> dict[str, Any]:
+    """4. The final net on the whole training set, then its test accuracy (best-val params)."""
+    config = ctx.config
+    arrays = _data(ctx)["arrays"]
+    solver, history = _solve(
+        ctx, "final", arrays, config.hidden_dims, weight_scale=config.weight_scale,
+        update_rule=config.optimizer, learning_rate=config.learning_rate,
+        lr_decay=config.lr_decay, epochs=config.epochs, batch_size=config.batch_size,
+        dropout=config.dropout, normalization=config.normalization, reg=config.reg,
+        compile=_compiled(config), checkpoint_path=_checkpoint(ctx))
+    if solver.diverged:
+        raise TrainingDivergedError(f"the final net diverged at iteration {solver.iteration}; "
+                                    f"lower --learning_rate (now {config.learning_rate:g})")
+    history.update(test_accuracy=solver.check_accuracy(arrays["X_test"], arrays["y_test"]),
+                   checkpoint=str(_checkpoint(ctx)))
+    return history
+
+
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    """The search grid and its best cell, the update rules' runs, the final net's numbers."""
+    config = ctx.config
     grid_acc = np.full((len(config.search_weight_scales), len(config.search_learning_rates)),
                        np.nan)
     grid_loss = grid_acc.copy()
     for i, ws in enumerate(config.search_weight_scales):
         for j, lr in enumerate(config.search_learning_rates):
-            name = f"search/ws={ws:g},lr={lr:g}"
-            hist = _run_once(ctx, few, config.search_hidden_dims, update_rule="sgd",
-                             weight_scale=ws, learning_rate=lr, name=name, verbose=False,
-                             **small)
-            runs[name] = hist
-            logging.info("scratch: %s -> train acc %s%s", name, hist["final_train_acc"],
-                         " (diverged)" if hist["diverged"] else "")
+            hist = records[_search_name(ws, lr)]
             grid_acc[i, j] = np.nan if hist["diverged"] else hist["final_train_acc"]
             losses = [x for x in hist["loss_history"] if x is not None]
             grid_loss[i, j] = np.nan if hist["diverged"] else losses[-1]
@@ -247,51 +308,22 @@ def run(ctx: framework.ExperimentContext) -> framework.Outcome:
     logging.info("scratch: search best weight_scale=%g learning_rate=%g (train acc %.3f)",
                  search["best"]["weight_scale"], search["best"]["learning_rate"],
                  search["best"]["train_acc"])
-
-    # 3. update rules: runs rule/<rule>, named in the results' update_rules
-    rules_data = _subset(arrays, config.rules_train_size)
-    update_rules = {}
-    for rule, lr in zip(config.update_rules, config.rule_learning_rates):
-        update_rules[rule] = f"rule/{rule}"
-        runs[update_rules[rule]] = _run_once(
-            ctx, rules_data, config.rules_hidden_dims, num_classes=n_classes,
-            weight_scale=config.rules_weight_scale, update_rule=rule, learning_rate=lr,
-            epochs=config.rules_epochs, batch_size=config.rules_batch_size, config=config,
-            compile=compiled, name=update_rules[rule])
-
-    # 4. final net
-    checkpoint = ctx.paths.results_dir(EXPERIMENT) / "checkpoints" / "final.npz"
-
-    def test(solver, history):
-        if solver.diverged:
-            raise TrainingDivergedError(f"the final net diverged at iteration "
-                                        f"{solver.iteration}; lower --learning_rate (now "
-                                        f"{config.learning_rate:g})")
-        history.update(test_accuracy=solver.check_accuracy(arrays["X_test"], arrays["y_test"]),
-                       checkpoint=str(checkpoint))
-
-    final = runs["final"] = _run_once(
-        ctx, arrays, config.hidden_dims, num_classes=n_classes,
-        weight_scale=config.weight_scale, update_rule=config.optimizer,
-        learning_rate=config.learning_rate, lr_decay=config.lr_decay, epochs=config.epochs,
-        batch_size=config.batch_size, dropout=config.dropout,
-        normalization=config.normalization, reg=config.reg, config=config, compile=compiled,
-        name="final", checkpoint_path=checkpoint, then=test)
-    test_acc = final["test_accuracy"]
-    logging.info("scratch: final net test accuracy %.4f (best val %.4f at epoch %d)", test_acc,
-                 final["best_val_acc"], final["best_epoch"])
-
-    return framework.Outcome(runs, {
+    final = records["final"]
+    logging.info("scratch: final net test accuracy %.4f (best val %.4f at epoch %d)",
+                 final["test_accuracy"], final["best_val_acc"], final["best_epoch"])
+    loaded = _data(ctx)
+    return framework.Outcome(records, {
         "dataset_requested": config.dataset,
-        "dataset_used": splits.name,
-        "fallback_reason": fallback_reason,
-        "overfit_train_accuracy": overfit_acc,
+        "dataset_used": loaded["splits"].name,
+        "fallback_reason": loaded["fallback_reason"],
+        "overfit_train_accuracy": max(records["overfit"]["train_acc_history"]),
         "search": search,
-        "update_rules": update_rules,
+        "update_rules": {rule: f"rule/{rule}" for rule, _ in zip(config.update_rules,
+                                                                 config.rule_learning_rates)},
         "final": {k: final[k] for k in ("test_accuracy", "best_val_acc", "best_epoch",
                                         "num_params", "hidden_dims", "checkpoint")},
-        "test_accuracy": test_acc,
-        "seconds": time.time() - started,
+        "test_accuracy": final["test_accuracy"],
+        "seconds": ctx.training_seconds,
     })
 
 
