@@ -2,10 +2,11 @@
 """The capacity experiment's ten models trained one after another (the training core, build and
 compile per model included) against training them together: all zero-padded to the widest in
 one population, or grouped (the widths up to a split padded into one population, the wider ones
-one after another). Each variant is `capacity.train_models` with that --training_mode, so the
-times are what a user pays (build, compile, train, per-epoch test evaluation, final evaluation
-on the whole sets, records kept); the variants alternate within each round (rotated), and the
-min over rounds is kept. Prints seconds, ms per step of all ten models, and ratios.
+one after another). Each variant is capacity's plan (`framework.train_plan`) with that
+--training_mode, so the times are what a user pays (build, compile, train, per-epoch test
+evaluation, final evaluation on the whole sets, records kept); the variants alternate within
+each round (rotated), and the min over rounds is kept. Prints seconds, ms per step of all ten
+models, and ratios.
 
   python bench/capacity_population.py [--rounds=3] [--epochs=3] [--train_size=12800]
       [--test_size=2000] [--splits=32,64,128,256] [--widths=2,4,...,1024]
@@ -43,15 +44,14 @@ def mnist_splits(train_size: int, test_size: int):
 
 
 def timed(config, splits) -> float:
-    """Seconds of `capacity.train_models` under `config` (every model trained: --force)."""
-    import tensorflow as tf
+    """Seconds of capacity's plan trained under `config` (every model trained: --force)."""
+    from hw1_tf import framework
+    from hw1_tf.experiments import capacity
 
-    from hw1_tf.experiments import capacity, common
-
-    paths = common.paths_from(config)
+    ctx = framework.ExperimentContext(capacity.EXPERIMENT, config)
+    ctx.shared("splits", lambda: splits)  # the runs take these rather than loading the config's
     start = time.perf_counter()
-    capacity.train_models(config, capacity.model_specs(config), splits,
-                          strategy=tf.distribute.get_strategy(), paths=paths)
+    framework.train_plan(capacity, ctx)
     return time.perf_counter() - start
 
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from absl import logging
 
-from hw1_tf import fetch, framework, markdown, measures, models, population, records, store, trainer
+from hw1_tf import fetch, framework, markdown, measures, models, population, store, trainer
 from hw1_tf.config import ConfigError, ImageTrainConfig, StopOptions, option
 from hw1_tf.figures import FigureSet, finish_axes, plt
+from hw1_tf.records import RunRecord
 
 EXPERIMENT = "capacity"
 POSITION = 320  # its place in the slides' order (the registry sorts by it)
@@ -111,16 +111,42 @@ def final_values(network, splits) -> dict[str, float]:
 
 def _record(ctx, spec, history, network, splits) -> dict[str, Any]:
     # the history's num_params is the padded member's; the record keeps the narrow model's
-    record = records.RunRecord.of(spec, history, int(network.count_params()),
-                                  width=spec.hidden[0], **final_values(network, splits)).to_dict()
+    record = RunRecord.of(spec, history, int(network.count_params()),
+                          width=spec.hidden[0], **final_values(network, splits)).to_dict()
     if ctx.config.save_models:
         record["saved_model"] = str(store.export_model(
             network, ctx.paths.saved_model(EXPERIMENT, spec.name)))
     return record
 
 
-def _train_alone(ctx, spec, splits) -> dict[str, Any]:
+def _splits(ctx: framework.ExperimentContext):
+    """The dataset, loaded once: every run and analyse use it."""
+    return ctx.shared("splits", lambda: fetch.load_splits(ctx.config))
+
+
+def _mode(ctx: framework.ExperimentContext) -> str:
+    """`resolve_mode` of the config, once (plan and analyse both need it; its warning once)."""
+    return ctx.shared("mode", lambda: resolve_mode(ctx.config))
+
+
+def plan(ctx: framework.ExperimentContext) -> list[framework.Run | framework.Group]:
+    """The models trained together (as `--training_mode` says) as one group, backed up to
+    GROUP_BACKUP, then one run per model trained alone; what already finished for this config
+    is skipped."""
+    together, alone = partition(model_specs(ctx.config), _mode(ctx), ctx.config.group_max_width)
+    items: list[framework.Run | framework.Group] = []
+    if together:
+        items.append(framework.Group([s.name for s in together], train_together,
+                                     {"specs": together}, backup=GROUP_BACKUP))
+    items += [framework.Run(s.name, train_alone, {"spec": s}) for s in alone]
+    return items
+
+
+def train_alone(ctx: framework.ExperimentContext, spec: models.ModelSpec) -> dict[str, Any]:
+    """Model `spec` through the training core, evaluated on the whole training and test sets
+    after its last epoch."""
     config = ctx.config
+    splits = _splits(ctx)
     model, record = ctx.train_model(spec.name, spec, splits, trainer.settings_from(config),
                                     save_model=config.save_models,
                                     tensorboard=config.tensorboard)
@@ -128,11 +154,14 @@ def _train_alone(ctx, spec, splits) -> dict[str, Any]:
     return record
 
 
-def _train_together(ctx, specs, splits) -> dict[str, dict[str, Any]]:
+def train_together(ctx: framework.ExperimentContext,
+                   specs: Sequence[models.ModelSpec]) -> dict[str, dict[str, Any]]:
     """`specs` as the members of one population of the widest spec, each zero-padded to it:
     every member takes the seed's initial weights of its own model and the seed's batches (the
-    single run's), so it trains as that model alone would."""
+    single run's), so it trains as that model alone would. Each is evaluated on the whole
+    training and test sets after its last epoch."""
     config = ctx.config
+    splits = _splits(ctx)
     wide = max(specs, key=lambda s: max(s.hidden))
     outputs = splits.num_classes
     initial = [population.padded_initial_weights(s, wide, splits.input_shape, outputs,
@@ -145,24 +174,6 @@ def _train_together(ctx, specs, splits) -> dict[str, dict[str, Any]]:
         backup_dir=ctx.backup_dir(GROUP_BACKUP))
     return {spec.name: _record(ctx, spec, history, pop.member(i, spec), splits)
             for i, (spec, history) in enumerate(zip(specs, histories))}
-
-
-def train_models(ctx, specs, splits) -> tuple[dict, str]:
-    """Trains the models (together where `config.training_mode` says) and evaluates each on
-    the whole training and test sets after its last epoch; runs already finished for this
-    config are skipped. Returns (runs in the order of `specs`, the mode used)."""
-    config = ctx.config
-    mode = resolve_mode(config)
-    together, alone = partition(specs, mode, config.group_max_width)
-    runs = {}
-    if together:
-        runs.update(ctx.ledger.group_once([s.name for s in together],
-                                          lambda: _train_together(ctx, together, splits),
-                                          backup=GROUP_BACKUP))
-    for spec in alone:
-        runs[spec.name] = ctx.ledger.once(spec.name,
-                                          lambda spec=spec: _train_alone(ctx, spec, splits))
-    return {s.name: runs[s.name] for s in specs}, mode
 
 
 def describe_mode(mode: str, specs, config: Config) -> str:
@@ -178,18 +189,20 @@ def describe_mode(mode: str, specs, config: Config) -> str:
     return text
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    """The runs in width order, the parameter table, and how (and how long) the models
+    trained."""
     config = ctx.config
-    splits = fetch.load_splits(config)
+    splits = _splits(ctx)
     specs = model_specs(config)
-    start = time.perf_counter()
-    runs, mode = train_models(ctx, specs, splits)
-    seconds = time.perf_counter() - start
+    runs = {s.name: records[s.name] for s in specs}
     table = trainer.log_param_table([(n, r["description"], r["num_params"])
                                     for n, r in runs.items()])
+    mode = _mode(ctx)
     return framework.Outcome(runs, dict(
         dataset=splits.name, train_examples=len(splits.x_train),
-        test_examples=len(splits.x_test), param_table=table, training_seconds=seconds,
+        test_examples=len(splits.x_test), param_table=table,
+        training_seconds=ctx.training_seconds,
         training_mode=describe_mode(mode, specs, config), training_mode_name=mode))
 
 

@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from hw1_tf import framework, landscape, markdown, population, records, trainer
+from hw1_tf import framework, landscape, markdown, population, trainer
 from hw1_tf.config import TaskConfig, option
 from hw1_tf.experiments import tasks
 from hw1_tf.figures import FigureSet, contour, finish_axes, plt, surface3d
+from hw1_tf.records import RunRecord
 
 EXPERIMENT = "error_surface"
 POSITION = 240  # its place in the slides' order (the registry sorts by it)
-BACKUP = "population"  # the trained net's backup folder, removed once the results are written
+BACKUP = "population"  # the trained net's backup folder, removed once its record is kept
 
 
 @dataclasses.dataclass
@@ -50,37 +51,55 @@ class Config(TaskConfig):
     save_models: bool = option(False, "Export the trained net as a SavedModel.")
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+def _task(ctx: framework.ExperimentContext):
+    """(run name, splits, spec, the training examples the losses are evaluated on (x, y)),
+    made once: train and analyse both need them."""
+    def make():
+        config = ctx.config
+        name, splits, spec = tasks.task_setup(config, config.task)
+        rng = np.random.RandomState(config.seed)
+        chosen = np.sort(rng.choice(len(splits.x_train),
+                                    min(config.eval_size, len(splits.x_train)), replace=False))
+        return name, splits, spec, (splits.x_train[chosen], splits.y_train[chosen])
+    return ctx.shared("task", make)
+
+
+def plan(ctx: framework.ExperimentContext) -> list[framework.Group]:
+    """The one net, as a group of one: it trains as a population of one member, backed up to
+    the folder BACKUP. Kept at once, a rerun of the same config skips it and redraws the
+    surfaces from the kept weights and trajectory."""
+    return [framework.Group([tasks.run_name(ctx.config, ctx.config.task)], train,
+                            backup=BACKUP)]
+
+
+def train(ctx: framework.ExperimentContext) -> dict[str, dict]:
+    """The net (seed --seed), its weights and training loss kept after every epoch."""
     config = ctx.config
-    name, splits, spec = tasks.task_setup(config, config.task)
-    settings = trainer.population_settings(config)
-    rng = np.random.RandomState(config.seed)
-    chosen = np.sort(rng.choice(len(splits.x_train), min(config.eval_size, len(splits.x_train)),
-                                replace=False))
-    x, y = splits.x_train[chosen], splits.y_train[chosen]
-    outputs = splits.num_classes or 1
+    name, splits, spec, (x, y) = _task(ctx)
+    snaps = landscape.Snapshots(1, config.epochs, 0, x, y, splits.num_classes)
+    snaps.initial(population.Population(spec, splits.input_shape, splits.num_classes or 1,
+                                        [config.seed], ctx.strategy))
+    pop, histories = population.train_population(
+        spec, splits, trainer.population_settings(config), [config.seed], strategy=ctx.strategy,
+        run_name=name, callbacks=[snaps], backup_dir=ctx.backup_dir(BACKUP))
+    arrays = snaps.arrays()
+    trained = pop.member_weights(0)
+    record = RunRecord.of(
+        spec, histories[0], seed=config.seed, trajectory=arrays["whole"][0],
+        weights=landscape.flatten(trained), shapes=[list(w.shape) for w in trained],
+        trajectory_epochs=arrays["epochs"], trajectory_loss=arrays["loss"][0]).to_dict()
+    if config.save_models:
+        record["saved_model"] = str(population.export_members(
+            pop, lambda i: ctx.paths.saved_model(EXPERIMENT, name))[0])
+    return {name: record}
 
-    def train() -> dict[str, dict]:
-        snaps = landscape.Snapshots(1, config.epochs, 0, x, y, splits.num_classes)
-        snaps.initial(population.Population(spec, splits.input_shape, outputs, [config.seed],
-                                            ctx.strategy))
-        pop, histories = population.train_population(
-            spec, splits, settings, [config.seed], strategy=ctx.strategy, run_name=name,
-            callbacks=[snaps], backup_dir=ctx.backup_dir(BACKUP))
-        arrays = snaps.arrays()
-        trained = pop.member_weights(0)
-        record = records.RunRecord.of(
-            spec, histories[0], seed=config.seed, trajectory=arrays["whole"][0],
-            weights=landscape.flatten(trained), shapes=[list(w.shape) for w in trained],
-            trajectory_epochs=arrays["epochs"], trajectory_loss=arrays["loss"][0]).to_dict()
-        if config.save_models:
-            record["saved_model"] = str(population.export_members(
-                pop, lambda i: ctx.paths.saved_model(EXPERIMENT, name))[0])
-        return {name: record}
 
-    # the trained net is kept at once: a rerun of the same config skips it and redraws the
-    # surfaces from the kept weights and trajectory
-    run_record = ctx.ledger.group_once([name], train, backup=BACKUP)[name]
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    """The surfaces around the trained weights (random plane, trajectory's PCA plane, the
+    initial-to-trained line), from the record (fresh or kept)."""
+    config = ctx.config
+    name, splits, spec, (x, y) = _task(ctx)
+    run_record = records[name]
     theta = np.asarray(run_record["weights"])
     weights = landscape.unflatten(theta, [tuple(s) for s in run_record["shapes"]])
     trajectory = np.asarray(run_record["trajectory"])

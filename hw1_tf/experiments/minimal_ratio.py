@@ -82,7 +82,7 @@ def model_spec(config: Config) -> models.ModelSpec:
                             activation=config.activation)
 
 
-BACKUP = "population"  # the population's backup folder, removed once the results are written
+BACKUP = "population"  # the population's backup folder, removed once its record is kept
 
 
 def _train(ctx: framework.ExperimentContext, spec, splits, seeds):
@@ -128,59 +128,69 @@ def measure(losses: critical.MemberLosses, theta: np.ndarray, config: Config) ->
             "perturbation_seconds": time.perf_counter() - started}
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
-    config = ctx.config
-    if not config.eigen_tolerances:
+def plan(ctx: framework.ExperimentContext) -> list[framework.Group]:
+    """The whole population is one record, "endpoints", as a group (its backup BACKUP): a
+    rerun of the same config skips it (--force redoes it)."""
+    if not ctx.config.eigen_tolerances:  # before any training
         raise ConfigError("--eigen_tolerances: give at least one tolerance")
+    return [framework.Group(["endpoints"], train, backup=BACKUP)]
+
+
+def train(ctx: framework.ExperimentContext) -> dict[str, dict]:
+    """Training, the critical-point phase and the measures: one record, with the phase's
+    summary and the timings in it (analyse moves them beside the runs)."""
+    config = ctx.config
     spec = model_spec(config)
     splits = data.function_splits(config.function, config.n_train, 2, seed=config.seed)
     seeds = [config.seed + i for i in range(config.runs)]
+    timings = {}
+    started = time.perf_counter()
+    pop, histories = _train(ctx, spec, splits, seeds)
+    timings["training"] = time.perf_counter() - started
+    losses = critical.MemberLosses(spec, splits.x_train.astype(np.float64),
+                                   splits.y_train.astype(np.float64))
+    theta = losses.flatten([p.numpy() for p in pop.params])
+    start_norm = np.linalg.norm(losses.gradients(theta), axis=1)
+    phase = {"method": config.critical_point_method, "start_grad_norm": start_norm,
+             "start_loss": losses.losses(theta)}
+    started = time.perf_counter()
+    if config.critical_point_method == "grad_norm":
+        phase["switched_at_iteration"] = np.array(
+            [-1 if h["switched_at_iteration"] is None else h["switched_at_iteration"]
+             for h in histories])
+        phase["stopped_at_iteration"] = np.array(
+            [-1 if h["stopped_at_iteration"] is None else h["stopped_at_iteration"]
+             for h in histories])
+        # the trainer's per-iteration (mini-batch, float32) norms, from the switch on
+        phase["grad_norm"] = _ragged_after_switch(histories)
+        timings["critical_point_phase"] = (histories[0]["seconds"] * config.grad_norm_epochs
+                                           / (config.epochs + config.grad_norm_epochs))
+        timings["training"] -= timings["critical_point_phase"]
+    else:
+        settings = critical.CriticalSettings(method=config.critical_point_method,
+                                             max_iterations=config.critical_iterations,
+                                             stop_grad_norm=config.critical_stop_grad_norm)
+        theta, record = critical.find_critical_points(losses, theta, settings)
+        phase.update(record)
+        timings["critical_point_phase"] = time.perf_counter() - started
+    endpoints = measure(losses, theta, config)
+    timings["hessians"] = endpoints.pop("hessian_seconds")
+    timings["perturbations"] = endpoints.pop("perturbation_seconds")
+    endpoints["seeds"] = np.asarray(seeds)
+    if config.save_models:  # the float64 end points, as float32 Keras models
+        population.export_members(
+            population.Population.from_flat(spec, splits.input_shape, 1, theta, seeds),
+            lambda i: ctx.paths.saved_model(EXPERIMENT, f"run_{i:03d}"))
+    timings["total"] = sum(timings.values())
+    return {"endpoints": {**endpoints, "critical_phase": phase, "timings": timings}}
 
-    def compute() -> dict[str, dict]:
-        """Training, the critical-point phase and the measures: one record, kept at once."""
-        timings = {}
-        started = time.perf_counter()
-        pop, histories = _train(ctx, spec, splits, seeds)
-        timings["training"] = time.perf_counter() - started
-        losses = critical.MemberLosses(spec, splits.x_train.astype(np.float64),
-                                       splits.y_train.astype(np.float64))
-        theta = losses.flatten([p.numpy() for p in pop.params])
-        start_norm = np.linalg.norm(losses.gradients(theta), axis=1)
-        phase = {"method": config.critical_point_method, "start_grad_norm": start_norm,
-                 "start_loss": losses.losses(theta)}
-        started = time.perf_counter()
-        if config.critical_point_method == "grad_norm":
-            phase["switched_at_iteration"] = np.array(
-                [-1 if h["switched_at_iteration"] is None else h["switched_at_iteration"]
-                 for h in histories])
-            phase["stopped_at_iteration"] = np.array(
-                [-1 if h["stopped_at_iteration"] is None else h["stopped_at_iteration"]
-                 for h in histories])
-            # the trainer's per-iteration (mini-batch, float32) norms, from the switch on
-            phase["grad_norm"] = _ragged_after_switch(histories)
-            timings["critical_point_phase"] = (histories[0]["seconds"] * config.grad_norm_epochs
-                                               / (config.epochs + config.grad_norm_epochs))
-            timings["training"] -= timings["critical_point_phase"]
-        else:
-            settings = critical.CriticalSettings(method=config.critical_point_method,
-                                                 max_iterations=config.critical_iterations,
-                                                 stop_grad_norm=config.critical_stop_grad_norm)
-            theta, record = critical.find_critical_points(losses, theta, settings)
-            phase.update(record)
-            timings["critical_point_phase"] = time.perf_counter() - started
-        endpoints = measure(losses, theta, config)
-        timings["hessians"] = endpoints.pop("hessian_seconds")
-        timings["perturbations"] = endpoints.pop("perturbation_seconds")
-        endpoints["seeds"] = np.asarray(seeds)
-        if config.save_models:  # the float64 end points, as float32 Keras models
-            population.export_members(
-                population.Population.from_flat(spec, splits.input_shape, 1, theta, seeds),
-                lambda i: ctx.paths.saved_model(EXPERIMENT, f"run_{i:03d}"))
-        timings["total"] = sum(timings.values())
-        return {"endpoints": {**endpoints, "critical_phase": phase, "timings": timings}}
 
-    # the whole population is one record: a rerun of the same config skips it (--force redoes)
-    endpoints = dict(ctx.ledger.group_once(["endpoints"], compute, backup=BACKUP)["endpoints"])
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    """The record's phase summary and timings as results of their own, the norm table, and
+    the model and target described."""
+    config = ctx.config
+    spec = model_spec(config)
+    endpoints = dict(records["endpoints"])
     phase, timings = endpoints.pop("critical_phase", None), endpoints.pop("timings", None)
     if phase is None:  # the record kept in results.json: its summaries are beside it there
         previous = ctx.ledger.previous()

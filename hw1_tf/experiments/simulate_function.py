@@ -9,10 +9,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hw1_tf import data, framework, functions, markdown, models, population, records, trainer
+from hw1_tf import data, framework, functions, markdown, models, population, trainer
 from hw1_tf.config import TrainConfig, option
 from hw1_tf.errors import TrainingDivergedError
 from hw1_tf.figures import FigureSet, epochs_axis, finish_axes, model_label, plt
+from hw1_tf.records import RunRecord
 
 EXPERIMENT = "simulate_function"
 POSITION = 110  # its place in the slides' order (the registry sorts by it)
@@ -56,59 +57,87 @@ def _final_loss(run: dict) -> float:
     return history["epoch"]["train_loss"][-1]
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+def _members(config: Config) -> list[tuple[str, int]]:
+    """(function, restart) of every member of a model's population, in member order."""
+    return [(fn_name, r) for fn_name in config.functions for r in range(config.restarts)]
+
+
+def run_names(config: Config, spec: models.ModelSpec) -> list[str]:
+    """The runs of model `spec`, one per member of its population."""
+    return [f"{fn_name}_{spec.name}" + (f"_r{r}" if config.restarts > 1 else "")
+            for fn_name, r in _members(config)]
+
+
+def _splits(ctx: framework.ExperimentContext) -> dict[str, data.Splits]:
+    """{function: its splits}, made once: every model's population and analyse use them."""
+    config = ctx.config
+    return ctx.shared("splits", lambda: {
+        fn_name: data.function_splits(fn_name, config.n_train, config.n_test, seed=config.seed)
+        for fn_name in config.functions})
+
+
+def plan(ctx: framework.ExperimentContext) -> list[framework.Group]:
+    """One group per model: its runs train as one population (backed up to the folder named
+    after the model) and are skipped together once all have finished."""
     config = ctx.config
     specs = model_specs(config)
     trainer.log_param_table([(s.name, s.describe(), models.param_count(1, s.hidden, 1))
                             for s in specs])
-    runs, targets, best = {}, {}, {}
-    all_splits = {fn_name: data.function_splits(fn_name, config.n_train, config.n_test,
-                                                seed=config.seed)
-                  for fn_name in config.functions}
-    for fn_name, splits in all_splits.items():
+    return [framework.Group(run_names(config, spec), train, {"spec": spec}, backup=spec.name)
+            for spec in specs]
+
+
+def train(ctx: framework.ExperimentContext, spec: models.ModelSpec) -> dict[str, dict]:
+    """Every (function, restart) of model `spec` as one member of one population (one batched
+    computation), on that function's data with seed config.seed + restart: exactly the run the
+    single-model core would make with that seed."""
+    config = ctx.config
+    all_splits = _splits(ctx)
+    members = _members(config)
+    names = run_names(config, spec)
+    pop, histories = population.train_population(
+        spec, [all_splits[fn_name] for fn_name, _ in members],
+        trainer.population_settings(config, evaluate_test=False),  # scored below
+        [config.seed + r for _, r in members], strategy=ctx.strategy,
+        run_name=spec.name, backup_dir=ctx.backup_dir(spec.name))
+    predictions = pop.predict(np.stack([all_splits[fn_name].x_test
+                                        for fn_name, _ in members]))[:, :, 0]
+    if config.save_models:
+        saved = population.export_members(
+            pop, lambda i: ctx.paths.saved_model(EXPERIMENT, names[i]))
+    kept = {}
+    for i, ((fn_name, restart), run_name, history) in enumerate(zip(members, names, histories)):
+        pred = predictions[i]
+        kept[run_name] = RunRecord.of(
+            spec, history, function=fn_name, restart=restart, prediction=pred,
+            test_mse=float(np.mean((pred - all_splits[fn_name].y_test[:, 0]) ** 2))
+        ).to_dict()
+        if config.save_models:
+            kept[run_name]["saved_model"] = str(saved[i])
+    return kept
+
+
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    """The best restart of every (function, model), the runs in (function, model, restart)
+    order, and the targets; raises TrainingDivergedError when every run diverged."""
+    config = ctx.config
+    specs = model_specs(config)
+    targets = {}
+    for fn_name, splits in _splits(ctx).items():
         fn = functions.get(fn_name)
         targets[fn_name] = {"formula": fn.formula, "domain": fn.domain,
                             "x": splits.x_test[:, 0], "y": splits.y_test[:, 0]}
-    # Every (function, restart) of a model is one member of one population (one batched
-    # computation), on that function's data with seed config.seed + restart: exactly the run
-    # the single-model core would make with that seed.
-    members = [(fn_name, r) for fn_name in config.functions for r in range(config.restarts)]
-    pop_settings = trainer.population_settings(config, evaluate_test=False)  # scored below
+    members = _members(config)
+    best = {}
     for spec in specs:
-        names = [f"{fn_name}_{spec.name}" + (f"_r{r}" if config.restarts > 1 else "")
-                 for fn_name, r in members]
-
-        def train(spec=spec, names=names):
-            pop, histories = population.train_population(
-                spec, [all_splits[fn_name] for fn_name, _ in members], pop_settings,
-                [config.seed + r for _, r in members], strategy=ctx.strategy,
-                run_name=spec.name, backup_dir=ctx.backup_dir(spec.name))
-            predictions = pop.predict(np.stack([all_splits[fn_name].x_test
-                                                for fn_name, _ in members]))[:, :, 0]
-            if config.save_models:
-                saved = population.export_members(
-                    pop, lambda i: ctx.paths.saved_model(EXPERIMENT, names[i]))
-            kept = {}
-            for i, ((fn_name, restart), run_name, history) in enumerate(
-                    zip(members, names, histories)):
-                pred = predictions[i]
-                kept[run_name] = records.RunRecord.of(
-                    spec, history, function=fn_name, restart=restart, prediction=pred,
-                    test_mse=float(np.mean((pred - all_splits[fn_name].y_test[:, 0]) ** 2))
-                ).to_dict()
-                if config.save_models:
-                    kept[run_name]["saved_model"] = str(saved[i])
-            return kept
-
-        # one population per model: its runs are skipped together once all have finished
-        runs.update(ctx.ledger.group_once(names, train, backup=spec.name))
+        names = run_names(config, spec)
         # "tune all models to the best" (slides): keep the lowest final training loss (a
         # member that diverged is never the best while another finished)
         for fn_name in config.functions:
             own = [n for n, (f, _) in zip(names, members) if f == fn_name]
-            best[f"{fn_name}/{spec.name}"] = min(own, key=lambda n: _final_loss(runs[n]))
+            best[f"{fn_name}/{spec.name}"] = min(own, key=lambda n: _final_loss(records[n]))
     order = [(f, s.name) for f in config.functions for s in specs]  # function, then model
-    runs = dict(sorted(runs.items(), key=lambda kv: (
+    runs = dict(sorted(records.items(), key=lambda kv: (
         order.index((kv[1]["function"], kv[1]["model"]["name"])), kv[1]["restart"])))
     best = {f"{f}/{m}": best[f"{f}/{m}"] for f, m in order}
     failed = {n: r["history"].get("failed_at_iteration") for n, r in runs.items()}

@@ -11,14 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from hw1_tf import framework, landscape, markdown, population, records, trainer
+from hw1_tf import framework, landscape, markdown, population, trainer
 from hw1_tf.config import TaskConfig, option
 from hw1_tf.experiments import tasks
 from hw1_tf.figures import FigureSet, plt
+from hw1_tf.records import RunRecord
 
 EXPERIMENT = "trajectory"
 POSITION = 210  # its place in the slides' order (the registry sorts by it)
-BACKUP = "population"  # the population's backup folder, removed once the results are written
+BACKUP = "population"  # the population's backup folder, removed once its records are kept
 
 
 @dataclasses.dataclass
@@ -39,55 +40,77 @@ class Config(TaskConfig):
     save_models: bool = option(False, "Export each trained member as a SavedModel.")
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+def run_names(config: Config) -> list[str]:
+    """One run per seed, in seed order."""
+    return [f"run{i}" for i in range(config.runs)]
+
+
+def _task(ctx: framework.ExperimentContext):
+    """(run name, splits, spec, the sorted indices of the evaluation subset), made once: train
+    and analyse both need them."""
+    def make():
+        config = ctx.config
+        name, splits, spec = tasks.task_setup(config, config.task)
+        rng = np.random.RandomState(config.seed)
+        chosen = np.sort(rng.choice(len(splits.x_train),
+                                    min(config.eval_size, len(splits.x_train)), replace=False))
+        return name, splits, spec, chosen
+    return ctx.shared("task", make)
+
+
+def plan(ctx: framework.ExperimentContext) -> list[framework.Group]:
+    """One group: the runs train as one population, so a rerun of the same config skips them
+    together (and an interrupted one resumes the population from its backup)."""
+    return [framework.Group(run_names(ctx.config), train, backup=BACKUP)]
+
+
+def train(ctx: framework.ExperimentContext) -> dict[str, dict]:
+    """Every run as a member of one population (seeds seed, seed+1, ...), its weights and
+    training loss/accuracy collected every --snapshot_every epochs."""
     config = ctx.config
-    name, splits, spec = tasks.task_setup(config, config.task)
-    settings = trainer.population_settings(config)
+    name, splits, spec, chosen = _task(ctx)
     seeds = [config.seed + i for i in range(config.runs)]
-    rng = np.random.RandomState(config.seed)
-    chosen = np.sort(rng.choice(len(splits.x_train), min(config.eval_size, len(splits.x_train)),
-                                replace=False))
-    outputs = splits.num_classes or 1
-    names = [f"run{i}" for i in range(config.runs)]
-
-    def train() -> dict[str, dict]:
-        snaps = landscape.Snapshots(config.snapshot_every, config.epochs, config.layer,
-                                    splits.x_train[chosen], splits.y_train[chosen],
-                                    splits.num_classes)
-        # a population of the same seeds holds exactly the weights training starts from
-        snaps.initial(population.Population(spec, splits.input_shape, outputs, seeds,
-                                            ctx.strategy))
-        # backed up with the snapshots: a run resumed after a kill has them all
-        pop, histories = population.train_population(
-            spec, splits, settings, seeds, strategy=ctx.strategy, run_name=name, callbacks=[snaps],
-            backup_dir=ctx.backup_dir(BACKUP))
-        arrays = snaps.arrays()
+    names = run_names(config)
+    snaps = landscape.Snapshots(config.snapshot_every, config.epochs, config.layer,
+                                splits.x_train[chosen], splits.y_train[chosen],
+                                splits.num_classes)
+    # a population of the same seeds holds exactly the weights training starts from
+    snaps.initial(population.Population(spec, splits.input_shape, splits.num_classes or 1,
+                                        seeds, ctx.strategy))
+    # backed up with the snapshots: a run resumed after a kill has them all
+    pop, histories = population.train_population(
+        spec, splits, trainer.population_settings(config), seeds, strategy=ctx.strategy,
+        run_name=name, callbacks=[snaps], backup_dir=ctx.backup_dir(BACKUP))
+    arrays = snaps.arrays()
+    if config.save_models:
+        saved = population.export_members(pop, lambda i: ctx.paths.saved_model(EXPERIMENT,
+                                                                              f"run{i}"))
+    kept = {}
+    for i, history in enumerate(histories):
+        kept[names[i]] = {"seed": seeds[i], **RunRecord.of(
+            spec, history, snapshot_epochs=arrays["epochs"],
+            snapshots={"whole": arrays["whole"][i], "layer": arrays["layer"][i],
+                       "loss": arrays["loss"][i], "accuracy": arrays["accuracy"][i]}
+        ).to_dict()}
         if config.save_models:
-            saved = population.export_members(pop, lambda i: ctx.paths.saved_model(EXPERIMENT,
-                                                                                  f"run{i}"))
-        kept = {}
-        for i, history in enumerate(histories):
-            kept[names[i]] = {"seed": seeds[i], **records.RunRecord.of(
-                spec, history, snapshot_epochs=arrays["epochs"],
-                snapshots={"whole": arrays["whole"][i], "layer": arrays["layer"][i],
-                           "loss": arrays["loss"][i], "accuracy": arrays["accuracy"][i]}
-            ).to_dict()}
-            if config.save_models:
-                kept[names[i]]["saved_model"] = str(saved[i])
-        return kept
+            kept[names[i]]["saved_model"] = str(saved[i])
+    return kept
 
-    # the runs train as one population: a rerun of the same config skips them as a group
-    runs = ctx.ledger.group_once(names, train, backup=BACKUP)
-    # the PCA of every run's snapshots, from the records (fresh or kept)
+
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    """The PCA of every run's snapshots together, from the records (fresh or kept)."""
+    config = ctx.config
+    name, splits, spec, chosen = _task(ctx)
+    names = run_names(config)
     pca = {}
     for part in ("whole", "layer"):
-        stacked = np.stack([np.asarray(runs[n]["snapshots"][part]) for n in names])
+        stacked = np.stack([np.asarray(records[n]["snapshots"][part]) for n in names])
         coords, explained = landscape.pca_2d(stacked, seed=config.seed)
         pca[part] = {"coords": coords, "explained_variance_ratio": explained,
                      "num_weights": int(stacked.shape[-1])}
-    snapshot_epochs = np.asarray(runs[names[0]]["snapshot_epochs"])
+    snapshot_epochs = np.asarray(records[names[0]]["snapshot_epochs"])
     layers = len(spec.hidden) + 1
-    return framework.Outcome(runs, dict(
+    return framework.Outcome(records, dict(
         task=name, pca=pca, snapshot_epochs=snapshot_epochs,
         layer_index=int(config.layer % layers), num_layers=layers,
         eval_examples=int(len(chosen)), num_classes=splits.num_classes))
