@@ -13,6 +13,7 @@ from absl import logging
 
 from hw1_tf import models, population, store, training
 from hw1_tf.data import Splits
+from hw1_tf.errors import Hw1Error
 from hw1_tf.records import RunRecord
 
 
@@ -28,6 +29,44 @@ def population_settings(config: Any, **extra: Any) -> population.PopulationSetti
     """PopulationSettings from `config` (as `settings_from`), with the population's own knobs
     in `extra` (shared_order, evaluate_test)."""
     return population.PopulationSettings(**dataclasses.asdict(settings_from(config)), **extra)
+
+
+def population_refuses(spec: models.ModelSpec, wide: models.ModelSpec, options: Any) -> str | None:
+    """Why `spec` cannot train as a member of a population zero-padded to `wide` under
+    `options` (a config or settings), or None when it can: the population follows none of the
+    options only a model trained alone follows (population.unsupported) and pads only what
+    computes the same function (population.check_paddable)."""
+    refused = population.unsupported(options)
+    if refused:
+        return f"{' / '.join('--' + k for k in refused)}: only a model trained alone follows it"
+    try:
+        population.check_paddable(spec, wide)
+    except Hw1Error as e:
+        return str(e)
+    return None
+
+
+def partition(specs: Sequence[models.ModelSpec], mode: str, options: Any, *,
+              group_max_width: int | None = None
+              ) -> tuple[list[models.ModelSpec], list[models.ModelSpec]]:
+    """The trainer front's choice of engine per model: (specs trained together as one
+    zero-padded population, specs trained alone by the Keras core). `mode`: "population"
+    (every spec a population can take), "grouped" (those at most `group_max_width` wide) or
+    "one_by_one". A spec goes to the population only where it supports it
+    (`population_refuses`); a population of one gains nothing, so it trains alone."""
+    if mode == "population":
+        candidates = list(specs)
+    elif mode == "grouped":
+        candidates = [s for s in specs if group_max_width is None
+                      or max(s.hidden) <= group_max_width]
+    else:
+        candidates = []
+    if candidates:
+        wide = max(candidates, key=lambda s: max(s.hidden))  # what the population pads to
+        candidates = [s for s in candidates if population_refuses(s, wide, options) is None]
+    if len(candidates) < 2:
+        candidates = []
+    return candidates, [s for s in specs if s not in candidates]
 
 
 def train_model(ctx, run_name: str, spec: models.ModelSpec, splits: Splits,

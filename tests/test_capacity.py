@@ -114,9 +114,33 @@ def test_auto_mode_is_the_measured_one_and_one_by_one_with_tensorboard():
     assert capacity.resolve_mode(capacity.Config(**{**TINY, "tensorboard": True})) == \
         "one_by_one"
     specs = capacity.model_specs(capacity.Config(**TINY))
-    together, alone = capacity.partition(specs, "grouped", 8)
+    together, alone = capacity.partition(specs, "grouped",
+                                         capacity.Config(**TINY, group_max_width=8))
     assert [s.name for s in together] == ["w2", "w8"] and [s.name for s in alone] == ["w32"]
-    assert capacity.partition(specs, "grouped", 2) == ([], specs)  # one member: alone
+    assert capacity.partition(specs, "grouped", capacity.Config(**TINY, group_max_width=2)) == \
+        ([], specs)  # one member: alone
+
+
+def test_trainer_front_puts_in_a_population_only_what_it_supports():
+    from hw1_tf import trainer
+
+    dense = [models.ModelSpec(f"w{w}", "dense", hidden=(w, w)) for w in (2, 4, 8)]
+    other_depth = models.ModelSpec("deep", "dense", hidden=(4, 4, 4))
+    sigmoid = models.ModelSpec("sig", "dense", hidden=(4, 4), activation="sigmoid")  # s(0) != 0
+    plain = capacity.Config(**TINY)
+    together, alone = trainer.partition(dense + [other_depth, sigmoid], "population", plain)
+    assert [s.name for s in together] == ["w2", "w4", "w8"]
+    assert [s.name for s in alone] == ["deep", "sig"]
+    assert "cannot be padded" in trainer.population_refuses(other_depth, dense[-1], plain)
+    assert "same depth and activation" in trainer.population_refuses(sigmoid, dense[-1], plain)
+    sigmoid_wide = models.ModelSpec("sig8", "dense", hidden=(8, 8), activation="sigmoid")
+    assert "activation(0) = 0" in trainer.population_refuses(sigmoid, sigmoid_wide, plain)
+    # an option only a model alone follows: every model alone, and the reason names it
+    stopping = capacity.Config(**TINY, stop_loss_below=0.5)
+    assert trainer.partition(dense, "population", stopping) == ([], dense)
+    assert trainer.population_refuses(dense[0], dense[-1], stopping).startswith(
+        "--stop_loss_below")
+    assert trainer.partition(dense, "one_by_one", plain) == ([], dense)
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:

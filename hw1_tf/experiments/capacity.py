@@ -66,8 +66,7 @@ def model_specs(config: Config) -> list[models.ModelSpec]:
 
 def _per_model_options(config) -> list[str]:
     """The options set that only a model trained alone follows."""
-    return [f"--{k}" for k in ("stop_loss_below", "stop_accuracy_above", "learning_rate_decay")
-            if getattr(config, k) is not None]
+    return [f"--{k}" for k in population.unsupported(config)]
 
 
 GROUP_BACKUP = "population"  # the backup folder of the models trained together
@@ -85,17 +84,10 @@ def resolve_mode(config: Config) -> str:
     return "one_by_one" if config.tensorboard else AUTO_MODE
 
 
-def partition(specs: Sequence[models.ModelSpec], mode: str, group_max_width: int):
-    """(specs trained together as one population, specs trained one after another)."""
-    if mode == "population":
-        together = list(specs)
-    elif mode == "grouped":
-        together = [s for s in specs if max(s.hidden) <= group_max_width]
-    else:
-        together = []
-    if len(together) < 2:  # a population of one gains nothing
-        together = []
-    return together, [s for s in specs if s not in together]
+def partition(specs: Sequence[models.ModelSpec], mode: str, config: Config):
+    """(specs trained together as one population, specs trained one after another): the
+    trainer front's choice (`trainer.partition`) under this config's mode and widths."""
+    return trainer.partition(specs, mode, config, group_max_width=config.group_max_width)
 
 
 def final_values(network, splits) -> dict[str, float]:
@@ -133,7 +125,7 @@ def plan(ctx: framework.ExperimentContext) -> list[framework.Run | framework.Gro
     """The models trained together (as `--training_mode` says) as one group, backed up to
     GROUP_BACKUP, then one run per model trained alone; what already finished for this config
     is skipped."""
-    together, alone = partition(model_specs(ctx.config), _mode(ctx), ctx.config.group_max_width)
+    together, alone = partition(model_specs(ctx.config), _mode(ctx), ctx.config)
     items: list[framework.Run | framework.Group] = []
     if together:
         items.append(framework.Group([s.name for s in together], train_together,
@@ -178,7 +170,7 @@ def train_together(ctx: framework.ExperimentContext,
 
 def describe_mode(mode: str, specs, config: Config) -> str:
     """How the models trained, as the report says it ("trained <this> in N s")."""
-    together, alone = partition(specs, mode, config.group_max_width)
+    together, alone = partition(specs, mode, config)
     if not together:
         return "one after another"
     wide = max(max(s.hidden) for s in together)
