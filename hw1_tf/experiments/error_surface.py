@@ -51,19 +51,6 @@ class Config(TaskConfig):
     save_models: bool = option(False, "Export the trained net as a SavedModel.")
 
 
-def _task(ctx: framework.ExperimentContext):
-    """(run name, splits, spec, the training examples the losses are evaluated on (x, y)),
-    made once: train and analyse both need them."""
-    def make():
-        config = ctx.config
-        name, splits, spec = tasks.task_setup(config, config.task)
-        rng = np.random.RandomState(config.seed)
-        chosen = np.sort(rng.choice(len(splits.x_train),
-                                    min(config.eval_size, len(splits.x_train)), replace=False))
-        return name, splits, spec, (splits.x_train[chosen], splits.y_train[chosen])
-    return ctx.shared("task", make)
-
-
 def plan(ctx: framework.ExperimentContext) -> list[framework.Group]:
     """The one net, as a group of one: it trains as a population of one member, backed up to
     the folder BACKUP. Kept at once, a rerun of the same config skips it and redraws the
@@ -75,7 +62,8 @@ def plan(ctx: framework.ExperimentContext) -> list[framework.Group]:
 def train(ctx: framework.ExperimentContext) -> dict[str, dict]:
     """The net (seed --seed), its weights and training loss kept after every epoch."""
     config = ctx.config
-    name, splits, spec, (x, y) = _task(ctx)
+    name, splits, spec, chosen = tasks.shared_task(ctx)
+    x, y = splits.x_train[chosen], splits.y_train[chosen]
     snaps = landscape.Snapshots(1, config.epochs, 0, x, y, splits.num_classes)
     snaps.initial(population.Population(spec, splits.input_shape, splits.num_classes or 1,
                                         [config.seed], ctx.strategy))
@@ -98,7 +86,8 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
     """The surfaces around the trained weights (random plane, trajectory's PCA plane, the
     initial-to-trained line), from the record (fresh or kept)."""
     config = ctx.config
-    name, splits, spec, (x, y) = _task(ctx)
+    name, splits, spec, chosen = tasks.shared_task(ctx)
+    x, y = splits.x_train[chosen], splits.y_train[chosen]
     run_record = records[name]
     theta = np.asarray(run_record["weights"])
     weights = landscape.unflatten(theta, [tuple(s) for s in run_record["shapes"]])

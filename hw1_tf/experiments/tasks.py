@@ -4,6 +4,8 @@ dense net. Their options are `hw1_tf.config.TaskConfig`."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from hw1_tf import data, fetch, models
 from hw1_tf.config import TaskConfig
 from hw1_tf.data import Splits
@@ -24,3 +26,17 @@ def task_setup(config: TaskConfig, task: str) -> tuple[str, Splits, models.Model
                                  activation=config.function_activation))
     spec = models.ModelSpec("dnn", "dense", hidden=tuple(config.hidden))
     return run_name(config, task), fetch.load_splits(config), spec
+
+
+def shared_task(ctx) -> tuple[str, Splits, models.ModelSpec, np.ndarray]:
+    """(run name, splits, spec, sorted indices of the `eval_size` seeded training examples the
+    losses are evaluated on) of `ctx.config.task`, made once per context: the train and the
+    analyse phase both need them."""
+    def make():
+        config = ctx.config
+        name, splits, spec = task_setup(config, config.task)
+        rng = np.random.RandomState(config.seed)
+        chosen = np.sort(rng.choice(len(splits.x_train),
+                                    min(config.eval_size, len(splits.x_train)), replace=False))
+        return name, splits, spec, chosen
+    return ctx.shared("task", make)

@@ -45,19 +45,6 @@ def run_names(config: Config) -> list[str]:
     return [f"run{i}" for i in range(config.runs)]
 
 
-def _task(ctx: framework.ExperimentContext):
-    """(run name, splits, spec, the sorted indices of the evaluation subset), made once: train
-    and analyse both need them."""
-    def make():
-        config = ctx.config
-        name, splits, spec = tasks.task_setup(config, config.task)
-        rng = np.random.RandomState(config.seed)
-        chosen = np.sort(rng.choice(len(splits.x_train),
-                                    min(config.eval_size, len(splits.x_train)), replace=False))
-        return name, splits, spec, chosen
-    return ctx.shared("task", make)
-
-
 def plan(ctx: framework.ExperimentContext) -> list[framework.Group]:
     """One group: the runs train as one population, so a rerun of the same config skips them
     together (and an interrupted one resumes the population from its backup)."""
@@ -68,7 +55,7 @@ def train(ctx: framework.ExperimentContext) -> dict[str, dict]:
     """Every run as a member of one population (seeds seed, seed+1, ...), its weights and
     training loss/accuracy collected every --snapshot_every epochs."""
     config = ctx.config
-    name, splits, spec, chosen = _task(ctx)
+    name, splits, spec, chosen = tasks.shared_task(ctx)
     seeds = [config.seed + i for i in range(config.runs)]
     names = run_names(config)
     snaps = landscape.Snapshots(config.snapshot_every, config.epochs, config.layer,
@@ -100,7 +87,7 @@ def train(ctx: framework.ExperimentContext) -> dict[str, dict]:
 def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
     """The PCA of every run's snapshots together, from the records (fresh or kept)."""
     config = ctx.config
-    name, splits, spec, chosen = _task(ctx)
+    name, splits, spec, chosen = tasks.shared_task(ctx)
     names = run_names(config)
     pca = {}
     for part in ("whole", "layer"):
