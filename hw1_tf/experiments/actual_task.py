@@ -137,11 +137,10 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
                             label=f"{run['model']['name']} test")
                 values += train + (test or [])
             finish_axes(ax, f"HW1-1 {ds}: training (solid) and test (dashed) {metric}", "epoch",
-                         ylabel, values=values if metric == "loss" else None,
-                         log_y=None if metric == "loss" else False)
+                        ylabel, values=values if metric == "loss" else None,
+                        log_y=None if metric == "loss" else False)
             out.save(fig, f"{ds}_{metric}")
     return out
-
 
 
 # -------------------------------------------------------------------------- REPORT.md section

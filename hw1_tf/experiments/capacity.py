@@ -216,13 +216,12 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
             values += v
         ax.set_xscale("log")
         finish_axes(ax, f"HW1-3 {results['dataset']}: final {metric} vs model size "
-                     f"({results['config']['hidden_layers']} hidden layers, growing width)",
-                     "number of parameters (log scale)", ylabel,
-                     values=values if metric == "loss" else None,
-                     log_y=None if metric == "loss" else False)
+                    f"({results['config']['hidden_layers']} hidden layers, growing width)",
+                    "number of parameters (log scale)", ylabel,
+                    values=values if metric == "loss" else None,
+                    log_y=None if metric == "loss" else False)
         out.save(fig, f"{metric}_vs_params")
     return out
-
 
 
 # -------------------------------------------------------------------------- REPORT.md section

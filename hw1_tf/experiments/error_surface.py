@@ -138,23 +138,23 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         axes[0].plot(rnd["line"], line_losses[k], color=f"C{k}",
                      label=f"filter-normalised random direction d{k + 1}")
     finish_axes(axes[0], f"{task}: 1-D along random directions", "step a (in units of the "
-                 "filter norms of θ)", loss_label, values=line_losses)
+                "filter norms of θ)", loss_label, values=line_losses)
     axes[1].plot(pca["line"], pca["line_losses"], color="C2", label="first PCA direction")
     finish_axes(axes[1], "1-D along the trajectory's first PC", "step along PC 1 (weight-space "
-                 "distance)", loss_label, values=pca["line_losses"])
+                "distance)", loss_label, values=pca["line_losses"])
     axes[2].plot(interp["alpha"], interp["losses"], color="C3",
                  label="(1-α) θ_initial + α θ_trained")
     for a, text in ((0, "initial"), (1, "trained")):
         axes[2].axvline(a, color="gray", ls=":", lw=1)
     finish_axes(axes[2], "straight line initial → trained", "α (0: initial, 1: trained)",
-                 loss_label, values=interp["losses"])
+                loss_label, values=interp["losses"])
     out.save(fig, "lines")
 
     losses = np.asarray(rnd["losses"])
     fig, ax = plt.subplots(figsize=(7, 5.8))
     contour(ax, rnd["axis"], rnd["axis"], losses,
-             f"{task}: loss on two orthogonal filter-normalised random directions",
-             "a (along d1)", "b (along d2)", loss_label)
+            f"{task}: loss on two orthogonal filter-normalised random directions",
+            "a (along d1)", "b (along d2)", loss_label)
     ax.legend(fontsize=8)
     out.save(fig, "contour_random")
     out.save(surface3d(rnd["axis"], rnd["axis"], losses,
@@ -167,7 +167,7 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     xlabel = f"PC 1 ({100 * ev[0]:.1f}% of the trajectory's variance)"
     ylabel = f"PC 2 ({100 * ev[1]:.1f}%)"
     contour(ax, pca["axis_x"], pca["axis_y"], losses,
-             f"{task}: loss on the training trajectory's PCA plane", xlabel, ylabel, loss_label)
+            f"{task}: loss on the training trajectory's PCA plane", xlabel, ylabel, loss_label)
     traj = np.asarray(pca["trajectory"])
     ax.plot(traj[:, 0], traj[:, 1], "o-", color="C3", ms=3.5, lw=1.2,
             label="training trajectory (projected), one point per epoch")
@@ -182,7 +182,6 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
                        f"{task}: loss surface, trajectory PCA plane", "PC 1", "PC 2",
                        loss_label), "surface_pca")
     return out
-
 
 
 # -------------------------------------------------------------------------- REPORT.md section

@@ -254,7 +254,6 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     return out
 
 
-
 # -------------------------------------------------------------------------- REPORT.md section
 
 TITLE = "HW1-3 Flatness vs generalization, part 1: interpolating between two models"

@@ -89,7 +89,6 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     return out
 
 
-
 # -------------------------------------------------------------------------- REPORT.md section
 
 TITLE = "HW1-2 Optimization: gradient norm during training"

@@ -197,7 +197,6 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     return out
 
 
-
 # -------------------------------------------------------------------------- REPORT.md section
 
 TITLE = "Curvature of a trained model: Hessian spectrum, trace and minimal ratio"

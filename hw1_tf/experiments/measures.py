@@ -191,11 +191,10 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlim(-1, 1)
     finish_axes(ax, f"Kendall's tau over {len(results['runs'])} models (best first)",
-                 "Kendall's tau", "measure", log_y=False)
+                "Kendall's tau", "measure", log_y=False)
     out = FigureSet(figures_dir)
     out.save(fig, "kendall_tau")
     return out
-
 
 
 # -------------------------------------------------------------------------- REPORT.md section

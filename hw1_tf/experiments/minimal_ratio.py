@@ -240,7 +240,7 @@ def _ratio_panel(ax, x, loss, norm, reached, norm_scale, xlabel: str, title: str
                                 label=f"{label}: {int(mask.sum())} runs")
     # log once the losses span a decade: the runs' end points differ by orders of magnitude
     finish_axes(ax, title, xlabel, "training loss (MSE, float64, full batch)", loss,
-                 log_y=spans_decades(loss, 1.0))
+                log_y=spans_decades(loss, 1.0))
     ax.set_xlim(-0.02, 1.02)
     return points
 
@@ -301,10 +301,9 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
                 f"{phase['method']} iteration (float64, full batch)")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         finish_axes(ax, f"||grad L|| in the critical-point phase ({title_tail})", unit,
-                     "||grad L||", log_y=True)
+                    "||grad L||", log_y=True)
         out.save(fig, "critical_phase")
     return out
-
 
 
 # -------------------------------------------------------------------------- REPORT.md section

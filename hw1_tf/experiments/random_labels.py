@@ -107,7 +107,7 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
                        label="chance (10 classes)")
         what = f"{corruption} corrupted, fraction {run['ratio']:g}"
         finish_axes(ax_loss, f"HW1-3 {results['dataset']}: loss ({what})", "epoch",
-                     "cross-entropy", values=epoch["train_loss"] + epoch["test_loss"])
+                    "cross-entropy", values=epoch["train_loss"] + epoch["test_loss"])
         finish_axes(ax_acc, f"accuracy ({what})", "epoch", "accuracy", log_y=False)
         out.save(fig, f"epochs_{key}")
     if len(results["runs"]) > 1:
@@ -139,7 +139,6 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         ax.grid(True, alpha=0.3)
         out.save(fig, "ratio_sweep")
     return out
-
 
 
 # -------------------------------------------------------------------------- REPORT.md section

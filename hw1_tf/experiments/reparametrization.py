@@ -141,18 +141,17 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     left.set_ylim(1e-18, 1e-6)
     left.set_xscale("log")
     finish_axes(left, "the function is unchanged", "alpha (log scale)", "relative change",
-                 log_y=True)
+                log_y=True)
     for key, label in SHARPNESS_LABELS:
         right.plot(alphas, r[key], "-o", label=SHORT_LABELS[key])
     right.set_xscale("log")
     finish_axes(right, "while every sharpness changes", "alpha (log scale)", "sharpness",
-                 log_y=True)
+                log_y=True)
     fig.suptitle(f"HW1-3 bonus: layer {r['layer']} x alpha, layer {r['layer'] + 1} x 1/alpha "
                  "(ReLU)")
     out = FigureSet(figures_dir)
     out.save(fig, "reparametrization")
     return out
-
 
 
 # -------------------------------------------------------------------------- REPORT.md section

@@ -437,7 +437,6 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     return out
 
 
-
 # -------------------------------------------------------------------------- REPORT.md section
 
 TITLE = "From scratch: fully-connected nets with hand-written backward passes"

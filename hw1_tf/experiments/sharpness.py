@@ -80,12 +80,12 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
 
 
 SHARPNESS_LABELS = (("sharpness_slides", "slides: block-diagonal ||H||_2 eps^2/(2(1+L))"),
-              ("sharpness_whole", "whole-model ||H||_2 eps^2/(2(1+L))"),
-              ("sharpness_keskar", "Keskar et al.: max over eps-box (L-BFGS-B)"))
+                    ("sharpness_whole", "whole-model ||H||_2 eps^2/(2(1+L))"),
+                    ("sharpness_keskar", "Keskar et al.: max over eps-box (L-BFGS-B)"))
 
 
 SHORT_LABELS = {"sharpness_slides": "slides (block-diagonal ||H||_2)",
-          "sharpness_whole": "whole-model ||H||_2", "sharpness_keskar": "Keskar et al. (box)"}
+                "sharpness_whole": "whole-model ||H||_2", "sharpness_keskar": "Keskar et al. (box)"}
 
 
 def _at_rate(runs: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
@@ -114,7 +114,7 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         ax.plot(bs, [r["test_loss"] for r in rs], "--s", color=f"C{i}", label=f"test, lr {lr:g}")
     ax.set_xscale("log")
     finish_axes(ax, "training (solid) and test (dashed) loss", "batch size (log scale)",
-                 "cross-entropy loss", values=[r[k] for r in runs for k in ("train_loss",
+                "cross-entropy loss", values=[r[k] for r in runs for k in ("train_loss",
                                                                              "test_loss")])
     fig.suptitle(f"HW1-3 bonus: sharpness of {len(runs)} training approaches")
     out = FigureSet(figures_dir)
@@ -133,7 +133,6 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     fig.suptitle("sharpness vs generalization gap (labels: batch size)")
     out.save(fig, "sharpness_vs_gap")
     return out
-
 
 
 # -------------------------------------------------------------------------- REPORT.md section

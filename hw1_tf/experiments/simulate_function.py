@@ -171,7 +171,7 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         restarts = results["config"].get("restarts", 1)
         note = f" (best of {restarts} inits bold)" if restarts > 1 else ""
         finish_axes(ax, f"HW1-1 training loss fitting {target['formula']}{note}", "epoch",
-                     "training loss (MSE)", log_y=True)
+                    "training loss (MSE)", log_y=True)
         out.save(fig, f"loss_{fn_name}")
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -182,10 +182,9 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
                                                            run["test_mse"] is not None
                                                            else "n/a (diverged)"))
         finish_axes(ax, f"HW1-1 predictions vs ground truth: {target['formula']}", "x", "y",
-                     log_y=False)
+                    log_y=False)
         out.save(fig, f"prediction_{fn_name}")
     return out
-
 
 
 # -------------------------------------------------------------------------- REPORT.md section

@@ -147,7 +147,6 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     return out
 
 
-
 # -------------------------------------------------------------------------- REPORT.md section
 
 TITLE = "HW1-2 Optimization: visualize the optimization process"
