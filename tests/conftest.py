@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from hw1_tf import distribute  # noqa: E402
+from hw1_tf import console, distribute  # noqa: E402
 
-distribute.configure_logical_cpus(2)
+# TensorFlow's import and device notices filtered as in the binaries (console): each xdist
+# worker imports it, and its C++ lines would otherwise land after pytest's summary line
+console.import_tensorflow()
+with console.quiet_startup():
+    distribute.configure_logical_cpus(2)
