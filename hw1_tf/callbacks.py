@@ -323,9 +323,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
             os.replace(old, current)
         shutil.rmtree(self.root / "staging", ignore_errors=True)
         saved = current / FINGERPRINT_FILE
-        if fingerprint is not None and current.is_dir() and not store.Backup(
-                saved, fingerprint, run_name).matches(
-                store.read_json(saved) if saved.is_file() else None):
+        if fingerprint is not None and current.is_dir() and not store.same_run(
+                store.read_json(saved) if saved.is_file() else None, fingerprint, run_name,
+                current):
             shutil.rmtree(current)  # another run's: Keras must not restore it
 
     def restored_epoch(self) -> int:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from absl import logging
 
-from hw1_tf import distribute, store, trainer
+from hw1_tf import distribute, fetch, store, trainer
 from hw1_tf.figures import INDEX_NAME, FigureSet
 from hw1_tf.ledger import Ledger
 
@@ -100,6 +100,11 @@ class ExperimentContext:
         if getattr(self.config, "strategy", None) != "multi_worker":
             return False
         return distribute.in_multi_worker_mode(self.strategy)
+
+    def splits(self):
+        """The dataset the config names (ImageTrainConfig: dataset, subsets, seed), fetched on
+        first use and loaded once for every run of the plan."""
+        return self.shared("splits", lambda: fetch.load_splits(self.config))
 
     def backup_dir(self, name: str) -> Path | None:
         """Where run (or group) `name` backs up while it trains (None across several workers)."""

@@ -63,8 +63,6 @@ class Ledger:
         self.config = config
         self.paths = paths
         self.several_workers = several_workers
-        self.trained: list[str] = []  # runs this invocation trained
-        self.skipped: list[str] = []  # runs it found finished
 
     # ------------------------------------------------------------------------------ reading
 
@@ -126,11 +124,9 @@ class Ledger:
             if record is not None:
                 logging.info("%s/%s: already finished for this config, skipped (--force reruns "
                              "it)", self.experiment, run_name)
-                self.skipped.append(run_name)
                 return record
         record = train()
         self._keep(run_name, record)
-        self.trained.append(run_name)
         self.remove_backup(run_name)
         return record
 
@@ -144,12 +140,10 @@ class Ledger:
             if all(r is not None for r in records.values()):
                 logging.info("%s: %d runs already finished for this config, skipped (--force "
                              "reruns them)", self.experiment, len(records))
-                self.skipped.extend(run_names)
                 return records
         records = train()
         for name, record in records.items():
             self._keep(name, record)
-            self.trained.append(name)
         if backup is not None:
             self.remove_backup(backup)
         return records
@@ -164,7 +158,6 @@ class Ledger:
 
     def keep_model_record(self, run_name: str, record: dict[str, Any]) -> None:
         store.write_json(self.model_record_path(run_name), record)
-        self.trained.append(run_name)
 
     def model_record(self, run_name: str) -> dict[str, Any] | None:
         """The record kept beside the SavedModel of `run_name`, else None."""

@@ -7,6 +7,7 @@ commands that produce and redraw the results). The writer of REPORT.md is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from pathlib import Path
@@ -36,6 +37,7 @@ class Context:
     def figures_dir(self) -> Path:
         return self.paths.figures_dir(self.experiment)
 
+    @functools.cached_property
     def drawn_figures(self) -> dict[str, Path] | None:
         """{key: path} of the figures the experiment last drew (results/<exp>/figures.json,
         written with them), or None when none were drawn."""
@@ -53,7 +55,7 @@ class Context:
         command that redraws it (REPORT.md never links to a missing file). A key the
         experiment's drawn figures do not have is a bug of the section (KeyError), unless
         `optional` (a figure drawn only for some results): then ""."""
-        drawn = self.drawn_figures()
+        drawn = self.drawn_figures  # read once per section
         if drawn is not None and key not in drawn:
             if optional:
                 return ""

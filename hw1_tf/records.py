@@ -2,9 +2,9 @@
 
 A record is {"model": the ModelSpec's fields, "description", "num_params", "history": the
 engine's history (per-iteration values as arrays, which the store keeps in the .npz), ...the
-experiment's own fields}. `RunRecord` builds it; the Keras core (`trainer.train_model`), the
-population (`trainer.member_record`) and the experiments that add fields go through it, so the
-layout cannot drift between producers.
+experiment's own fields}. `RunRecord.of` builds it; the Keras core (`trainer.train_model`) and
+the experiments whose runs train as populations (or on the scratch Solver's histories) go
+through it, so the layout cannot drift between producers.
 """
 
 from __future__ import annotations

@@ -288,6 +288,17 @@ def fingerprint(*arrays: np.ndarray, **values: Any) -> dict[str, Any]:
     return to_jsonable({**values, "data": digest.hexdigest()})
 
 
+def same_run(saved_fingerprint: Any, fingerprint: dict[str, Any], run_name: str,
+             where: Path) -> bool:
+    """Whether a backup's saved fingerprint is this run's; one warning when not (the run then
+    starts afresh and the backup is replaced)."""
+    if saved_fingerprint == fingerprint:
+        return True
+    logging.warning("%s: the backup in %s is of another run (other settings, seeds, data or "
+                    "starting weights); starting afresh (it will be replaced)", run_name, where)
+    return False
+
+
 class Backup:
     """The one backup protocol of every training engine (the Keras core's `RunBackup`, the
     population, the scratch Solver): a run's state written at epoch ends, atomically and on a
@@ -303,14 +314,6 @@ class Backup:
         self.run_name = run_name
         self.schedule = BackupSchedule(factor)
 
-    def matches(self, saved_fingerprint: Any) -> bool:
-        if saved_fingerprint == self.fingerprint:
-            return True
-        logging.warning("%s: the backup in %s is of another run (other settings, seeds, data or "
-                        "starting weights); starting afresh (it will be replaced)", self.run_name,
-                        self.path)
-        return False
-
     def restore(self) -> Any | None:
         """The state backed up for this run, else None."""
         if not self.path.is_file():
@@ -320,7 +323,7 @@ class Backup:
         except Hw1Error as e:
             logging.warning("%s: %s; starting afresh", self.run_name, e)
             return None
-        if not self.matches(saved.get("fingerprint")):
+        if not same_run(saved.get("fingerprint"), self.fingerprint, self.run_name, self.path):
             return None
         return saved["state"]
 

@@ -93,7 +93,7 @@ def test_toy_experiment_runs_end_to_end_through_run_all_and_the_report(toy, tmp_
     assert results["config"]["factor"] == 3.0  # its flag file was read
     assert results["total"] == 3 * 4950
     np.testing.assert_array_equal(results["runs"]["scaled"]["values"], 3 * np.arange(100))
-    assert (out / "results/toy").glob("arrays-*.npz")  # a long array went to the .npz
+    assert list((out / "results/toy").glob("arrays-*.npz"))  # the long array went to the .npz
     assert (out / "figures/toy/line.png").stat().st_size > 5_000
     report = (out / "REPORT.md").read_text()
     assert "## Toy experiment" in report and "The total is 14850." in report

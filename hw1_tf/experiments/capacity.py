@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import logging
 
-from hw1_tf import fetch, framework, markdown, measures, models, population, store, trainer
+from hw1_tf import framework, markdown, measures, models, population, store, trainer
 from hw1_tf.config import ConfigError, ImageTrainConfig, StopOptions, option
 from hw1_tf.figures import FigureSet, finish_axes, plt
 from hw1_tf.records import RunRecord
@@ -111,11 +111,6 @@ def _record(ctx, spec, history, network, splits) -> dict[str, Any]:
     return record
 
 
-def _splits(ctx: framework.ExperimentContext):
-    """The dataset, loaded once: every run and analyse use it."""
-    return ctx.shared("splits", lambda: fetch.load_splits(ctx.config))
-
-
 def _mode(ctx: framework.ExperimentContext) -> str:
     """`resolve_mode` of the config, once (plan and analyse both need it; its warning once)."""
     return ctx.shared("mode", lambda: resolve_mode(ctx.config))
@@ -138,7 +133,7 @@ def train_alone(ctx: framework.ExperimentContext, spec: models.ModelSpec) -> dic
     """Model `spec` through the training core, evaluated on the whole training and test sets
     after its last epoch."""
     config = ctx.config
-    splits = _splits(ctx)
+    splits = ctx.splits()
     model, record = ctx.train_model(spec.name, spec, splits, trainer.settings_from(config),
                                     save_model=config.save_models,
                                     tensorboard=config.tensorboard)
@@ -153,7 +148,7 @@ def train_together(ctx: framework.ExperimentContext,
     single run's), so it trains as that model alone would. Each is evaluated on the whole
     training and test sets after its last epoch."""
     config = ctx.config
-    splits = _splits(ctx)
+    splits = ctx.splits()
     wide = max(specs, key=lambda s: max(s.hidden))
     outputs = splits.num_classes
     initial = [population.padded_initial_weights(s, wide, splits.input_shape, outputs,
@@ -185,7 +180,7 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
     """The runs in width order, the parameter table, and how (and how long) the models
     trained."""
     config = ctx.config
-    splits = _splits(ctx)
+    splits = ctx.splits()
     specs = model_specs(config)
     runs = {s.name: records[s.name] for s in specs}
     table = trainer.log_param_table([(n, r["description"], r["num_params"])

@@ -356,7 +356,9 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
     out += ["### Minimal ratio against the loss", "",
             ctx.figure("minimal_ratio", "loss vs minimal ratio, both definitions"),
             ctx.figure("tolerances", "eigenvalue ratio at each tolerance"),
-            ctx.figure("critical_phase", "gradient norm during the critical-point phase"),
+            # drawn only when the phase recorded per-iteration norms of several steps
+            ctx.figure("critical_phase", "gradient norm during the critical-point phase",
+                       optional=True),
             ""]
     tols = markdown.series(end["eigen_tolerances"])
     ratio, near = markdown.series(end["eigenvalue_ratio"]), markdown.series(end["near_zero_ratio"])

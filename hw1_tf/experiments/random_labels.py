@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hw1_tf import data, fetch, framework, markdown, models, trainer
+from hw1_tf import data, framework, markdown, models, trainer
 from hw1_tf.config import ImageTrainConfig, StopOptions, option
 from hw1_tf.figures import FigureSet, epochs_axis, finish_axes, plt
 
@@ -50,10 +50,6 @@ def epochs_to_fit(train_accuracy, threshold: float) -> int | None:
     return int(reached[0]) + 1 if reached.size else None
 
 
-def _clean(ctx: framework.ExperimentContext) -> data.Splits:
-    return ctx.shared("clean", lambda: fetch.load_splits(ctx.config))
-
-
 def _spec(config: Config) -> models.ModelSpec:
     return models.ModelSpec("dnn", "dense", hidden=tuple(config.hidden))
 
@@ -67,7 +63,7 @@ def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
 
 def train(ctx: framework.ExperimentContext, ratio: float) -> dict:
     config = ctx.config
-    splits = data.corrupt(_clean(ctx), config.corruption, ratio, seed=config.seed,
+    splits = data.corrupt(ctx.splits(), config.corruption, ratio, seed=config.seed,
                           corrupt_test=config.corrupt_test)
     _, record = ctx.train_model(run_name(config.corruption, ratio), _spec(config), splits,
                                 trainer.settings_from(config), save_model=config.save_models,
@@ -81,7 +77,7 @@ def train(ctx: framework.ExperimentContext, ratio: float) -> dict:
 
 
 def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
-    clean = _clean(ctx)
+    clean = ctx.splits()
     return framework.Outcome(records, dict(dataset=clean.name, train_examples=len(clean.x_train),
                                            test_examples=len(clean.x_test),
                                            model=_spec(ctx.config).describe()))

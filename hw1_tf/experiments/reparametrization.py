@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from hw1_tf import data, fetch, framework, hessian, markdown, measures, models, store
+from hw1_tf import framework, hessian, markdown, measures, models, store
 from hw1_tf.config import ImageTrainConfig, StopOptions, option
 from hw1_tf.errors import Hw1Error
 from hw1_tf.experiments import approaches
@@ -65,10 +65,6 @@ class Config(approaches.SharpnessOptions, StopOptions,
     epochs: int = option(5, "Training epochs of the model.", lower=1)
 
 
-def _splits(ctx: framework.ExperimentContext) -> data.Splits:
-    return ctx.shared("splits", lambda: fetch.load_splits(ctx.config))
-
-
 def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
     """One model: kept at once, and a rerun of the same config skips it (--force redoes it)."""
     return [framework.Run("model", train)]
@@ -78,7 +74,7 @@ def train(ctx: framework.ExperimentContext) -> dict:
     """The model trained, then rescaled by every alpha: the record holds, per alpha, the
     change of the outputs and of the loss and every sharpness."""
     config = ctx.config
-    splits = _splits(ctx)
+    splits = ctx.splits()
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(config.hidden))
     network, record = approaches.train_approach(ctx, splits, spec, config.batch_size,
                                                 config.learning_rate)
@@ -119,7 +115,7 @@ def train(ctx: framework.ExperimentContext) -> dict:
 
 
 def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
-    x_count = min(ctx.config.analysis_examples, len(_splits(ctx).x_train))
+    x_count = min(ctx.config.analysis_examples, len(ctx.splits().x_train))
     return framework.Outcome(records, dict(analysis_examples=x_count))
 
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from absl import logging
 
-from hw1_tf import data, fetch, framework, markdown, measures, models
+from hw1_tf import framework, markdown, measures, models
 from hw1_tf.config import ImageTrainConfig, StopOptions, option
 from hw1_tf.experiments import approaches
 from hw1_tf.figures import FigureSet, log_x_if_wide, plt
@@ -45,10 +45,6 @@ def approaches_of(config) -> list[tuple[int, float]]:
     return [(config.batch_size, lr) for lr in config.learning_rates]
 
 
-def _splits(ctx: framework.ExperimentContext) -> data.Splits:
-    return ctx.shared("splits", lambda: fetch.load_splits(ctx.config))
-
-
 def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
     """One run per approach (batch size, or learning rate)."""
     return approaches.plan_approaches(approaches_of(ctx.config), train)
@@ -56,14 +52,14 @@ def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
 
 def train(ctx: framework.ExperimentContext, batch_size: int, learning_rate: float) -> dict:
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(ctx.config.hidden))
-    return approaches.train_and_measure(ctx, _splits(ctx), spec, batch_size, learning_rate,
+    return approaches.train_and_measure(ctx, ctx.splits(), spec, batch_size, learning_rate,
                                         measure)
 
 
 def measure(ctx: framework.ExperimentContext, network, record: dict) -> dict:
     """The two input sensitivities of the trained `network`, averaged over the first
     --sensitivity_examples test examples (all by default)."""
-    splits = _splits(ctx)
+    splits = ctx.splits()
     n = min(ctx.config.sensitivity_examples or len(splits.x_test), len(splits.x_test))
     grad, jac = measures.input_sensitivities(network, splits.x_test[:n], splits.y_test[:n],
                                              strategy=ctx.strategy)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hw1_tf import data, fetch, framework, markdown, measures, models
+from hw1_tf import framework, markdown, measures, models
 from hw1_tf.config import ImageTrainConfig, StopOptions, option
 from hw1_tf.experiments import approaches
 from hw1_tf.figures import FigureSet, finish_axes, plt
@@ -37,14 +37,10 @@ class Config(approaches.SharpnessOptions, StopOptions, ImageTrainConfig):
     epochs: int = option(10, "Training epochs per run.", lower=1)
 
 
-def _splits(ctx: framework.ExperimentContext) -> data.Splits:
-    return ctx.shared("splits", lambda: fetch.load_splits(ctx.config))
-
-
 def _analysis_subset(ctx: framework.ExperimentContext) -> tuple[np.ndarray, np.ndarray]:
     """The training examples every sharpness is computed on (the same for every model)."""
     return ctx.shared("analysis_subset", lambda: approaches.analysis_subset(
-        _splits(ctx), ctx.config.analysis_examples, ctx.config.seed))
+        ctx.splits(), ctx.config.analysis_examples, ctx.config.seed))
 
 
 def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
@@ -56,7 +52,7 @@ def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
 
 def train(ctx: framework.ExperimentContext, batch_size: int, learning_rate: float) -> dict:
     spec = models.ModelSpec("dense_relu", "dense", hidden=tuple(ctx.config.hidden))
-    return approaches.train_and_measure(ctx, _splits(ctx), spec, batch_size, learning_rate,
+    return approaches.train_and_measure(ctx, ctx.splits(), spec, batch_size, learning_rate,
                                         measure)
 
 
