@@ -17,6 +17,7 @@ from absl import logging
 from hw1_tf import data, experiments, store
 from hw1_tf.config import option
 from hw1_tf.errors import Hw1Error
+from hw1_tf.ledger import EXECUTION_FIELDS
 
 _BUILTIN = ", ".join(experiments.builtin_names())
 
@@ -201,6 +202,16 @@ def differences(a: Any, b: Any, *, rtol: float, atol: float, ignore: tuple[str, 
         yield f"{where}: {a!r} vs {b!r}"
 
 
+def _comparable(results: dict[str, Any]) -> dict[str, Any]:
+    """`results` without the config fields that change how a run executes or where it
+    writes, not its numbers (the ledger's EXECUTION_FIELDS: --force, --output_dir, ...)."""
+    config = results.get("config")
+    if isinstance(config, dict):
+        results = {**results, "config": {k: v for k, v in config.items()
+                                         if k not in EXECUTION_FIELDS}}
+    return results
+
+
 def compare_results(config: CompareConfig) -> None:
     """Compares the results of two output folders experiment by experiment; raises Hw1Error
     (exit 1) naming every experiment that differs beyond the tolerances."""
@@ -224,7 +235,7 @@ def compare_results(config: CompareConfig) -> None:
             print(f"{name}: DIFFERS: no {' nor '.join(missing)}")
             differing.append(name)
             continue
-        first, second = (store.load_results(p, name) for p in paths)
+        first, second = (_comparable(store.load_results(p, name)) for p in paths)
         found = list(differences(first, second, rtol=config.rtol, atol=config.atol,
                                  ignore=config.ignore, roots=roots))
         if found:

@@ -143,9 +143,9 @@ def test_binaries_are_generated_from_the_registry():
     commands.make_binaries(commands.BinariesConfig(check=True))  # raises when one is stale
 
 
-def _results(folder: Path, value: float, seconds: float = 1.0) -> None:
+def _results(folder: Path, value: float, seconds: float = 1.0, force: bool = False) -> None:
     paths = store.Paths.create(folder)
-    store.save_results(paths, "grad_norm", {"seed": 0}, {
+    store.save_results(paths, "grad_norm", {"seed": 0, "force": force}, {
         "a": {"loss": value, "curve": np.linspace(0, value, 100), "seconds": seconds,
               "saved_model": str(folder / "saved_models/a")}})
 
@@ -153,7 +153,8 @@ def _results(folder: Path, value: float, seconds: float = 1.0) -> None:
 def test_compare_results_tolerates_rounding_and_names_a_real_difference(tmp_path, capsys):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     _results(a, 0.5)
-    _results(b, 0.5 * (1 + 1e-8), seconds=7.0)  # float32-level change, another timing, folder
+    # float32-level change, another timing, folder, and --force (it changes no number)
+    _results(b, 0.5 * (1 + 1e-8), seconds=7.0, force=True)
     _results(c, 0.5 * (1 + 1e-4))
     commands.compare_results(commands.CompareConfig(first=str(a), second=str(b)))
     assert "grad_norm: same" in capsys.readouterr().out
