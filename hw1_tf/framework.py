@@ -1,11 +1,12 @@
 """How an experiment runs: its `ExperimentContext`, built once by the CLI, and the phases.
 
-An experiment module (hw1_tf.experiments) does its work in one of two shapes:
-  * phases: `plan(ctx) -> [Run | Group]` lists the runs to train (a Group: runs trained
-    together, one population); the framework trains each through the ledger (skipped when
-    finished for the same config, kept at once, resumed from its backup);
-    then `analyse(records, ctx) -> Outcome` turns the records into results;
-  * or `run(ctx) -> Outcome` when its runs depend on each other's results.
+An experiment module (hw1_tf.experiments) does its work in phases:
+  * `plan(ctx) -> [Run | Group]` lists the runs to train (a Group: runs trained together, one
+    population); the framework trains each through the ledger (skipped when finished for the
+    same config, kept at once, resumed from its backup; a Run kept as a SavedModel is reused
+    from there). An experiment that only analyses models trained elsewhere (measures,
+    hessian_spectrum) has no plan;
+  * then `analyse(records, ctx) -> Outcome` turns the records ({run name: record}) into results.
 The framework then writes the results through the ledger (merged with earlier runs of the same
 config), draws the figures from what was written (`figures(results, figures_dir)` ->
 FigureSet, its keys indexed in results/<exp>/figures.json for the report), and logs where they are.
@@ -37,6 +38,10 @@ class Run:
     name: str
     train: Callable[..., dict[str, Any]]
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the run is kept as its SavedModel (with its record beside it) and reused from there,
+    #: by any output folder sharing the --saved_models_dir (Ledger.model_once), rather than as
+    #: a finished record of this output folder (Ledger.once)
+    saved_model: bool = False
 
 
 @dataclasses.dataclass
@@ -154,22 +159,20 @@ def train_plan(module: Any, ctx: ExperimentContext) -> dict[str, Any]:
                 backup=item.backup))
             what = f"groups ({len(item.names)} runs)"
         else:
-            records[item.name] = ctx.ledger.once(
-                item.name, lambda item=item: item.train(ctx, **item.options))
+            keep = ctx.ledger.model_once if item.saved_model else ctx.ledger.once
+            records[item.name] = keep(item.name, lambda item=item: item.train(ctx, **item.options))
             what = f"runs ({item.name})"
         ctx.progress.step(i + 1, len(plan), what)
     return records
 
 
 def produce(module: Any, ctx: ExperimentContext) -> Outcome:
-    """The experiment's Outcome, by its phases (plan, ledger, analyse) or its `run`."""
-    if hasattr(module, "plan"):
-        started = time.perf_counter()
-        records = train_plan(module, ctx)
-        ctx.training_seconds = time.perf_counter() - started  # finished runs skipped included
-        outcome = module.analyse(records, ctx)
-    else:
-        outcome = module.run(ctx)
+    """The experiment's Outcome, by its phases: plan (if any), trained through the ledger,
+    then analyse."""
+    started = time.perf_counter()
+    records = train_plan(module, ctx) if hasattr(module, "plan") else {}
+    ctx.training_seconds = time.perf_counter() - started  # finished runs skipped included
+    outcome = module.analyse(records, ctx)
     if not isinstance(outcome, Outcome):
         raise TypeError(f"{ctx.name}: its work returned {type(outcome).__name__}, not an Outcome")
     return outcome

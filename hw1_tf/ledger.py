@@ -5,6 +5,10 @@ interrupted, and merge results, so none is lost nor emptied by a rerun.
     (results/<exp>/finished/<run>/) and skips a run already finished for the same config (unless
     `--force`); a killed run resumes from its per-epoch backup (`backup_dir`, removed once the
     record is kept). `group_once` does the same for runs trained together (a population).
+  * `model_once(run, train)` is `once` for a run kept as a SavedModel (saved_models/<exp>/<run>,
+    its record in <run>.json beside it): an existing SavedModel is reused, by any output folder
+    that shares the --saved_models_dir, unless `--retrain`; with `--notrain_missing` an absent
+    one is an error rather than trained.
   * `write(runs, **extras)` refuses to write when nothing was produced (one error, the old
     results.json untouched), and otherwise merges: results.json keeps the runs of an earlier
     invocation of the same config (`result_key`) that this one did not redo, this invocation's
@@ -23,7 +27,7 @@ from typing import Any, Callable, Sequence
 from absl import logging
 
 from hw1_tf import store
-from hw1_tf.errors import Hw1Error
+from hw1_tf.errors import Hw1Error, ModelNotFoundError
 
 # Config fields that change how a run executes or where it writes, not its numbers.
 EXECUTION_FIELDS = frozenset({
@@ -158,6 +162,33 @@ class Ledger:
 
     def keep_model_record(self, run_name: str, record: dict[str, Any]) -> None:
         store.write_json(self.model_record_path(run_name), record)
+
+    def model_to_train(self, run_name: str) -> bool:
+        """Whether `model_once` trains `run_name`: with --retrain, or when its SavedModel is
+        absent (then an error under --notrain_missing); else its SavedModel is reused."""
+        path = self.paths.saved_model(self.experiment, run_name)
+        if getattr(self.config, "retrain", False):
+            return True
+        if path.exists():
+            return False
+        if not getattr(self.config, "train_missing", True):
+            raise ModelNotFoundError(f"{path}: no SavedModel (train it without "
+                                     "--notrain_missing, or point --saved_models_dir at it)")
+        return True
+
+    def model_once(self, run_name: str, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The record of `run_name`, a run kept as its SavedModel: `train()`'s (which exports
+        the SavedModel), kept beside it, or the kept one of the SavedModel reused (see
+        `model_to_train`). The record says which: "reused"."""
+        reused = not self.model_to_train(run_name)
+        if not reused:
+            self.keep_model_record(run_name, train())
+            self.remove_backup(run_name)
+        else:
+            logging.info("%s/%s: SavedModel %s reused (--retrain trains it again)", self.experiment,
+                         run_name, self.paths.saved_model(self.experiment, run_name))
+        # read back either way, so a trained and a reused run give the same numbers
+        return {**(self.model_record(run_name) or {}), "reused": reused}
 
     def model_record(self, run_name: str) -> dict[str, Any] | None:
         """The record kept beside the SavedModel of `run_name`, else None."""

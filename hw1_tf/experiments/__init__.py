@@ -4,7 +4,7 @@ An experiment is one module that defines
   EXPERIMENT   its name (results/<name>/, figures/<name>/, bin/run_<name>)
   POSITION     its place in the slides' order (a number; the registry sorts by it)
   Config       a dataclass of hw1_tf.config options: the one source of its flags
-  plan(ctx) + analyse(records, ctx), or run(ctx)   its work (hw1_tf.framework)
+  plan(ctx) (optional) + analyse(records, ctx)     its work (hw1_tf.framework)
   figures(results, figures_dir) -> FigureSet       its figures, by key
   TITLE, QUESTIONS, report_section(results, ctx)   its part of REPORT.md, figures by key
 Nothing else lists it: the modules of this package that define EXPERIMENT are found by reading
@@ -100,13 +100,10 @@ def register(module_name: str) -> str:
     """Adds the experiment module `module_name` (importable) to the registry, here and in the
     processes started from here; returns its experiment name."""
     module = importlib.import_module(module_name)
-    for attr in ("EXPERIMENT", "POSITION", "Config", "figures", "TITLE", "QUESTIONS",
-                 "report_section"):
+    for attr in ("EXPERIMENT", "POSITION", "Config", "analyse", "figures", "TITLE",
+                 "QUESTIONS", "report_section"):
         if not hasattr(module, attr):
             raise Hw1Error(f"{module_name} is not an experiment module: it lacks {attr}")
-    if not (hasattr(module, "run") or hasattr(module, "plan") and hasattr(module, "analyse")):
-        raise Hw1Error(f"{module_name} is not an experiment module: it needs run(ctx), or "
-                       "plan(ctx) and analyse(records, ctx)")
     current = [m for m in os.environ.get(ENV, "").split(",") if m]
     if module_name not in current:
         os.environ[ENV] = ",".join(current + [module_name])

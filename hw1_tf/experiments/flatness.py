@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from hw1_tf import fetch, framework, landscape, markdown, models, store, trainer
+from hw1_tf import framework, landscape, markdown, models, store, trainer
 from hw1_tf.config import ConfigError, ImageTrainConfig, StopOptions, option
-from hw1_tf.errors import ModelNotFoundError
 from hw1_tf.figures import FigureSet, plt
 
 EXPERIMENT = "flatness"
@@ -133,38 +132,39 @@ def _activation(name: str):
     return fn
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
+    """One run per approach, each kept as its SavedModel (reused when already there). Every
+    SavedModel to reuse is checked against the configured model before anything is trained."""
     config = ctx.config
+    _activation(config.activation)
+    expected = _expected_shapes(config, ctx.splits())
+    runs = []
+    for batch_size, learning_rate in approaches(config):
+        name = run_name(config, batch_size, learning_rate)
+        if not ctx.ledger.model_to_train(name):
+            _check_existing(ctx.paths.saved_model(EXPERIMENT, name), expected)
+        runs.append(framework.Run(name, train, {"batch_size": batch_size,
+                                                "learning_rate": learning_rate},
+                                  saved_model=True))
+    return runs
+
+
+def train(ctx: framework.ExperimentContext, batch_size: int, learning_rate: float) -> dict:
+    """Trains and exports the model of one approach: its training record."""
+    config = ctx.config
+    settings = trainer.settings_from(config, batch_size=batch_size, learning_rate=learning_rate)
+    _, record = ctx.train_model(run_name(config, batch_size, learning_rate), model_spec(config),
+                                ctx.splits(), settings, save_model=True,
+                                tensorboard=config.tensorboard)
+    return record
+
+
+def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> framework.Outcome:
+    """Loads every SavedModel back, evaluates it on both splits, and evaluates the line
+    between every two approaches that differ in one knob."""
+    config, splits = ctx.config, ctx.splits()
     activation = _activation(config.activation)
-    splits = fetch.load_splits(config)
-    spec = model_spec(config)
-    expected = _expected_shapes(config, splits)
-
-    # 1. Which runs to train: every SavedModel to reuse is checked before anything is trained.
     names = {a: run_name(config, *a) for a in approaches(config)}
-    to_train = []
-    for approach, name in names.items():
-        path = ctx.paths.saved_model(EXPERIMENT, name)
-        if config.retrain:
-            to_train.append(approach)
-        elif path.exists():
-            _check_existing(path, expected)
-        elif config.train_missing:
-            to_train.append(approach)
-        else:
-            raise ModelNotFoundError(f"{path}: no SavedModel (train it without "
-                                     "--notrain_missing, or point --saved_models_dir at it)")
-
-    # 2. Train and export.
-    for batch_size, learning_rate in to_train:
-        name = names[(batch_size, learning_rate)]
-        settings = trainer.settings_from(config, batch_size=batch_size,
-                                         learning_rate=learning_rate)
-        _, record = ctx.train_model(name, spec, splits, settings, save_model=True,
-                                    tensorboard=config.tensorboard)
-        ctx.ledger.keep_model_record(name, record)
-
-    # 3. Load the SavedModels back and interpolate.
     endpoints, runs = {}, {}
     probe = splits.x_train[:256]
     for (batch_size, learning_rate), name in names.items():
@@ -174,11 +174,9 @@ def run(ctx: framework.ExperimentContext) -> framework.Outcome:
         train_loss, train_acc = landscape.evaluate_serve(endpoint, splits.x_train,
                                                          splits.y_train)
         test_loss, test_acc = landscape.evaluate_serve(endpoint, splits.x_test, splits.y_test)
-        # the training record (model, num_params, history) kept beside the SavedModel
-        runs[name] = {**(ctx.ledger.model_record(name) or {}),
-                      "batch_size": batch_size, "learning_rate": learning_rate,
+        # the training record (model, num_params, history, reused) kept beside the SavedModel
+        runs[name] = {**records[name], "batch_size": batch_size, "learning_rate": learning_rate,
                       "saved_model": str(endpoint.path),
-                      "reused": (batch_size, learning_rate) not in to_train,
                       "own": {"train_loss": train_loss, "train_accuracy": train_acc,
                               "test_loss": test_loss, "test_accuracy": test_acc}}
         logging.info("%s: own train loss %.4g acc %.4f, test loss %.4g acc %.4f", name,
@@ -210,7 +208,8 @@ def run(ctx: framework.ExperimentContext) -> framework.Outcome:
                for metric in ("loss", "accuracy")}}
         logging.info("line %s -> %s: %d alphas in %.1f s", first, second, len(alphas), seconds)
     return framework.Outcome(runs, dict(lines=lines, dataset=splits.name,
-                                        model=spec.describe(), train_examples=len(splits.x_train),
+                                        model=model_spec(config).describe(),
+                                        train_examples=len(splits.x_train),
                                         test_examples=len(splits.x_test)))
 
 

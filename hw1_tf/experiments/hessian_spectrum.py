@@ -132,7 +132,8 @@ def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
     return out
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+def analyse(records: dict, ctx: framework.ExperimentContext) -> framework.Outcome:
+    """No plan: the model is a SavedModel trained elsewhere."""
     config = ctx.config
     name, path, record = _source(config, ctx.paths)
     dataset = config.dataset or record.get("dataset") or record.get("function") or "mnist"

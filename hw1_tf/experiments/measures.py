@@ -122,7 +122,8 @@ def measure_model(network, splits: data.Splits, record: dict, config: Config,
     return out
 
 
-def run(ctx: framework.ExperimentContext) -> framework.Outcome:
+def analyse(records: dict, ctx: framework.ExperimentContext) -> framework.Outcome:
+    """No plan: the models are the SavedModels other experiments trained."""
     config = ctx.config
     splits_cache: dict[tuple, data.Splits] = {}
     runs = {}
