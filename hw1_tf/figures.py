@@ -83,9 +83,9 @@ def finish_axes(ax, title: str, xlabel: str, ylabel: str, values=None,
         ax.legend(fontsize=8)
 
 
-def model_label(run: dict[str, Any]) -> str:
-    """"<model name> (<n> params)" of a run record."""
-    return f"{run['model']['name']} ({run['num_params']} params)"
+def model_label(run: Any) -> str:
+    """"<model name> (<n> params)" of a run record (a records.RunRecord)."""
+    return f"{run.model['name']} ({run.num_params} params)"
 
 
 def log_x_if_wide(ax, values) -> None:

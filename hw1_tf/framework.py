@@ -26,6 +26,7 @@ from typing import Any, Callable
 from absl import logging
 
 from hw1_tf import distribute, fetch, store, trainer
+from hw1_tf.records import typed_runs
 from hw1_tf.figures import INDEX_NAME, FigureSet
 from hw1_tf.ledger import Ledger
 
@@ -180,9 +181,10 @@ def produce(module: Any, ctx: ExperimentContext) -> Outcome:
 
 def draw_figures(module: Any, results: dict[str, Any], figures_dir: Path,
                  index: Path | None = None) -> FigureSet:
-    """`module.figures(results, figures_dir)`; with `index`, {key: file name} written there
-    for the report, which refers to figures by key."""
-    drawn = module.figures(results, Path(figures_dir))
+    """`module.figures(results, figures_dir)`, its training records typed
+    (`records.typed_runs`); with `index`, {key: file name} written there for the report, which
+    refers to figures by key."""
+    drawn = module.figures(typed_runs(results), Path(figures_dir))
     if not isinstance(drawn, FigureSet):
         raise TypeError(f"{module.__name__}.figures returned {type(drawn).__name__}, not a "
                         "FigureSet")

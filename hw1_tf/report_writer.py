@@ -1,7 +1,7 @@
 """REPORT.md from the results on disk, one section per registered experiment, never retraining.
 
-Every experiment module has TITLE, QUESTIONS and `report_section(results, ctx)`, which writes
-markdown with `hw1_tf.markdown` (its figures by key, a table of its key numbers and comments
+Every experiment module has TITLE, QUESTIONS and `report_section(results, ctx)` (its training
+records typed: `records.typed_runs`), which writes markdown with `hw1_tf.markdown` (its figures by key, a table of its key numbers and comments
 computed from them). This writer (a top floor, beside `commands`) puts the sections together and
 writes `<output_dir>/REPORT.md` atomically. A question whose results are missing or unreadable
 gets the command that produces them instead of a section. A section that raises is a bug: with
@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from absl import logging
 
 from hw1_tf import experiments, markdown, store
+from hw1_tf.records import typed_runs
 from hw1_tf.errors import Hw1Error
 from hw1_tf.markdown import REPORT_NAME, Context
 
@@ -52,7 +53,7 @@ def section(module: Any, ctx: Context, *, strict: bool = True
         body = missing_section(ctx, reason)
     else:
         try:
-            body = module.report_section(results, ctx).strip()
+            body = module.report_section(typed_runs(results), ctx).strip()
         except Exception as e:  # noqa: BLE001 - a bug of the section: shown, never hidden
             if strict:
                 raise

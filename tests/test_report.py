@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw1_tf import experiments, framework, markdown, report_writer, store
+from hw1_tf import experiments, framework, markdown, records, report_writer, store
 from hw1_tf.experiments import (actual_task, capacity, flatness, random_labels, scratch,
                                 simulate_function)
 
@@ -55,8 +55,10 @@ def results_of(root: Path, name: str) -> dict:
 
 
 def section_of(name: str, results: dict, root: Path) -> str:
+    """The section of `results` (dicts, as the store reads them), its training records typed
+    as the report writer types them."""
     ctx = markdown.Context(store.Paths.create(root), name)
-    return experiments.get(name).report_section(results, ctx)
+    return experiments.get(name).report_section(records.typed_runs(results), ctx)
 
 
 def image_links(text: str) -> list[str]:

@@ -15,6 +15,7 @@ from hw1_tf import data, fetch, framework, ledger, markdown, models, trainer
 from hw1_tf.config import TrainConfig, option
 from hw1_tf.errors import DataError
 from hw1_tf.figures import FigureSet, epochs_axis, finish_axes, model_label, plt
+from hw1_tf.records import RunRecord
 
 EXPERIMENT = "actual_task"
 POSITION = 120  # its place in the slides' order (the registry sorts by it)
@@ -110,7 +111,7 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
     tables = {}
     for dataset in _loaded(ctx):
         rows = [(_run_name(dataset, spec), spec.describe(),
-                 records[_run_name(dataset, spec)]["num_params"])
+                 RunRecord.from_dict(records[_run_name(dataset, spec)]).num_params)
                 for spec in _specs(ctx, dataset)]
         tables[dataset] = trainer.log_param_table(rows)
     return framework.Outcome(records, dict(skipped_datasets=skipped, param_tables=tables))
@@ -121,21 +122,22 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
 
 def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     out = FigureSet(figures_dir)
-    datasets = sorted({r["dataset"] for r in results["runs"].values()})
+    datasets = sorted({r.dataset for r in results["runs"].values()})
     for ds in datasets:
-        runs = {k: r for k, r in results["runs"].items() if r["dataset"] == ds}
+        runs = {k: r for k, r in results["runs"].items() if r.dataset == ds}
         for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
             fig, ax = plt.subplots(figsize=(7, 4.5))
             values = []
             for i, run in enumerate(runs.values()):
                 color = f"C{i}"
-                train = run["history"]["epoch"][f"train_{metric}"]
+                train = run.history.series(f"train_{metric}")
                 ax.plot(epochs_axis(train), train, color=color, label=f"{model_label(run)} train")
-                test = run["history"]["epoch"].get(f"test_{metric}")
-                if test:
+                values += list(train)
+                if run.history.recorded(f"test_{metric}"):
+                    test = run.history.series(f"test_{metric}")
                     ax.plot(epochs_axis(test), test, color=color, linestyle="--",
-                            label=f"{run['model']['name']} test")
-                values += train + (test or [])
+                            label=f"{run.model['name']} test")
+                    values += list(test)
             finish_axes(ax, f"HW1-1 {ds}: training (solid) and test (dashed) {metric}", "epoch",
                         ylabel, values=values if metric == "loss" else None,
                         log_y=None if metric == "loss" else False)
@@ -156,17 +158,13 @@ QUESTIONS = (
 )
 
 
-def _epoch_metric(run: dict, name: str):
-    """The per-epoch series `name` (e.g. "test_accuracy") of a run, None when not recorded."""
-    values = run["history"]["epoch"].get(name)
-    return None if values is None or len(values) == 0 else markdown.series(values)
 
 
 def report_section(results: dict, ctx: markdown.Context) -> str:
     """Per dataset: the models, the loss and accuracy figures, the final numbers, and which
     model generalised best and by how much; then the datasets against each other."""
     config, runs = results["config"], results["runs"]
-    datasets = list(dict.fromkeys(r["dataset"] for r in runs.values()))
+    datasets = list(dict.fromkeys(r.dataset for r in runs.values()))
     skipped = results.get("skipped_datasets") or {}
     sizes = (f"{config['train_size'] or 'all'} training / {config['test_size'] or 'all'} test "
              "examples")
@@ -181,10 +179,10 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
 
     first = {}
     for run in runs.values():
-        first.setdefault(run["model"]["name"], run)
+        first.setdefault(run.model["name"], run)
     out += ["", "### Models", "", markdown.table(
         ("model", "architecture", "parameters"),
-        [(m, r["description"], r["num_params"]) for m, r in first.items()])]
+        [(m, r.description, r.num_params) for m, r in first.items()])]
 
     out += ["", "### Loss and accuracy", ""]
     for ds in datasets:
@@ -193,16 +191,17 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
 
     rows, comments, best_per_dataset = [], [], {}
     for ds in datasets:
-        ds_runs = {r["model"]["name"]: r for r in runs.values() if r["dataset"] == ds}
+        ds_runs = {r.model["name"]: r for r in runs.values() if r.dataset == ds}
         final = {}
         for m, r in ds_runs.items():
-            train_loss, train_acc = (_epoch_metric(r, "train_loss"),
-                                     _epoch_metric(r, "train_accuracy"))
-            test_acc = _epoch_metric(r, "test_accuracy")
-            peak, peak_acc = markdown.peak(test_acc) if test_acc is not None else (None, None)
-            final[m] = {"train_loss": train_loss[-1], "train_acc": train_acc[-1],
-                        "test_acc": None if test_acc is None else test_acc[-1],
-                        "peak": peak, "peak_acc": peak_acc, "epochs": len(train_loss)}
+            h = r.history
+            tested = h.recorded("test_accuracy")
+            peak, peak_acc = (h.best("test_accuracy", lower_is_better=False) if tested
+                              else (None, None))
+            final[m] = {"train_loss": h.last("train_loss"), "train_acc": h.last("train_accuracy"),
+                        "test_acc": h.last("test_accuracy") if tested else None,
+                        "peak": peak, "peak_acc": peak_acc,
+                        "epochs": len(h.series("train_loss"))}
             rows.append((ds, m, final[m]["train_loss"], markdown.pct(final[m]["train_acc"]),
                          markdown.pct(final[m]["test_acc"]),
                          "n/a" if peak is None else

@@ -183,8 +183,9 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
     splits = ctx.splits()
     specs = model_specs(config)
     runs = {s.name: records[s.name] for s in specs}
-    table = trainer.log_param_table([(n, r["description"], r["num_params"])
-                                    for n, r in runs.items()])
+    typed = {n: RunRecord.from_dict(r) for n, r in runs.items()}
+    table = trainer.log_param_table([(n, r.description, r.num_params)
+                                    for n, r in typed.items()])
     mode = _mode(ctx)
     return framework.Outcome(runs, dict(
         dataset=splits.name, train_examples=len(splits.x_train),
@@ -199,14 +200,14 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
 def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     """Final training and test loss, and accuracy, against the parameter count (log x), one
     point per model."""
-    runs = sorted(results["runs"].values(), key=lambda r: r["num_params"])
-    params = [r["num_params"] for r in runs]
+    runs = sorted(results["runs"].values(), key=lambda r: r.num_params)
+    params = [r.num_params for r in runs]
     out = FigureSet(figures_dir)
     for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         values = []
         for split, marker, color in (("train", "o", "C0"), ("test", "s", "C1")):
-            v = [r[f"final_{split}_{metric}"] for r in runs]
+            v = [getattr(r, f"final_{split}_{metric}") for r in runs]
             ax.scatter(params, v, marker=marker, color=color, label=f"{split}")
             values += v
         ax.set_xscale("log")
@@ -233,12 +234,12 @@ QUESTIONS = (
 
 def report_section(results: dict, ctx: markdown.Context) -> str:
     config, runs = results["config"], results["runs"]
-    rows = sorted(runs.values(), key=lambda r: r["num_params"])
-    params = [r["num_params"] for r in rows]
+    rows = sorted(runs.values(), key=lambda r: r.num_params)
+    params = [r.num_params for r in rows]
     out = [f"{results['dataset']}: {results['train_examples']} training / "
            f"{results['test_examples']} test examples; {len(rows)} dense nets of "
            f"{config['hidden_layers']} hidden layers, widths "
-           f"{', '.join(str(r['width']) for r in rows)} ({params[0]} to {params[-1]} parameters, "
+           f"{', '.join(str(r.width) for r in rows)} ({params[0]} to {params[-1]} parameters, "
            f"{math.log10(params[-1] / params[0]):.1f} decades); {config['epochs']} epochs of "
            f"{config['optimizer']} (learning rate {config['learning_rate']:g}, batch "
            f"{config['batch_size']}) each, trained {results['training_mode']} in "
@@ -248,16 +249,16 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
            ctx.figure("accuracy_vs_params", "training and test accuracy against parameters"),
            "", markdown.table(("model", "parameters", "train loss", "train acc", "test loss",
                              "test acc", "gap (train − test acc)"),
-                            [(r["description"], r["num_params"], r["final_train_loss"],
-                              markdown.pct(r["final_train_accuracy"]), r["final_test_loss"],
-                              markdown.pct(r["final_test_accuracy"]),
-                              markdown.points(r["final_train_accuracy"]
-                                            - r["final_test_accuracy"])) for r in rows]), ""]
-    test_acc = markdown.series([r["final_test_accuracy"] for r in rows])
-    test_loss = markdown.series([r["final_test_loss"] for r in rows])
+                            [(r.description, r.num_params, r.final_train_loss,
+                              markdown.pct(r.final_train_accuracy), r.final_test_loss,
+                              markdown.pct(r.final_test_accuracy),
+                              markdown.points(r.final_train_accuracy
+                                            - r.final_test_accuracy)) for r in rows]), ""]
+    test_acc = markdown.series([r.final_test_accuracy for r in rows])
+    test_loss = markdown.series([r.final_test_loss for r in rows])
     best = int(np.nanargmax(test_acc))
     low = int(np.nanargmin(test_loss))
-    gaps = [r["final_train_accuracy"] - r["final_test_accuracy"] for r in rows]
+    gaps = [r.final_train_accuracy - r.final_test_accuracy for r in rows]
     out.append(f"- Test accuracy is highest with {params[best]} parameters "
                f"({markdown.pct(test_acc[best])}); the smallest model reaches "
                f"{markdown.pct(test_acc[0])}, the largest {markdown.pct(test_acc[-1])}.")
@@ -269,5 +270,5 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
                + ".")
     out.append(f"- The training-minus-test accuracy gap grows from {markdown.points(gaps[0])} to "
                f"{markdown.points(gaps[-1])}; training accuracy reaches "
-               f"{markdown.pct(rows[-1]['final_train_accuracy'])} at the largest size.")
+               f"{markdown.pct(rows[-1].final_train_accuracy)} at the largest size.")
     return "\n".join(out)

@@ -88,11 +88,11 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
     config = ctx.config
     name, splits, spec, chosen = tasks.shared_task(ctx)
     x, y = splits.x_train[chosen], splits.y_train[chosen]
-    run_record = records[name]
-    theta = np.asarray(run_record["weights"])
-    weights = landscape.unflatten(theta, [tuple(s) for s in run_record["shapes"]])
-    trajectory = np.asarray(run_record["trajectory"])
-    trajectory_loss = np.asarray(run_record["trajectory_loss"])
+    run = RunRecord.from_dict(records[name])
+    theta = np.asarray(run.weights)
+    weights = landscape.unflatten(theta, [tuple(s) for s in run.shapes])
+    trajectory = np.asarray(run.trajectory)
+    trajectory_loss = np.asarray(run.trajectory_loss)
 
     losses = landscape.SurfaceEvaluator(weights, x, y, splits.num_classes, spec.activation)
 
@@ -102,7 +102,7 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
     pca = landscape.trajectory_plane_surface(losses, trajectory, theta, config.pca_margin,
                                              config.line_points, config.grid_points,
                                              seed=config.seed)
-    pca.update(trajectory_epochs=np.asarray(run_record["trajectory_epochs"]),
+    pca.update(trajectory_epochs=np.asarray(run.trajectory_epochs),
                trajectory_loss=trajectory_loss)
     interpolation = landscape.straight_line(
         losses, trajectory[0], theta, np.linspace(*config.interpolation_range,
@@ -113,7 +113,7 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
                  evaluated, len(x), seconds, evaluated / seconds)
 
     centre = config.grid_points // 2
-    return framework.Outcome({name: run_record}, dict(
+    return framework.Outcome({name: records[name]}, dict(
         task=name, random=random, pca=pca, interpolation=interpolation,
         trained_loss=float(trajectory_loss[-1]),
         centre_loss=float(random["losses"][centre, centre]) if config.grid_points % 2 else None,
@@ -202,7 +202,7 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
     ev = markdown.series(pca["explained_variance_ratio"])
     off = markdown.series(pca["off_plane_fraction"])
     out = ["### Method", "",
-           f"A {run['description']} net ({run['num_params']} parameters) is trained on "
+           f"A {run.description} net ({run.num_params} parameters) is trained on "
            f"{results['task']} for {config['epochs']} epochs ({config['optimizer']}, learning "
            f"rate {config['learning_rate']:g}), its weights kept after every epoch. Around the "
            f"trained weights θ the training {loss_name} (on {results['eval_examples']} "

@@ -14,6 +14,7 @@ from hw1_tf import framework, markdown, trainer
 from hw1_tf.config import TaskConfig, option
 from hw1_tf.experiments import tasks
 from hw1_tf.figures import FigureSet, finish_axes, plt, running_median
+from hw1_tf.records import History
 
 EXPERIMENT = "grad_norm"
 POSITION = 220  # its place in the slides' order (the registry sorts by it)
@@ -73,16 +74,16 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     shared iteration axis."""
     out = FigureSet(figures_dir)
     for name, run in results["runs"].items():
-        it = run["history"]["iteration"]
+        it = run.history.iteration
         fig, (ax_norm, ax_loss) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
-        loss_name = "cross-entropy" if run["task"] != "function" else "MSE"
+        loss_name = "cross-entropy" if run.task != "function" else "MSE"
         _iteration_panel(ax_norm, it["grad_norm"], "C0", "||grad L||",
-                         f"HW1-2 {name}: {run['description']}, {run['num_params']} params",
+                         f"HW1-2 {name}: {run.description}, {run.num_params} params",
                          "gradient norm ||grad L||")
         _iteration_panel(ax_loss, it["loss"], "C3", "mini-batch loss",
                          "training loss of the same iterations", f"loss ({loss_name})")
         ax_norm.set_xlabel("")  # shared with the loss panel below
-        switch = run["history"].get("switched_at_iteration")
+        switch = run.history.switched_at_iteration
         for ax in (ax_norm, ax_loss) if switch is not None else ():
             ax.axvline(switch, color="k", ls=":", lw=1, label="switch to ||g||^2")
         out.save(fig, f"{name}")
@@ -98,14 +99,14 @@ QUESTIONS = (
 )
 
 
-def summary(history: dict) -> dict[str, float]:
+def summary(history: History) -> dict[str, float]:
     """Numbers of one run's per-iteration history: start/end/peak of ||grad L|| and the loss
     (ends as medians of the first/last 5% of iterations, mini-batch values being noisy), and
     the rank correlation of the two over the run."""
     from scipy import stats
 
-    norm = markdown.series(history["iteration"]["grad_norm"])
-    loss = markdown.series(history["iteration"]["loss"])
+    norm = markdown.series(history.iteration["grad_norm"])
+    loss = markdown.series(history.iteration["loss"])
     k = max(1, len(norm) // 20)
     peak_at, peak = markdown.peak(norm)
     return {
@@ -130,9 +131,9 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
            "per-iteration history (not per-epoch means).", ""]
     rows, comments = [], []
     for name, run in runs.items():
-        s = summary(run["history"])
+        s = summary(run.history)
         out.append(ctx.figure(f"{name}", f"gradient norm and loss per iteration, {name}"))
-        rows.append((name, run["description"], run["num_params"], s["iterations"],
+        rows.append((name, run.description, run.num_params, s["iterations"],
                      s["loss_start"], s["loss_end"], s["norm_start"], s["norm_peak"],
                      s["norm_peak_iteration"], s["norm_end"], s["spearman"]))
         comments.append(_comment(name, s))

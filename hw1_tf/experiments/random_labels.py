@@ -14,6 +14,7 @@ import numpy as np
 from hw1_tf import data, framework, markdown, models, trainer
 from hw1_tf.config import ImageTrainConfig, StopOptions, option
 from hw1_tf.figures import FigureSet, epochs_axis, finish_axes, plt
+from hw1_tf.records import RunRecord
 
 EXPERIMENT = "random_labels"
 POSITION = 310  # its place in the slides' order (the registry sorts by it)
@@ -68,11 +69,12 @@ def train(ctx: framework.ExperimentContext, ratio: float) -> dict:
     _, record = ctx.train_model(run_name(config.corruption, ratio), _spec(config), splits,
                                 trainer.settings_from(config), save_model=config.save_models,
                                 tensorboard=config.tensorboard)
-    epoch = record["history"]["epoch"]
+    history = RunRecord.from_dict(record).history
     record.update(ratio=float(ratio),
-                  epochs_to_fit=epochs_to_fit(epoch["train_accuracy"], config.fit_accuracy),
+                  epochs_to_fit=epochs_to_fit(history.series("train_accuracy"),
+                                              config.fit_accuracy),
                   labels_changed=float(np.mean(splits.y_train != splits.y_train_clean)),
-                  **{f"final_{k}": v[-1] for k, v in epoch.items()})
+                  **{f"final_{k}": history.last(k) for k in history.epoch})
     return record
 
 
@@ -92,7 +94,7 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     out = FigureSet(figures_dir)
     corruption = results["config"]["corruption"]
     for key, run in results["runs"].items():
-        epoch = run["history"]["epoch"]
+        epoch = run.history.epoch
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
         for split, style in (("train", "-"), ("test", "--")):
             ax_loss.plot(epochs_axis(epoch[f"{split}_loss"]), epoch[f"{split}_loss"], style,
@@ -101,25 +103,25 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
                         color="C3", label=f"{split}")
         ax_acc.axhline(0.1, color="grey", linewidth=0.8, linestyle=":",
                        label="chance (10 classes)")
-        what = f"{corruption} corrupted, fraction {run['ratio']:g}"
+        what = f"{corruption} corrupted, fraction {run.ratio:g}"
         finish_axes(ax_loss, f"HW1-3 {results['dataset']}: loss ({what})", "epoch",
-                    "cross-entropy", values=epoch["train_loss"] + epoch["test_loss"])
+                    "cross-entropy", values=[*epoch["train_loss"], *epoch["test_loss"]])
         finish_axes(ax_acc, f"accuracy ({what})", "epoch", "accuracy", log_y=False)
         out.save(fig, f"epochs_{key}")
     if len(results["runs"]) > 1:
-        runs = sorted(results["runs"].values(), key=lambda r: r["ratio"])
-        ratios = [r["ratio"] for r in runs]
+        runs = sorted(results["runs"].values(), key=lambda r: r.ratio)
+        ratios = [r.ratio for r in runs]
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        ax.plot(ratios, [r["final_train_accuracy"] for r in runs], "o-", color="C3",
+        ax.plot(ratios, [r.final_train_accuracy for r in runs], "o-", color="C3",
                 label="final training accuracy")
-        ax.plot(ratios, [r["final_test_accuracy"] for r in runs], "s--", color="C3",
+        ax.plot(ratios, [r.final_test_accuracy for r in runs], "s--", color="C3",
                 label="final test accuracy")
         ax.set_ylim(0, 1.02)
         fit_ax = ax.twinx()
-        fitted = [(x, r["epochs_to_fit"]) for x, r in zip(ratios, runs) if r["epochs_to_fit"]]
+        fitted = [(x, r.epochs_to_fit) for x, r in zip(ratios, runs) if r.epochs_to_fit]
         if fitted:
             fit_ax.plot(*zip(*fitted), "^:", color="C0", label="epochs to fit training set")
-        missed = [x for x, r in zip(ratios, runs) if not r["epochs_to_fit"]]
+        missed = [x for x, r in zip(ratios, runs) if not r.epochs_to_fit]
         if missed:
             top = results["config"]["epochs"]
             fit_ax.plot(missed, [top] * len(missed), "x", color="C0",
@@ -158,50 +160,50 @@ def _epochs_text(config: dict) -> str:
 
 def report_section(results: dict, ctx: markdown.Context) -> str:
     config, runs = results["config"], results["runs"]
-    main = max(runs.values(), key=lambda r: r["ratio"])
+    main = max(runs.values(), key=lambda r: r.ratio)
     out = [f"{results['dataset']}: {results['train_examples']} training / "
            f"{results['test_examples']} test examples, model {results['model']} "
-           f"({main['num_params']} parameters), {config['optimizer']} with learning rate "
+           f"({main.num_params} parameters), {config['optimizer']} with learning rate "
            f"{config['learning_rate']:g}, batch {config['batch_size']}, {_epochs_text(config)}"
            f"; corruption `{config['corruption']}` of a fraction "
            f"{', '.join(f'{r:g}' for r in config['ratios'])} of the training examples "
            f"(test set {'corrupted too' if config['corrupt_test'] else 'clean'}); seed "
            f"{config['seed']}.", ""]
-    for key, r in sorted(runs.items(), key=lambda kv: -kv[1]["ratio"]):
-        out.append(ctx.figure(f"epochs_{key}", f"fraction {r['ratio']:g}: loss and "
+    for key, r in sorted(runs.items(), key=lambda kv: -kv[1].ratio):
+        out.append(ctx.figure(f"epochs_{key}", f"fraction {r.ratio:g}: loss and "
                               "accuracy against epochs"))
     if len(runs) > 1:
         out.append(ctx.figure("ratio_sweep", "final accuracy and epochs to fit against the "
                               "corrupted fraction"))
-    rows = [(f"{r['ratio']:g}", markdown.pct(r["labels_changed"]), r["final_train_loss"],
-             markdown.pct(r["final_train_accuracy"]), r["final_test_loss"],
-             markdown.pct(r["final_test_accuracy"]),
-             "not reached" if r["epochs_to_fit"] is None else r["epochs_to_fit"],
-             len(r["history"]["epoch"]["train_loss"]), markdown.fmt(r["history"]["seconds"]))
-            for r in sorted(runs.values(), key=lambda r: r["ratio"])]
+    rows = [(f"{r.ratio:g}", markdown.pct(r.labels_changed), r.final_train_loss,
+             markdown.pct(r.final_train_accuracy), r.final_test_loss,
+             markdown.pct(r.final_test_accuracy),
+             "not reached" if r.epochs_to_fit is None else r.epochs_to_fit,
+             len(r.history.series("train_loss")), markdown.fmt(r.history.seconds))
+            for r in sorted(runs.values(), key=lambda r: r.ratio)]
     out += ["", markdown.table(("fraction", "labels changed", "train loss", "train acc",
                               "test loss", "test acc",
                               f"epochs to {markdown.pct(config['fit_accuracy'], 0)} train acc",
                               "epochs run", "seconds"), rows), ""]
-    train_loss = markdown.series(main["history"]["epoch"]["train_loss"])
-    test_loss = markdown.series(main["history"]["epoch"]["test_loss"])
+    train_loss = main.history.series("train_loss")
+    test_loss = main.history.series("test_loss")
     low = int(np.nanargmin(test_loss))
-    text = (f"- With a fraction {main['ratio']:g} corrupted the training loss went from "
+    text = (f"- With a fraction {main.ratio:g} corrupted the training loss went from "
             f"{markdown.fmt(train_loss[0])} to {markdown.fmt(train_loss[-1])} "
-            f"({markdown.pct(main['final_train_accuracy'])} training accuracy), ")
+            f"({markdown.pct(main.final_train_accuracy)} training accuracy), ")
     text += ("the training set was fitted after "
-             f"{main['epochs_to_fit']} epochs" if main["epochs_to_fit"] else
+             f"{main.epochs_to_fit} epochs" if main.epochs_to_fit else
              f"not fitted to {markdown.pct(config['fit_accuracy'], 0)} within {len(train_loss)} "
              "epochs")
     text += (f"; the test loss was lowest at epoch {low + 1} ({markdown.fmt(test_loss[low])}) "
              f"and ended at {markdown.fmt(test_loss[-1])}, test accuracy "
-             f"{markdown.pct(main['final_test_accuracy'])} (chance: 10.0%).")
+             f"{markdown.pct(main.final_test_accuracy)} (chance: 10.0%).")
     out.append(text)
     if len(runs) > 1:
-        clean = min(runs.values(), key=lambda r: r["ratio"])
-        out.append(f"- From fraction {clean['ratio']:g} to {main['ratio']:g} the final test "
-                   f"accuracy fell from {markdown.pct(clean['final_test_accuracy'])} to "
-                   f"{markdown.pct(main['final_test_accuracy'])}, the training accuracy from "
-                   f"{markdown.pct(clean['final_train_accuracy'])} to "
-                   f"{markdown.pct(main['final_train_accuracy'])}.")
+        clean = min(runs.values(), key=lambda r: r.ratio)
+        out.append(f"- From fraction {clean.ratio:g} to {main.ratio:g} the final test "
+                   f"accuracy fell from {markdown.pct(clean.final_test_accuracy)} to "
+                   f"{markdown.pct(main.final_test_accuracy)}, the training accuracy from "
+                   f"{markdown.pct(clean.final_train_accuracy)} to "
+                   f"{markdown.pct(main.final_train_accuracy)}.")
     return "\n".join(out)

@@ -20,6 +20,7 @@ from hw1_tf.errors import Hw1Error
 from hw1_tf.experiments import approaches
 from hw1_tf.experiments.sharpness import SHARPNESS_LABELS, SHORT_LABELS
 from hw1_tf.figures import FigureSet, finish_axes, plt
+from hw1_tf.records import RunRecord, typed_runs
 
 EXPERIMENT = "reparametrization"
 POSITION = 360  # its place in the slides' order (the registry sorts by it)
@@ -126,12 +127,12 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     """Dinh et al.'s rescaling: the function's change (float64 rounding) and each sharpness,
     against alpha."""
     r = results["runs"]["model"]
-    alphas = np.asarray(r["alphas"], float)
+    alphas = np.asarray(r.alphas, float)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     floor = 1e-17  # exact zeros drawn here, below float64's epsilon
-    left.plot(alphas, np.maximum(r["output_change"], floor), "-o",
+    left.plot(alphas, np.maximum(r.output_change, floor), "-o",
               label="max |outputs change| / max |outputs|")
-    left.plot(alphas, np.maximum(r["loss_change"], floor), "-s",
+    left.plot(alphas, np.maximum(r.loss_change, floor), "-s",
               label="|loss change| / loss (0 drawn at 1e-17)")
     left.axhline(np.finfo(np.float64).eps, color="gray", linestyle=":", label="float64 epsilon")
     left.set_ylim(1e-18, 1e-6)
@@ -139,11 +140,11 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     finish_axes(left, "the function is unchanged", "alpha (log scale)", "relative change",
                 log_y=True)
     for key, label in SHARPNESS_LABELS:
-        right.plot(alphas, r[key], "-o", label=SHORT_LABELS[key])
+        right.plot(alphas, getattr(r, key), "-o", label=SHORT_LABELS[key])
     right.set_xscale("log")
     finish_axes(right, "while every sharpness changes", "alpha (log scale)", "sharpness",
                 log_y=True)
-    fig.suptitle(f"HW1-3 bonus: layer {r['layer']} x alpha, layer {r['layer'] + 1} x 1/alpha "
+    fig.suptitle(f"HW1-3 bonus: layer {r.layer} x alpha, layer {r.layer + 1} x 1/alpha "
                  "(ReLU)")
     out = FigureSet(figures_dir)
     out.save(fig, "reparametrization")
@@ -162,25 +163,25 @@ QUESTIONS = (
 
 def report_section(results: dict, ctx: markdown.Context) -> str:
     r = results["runs"]["model"]
-    alphas = markdown.series(r["alphas"])
-    out = [f"One model ({r['description']}, {r['num_params']} parameters, test accuracy "
-           f"{markdown.pct(r['test_accuracy'])}); Dense layer {r['layer']} times alpha and the "
+    alphas = markdown.series(r.alphas)
+    out = [f"One model ({r.description}, {r.num_params} parameters, test accuracy "
+           f"{markdown.pct(r.test_accuracy)}); Dense layer {r.layer} times alpha and the "
            f"next one's kernel times 1/alpha, alpha from {markdown.fmt(alphas.min())} to "
            f"{markdown.fmt(alphas.max())}; everything in float64 on "
            f"{results['analysis_examples']} training examples.", "",
            ctx.figure("reparametrization", "function unchanged, sharpness not"), "",
            markdown.table(("alpha", "output change", "loss change", "slides", "whole-model",
                          "Keskar"),
-                        [(markdown.fmt(a), r["output_change"][i], r["loss_change"][i],
-                          r["sharpness_slides"][i], r["sharpness_whole"][i],
-                          r["sharpness_keskar"][i]) for i, a in enumerate(alphas)]), "",
+                        [(markdown.fmt(a), r.output_change[i], r.loss_change[i],
+                          r.sharpness_slides[i], r.sharpness_whole[i],
+                          r.sharpness_keskar[i]) for i, a in enumerate(alphas)]), "",
            "### Comment", ""]
     out.append(f"- The largest relative change of the outputs over all alphas is "
-               f"{markdown.fmt(float(np.max(r['output_change'])))}, of the loss "
-               f"{markdown.fmt(float(np.max(r['loss_change'])))}: the same function.")
+               f"{markdown.fmt(float(np.max(r.output_change)))}, of the loss "
+               f"{markdown.fmt(float(np.max(r.loss_change)))}: the same function.")
     for key, label in (("sharpness_slides", "slides' (block-diagonal)"),
                        ("sharpness_whole", "whole-model"), ("sharpness_keskar", "Keskar")):
-        v = markdown.series(r[key])
+        v = markdown.series(getattr(r, key))
         out.append(f"- The {label} sharpness spans {markdown.fmt(v.min())} to "
                    f"{markdown.fmt(v.max())}, {markdown.fmt(np.log10(v.max() / v.min()), 2)} "
                    "orders of magnitude, for one and the same function.")
@@ -188,20 +189,20 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
     return "\n".join(out)
 
 
-def _compare_with_sharpness(r: dict, ctx: markdown.Context) -> str:
+def _compare_with_sharpness(r: RunRecord, ctx: markdown.Context) -> str:
     """How the rescaling's span compares with the span across the sharpness section's
     training approaches (when its results are there)."""
-    span = {k: float(np.log10(np.max(r[k]) / np.min(r[k])))
+    span = {k: float(np.log10(np.max(getattr(r, k)) / np.min(getattr(r, k))))
             for k in ("sharpness_slides", "sharpness_whole", "sharpness_keskar")}
     try:
-        other = store.load_results(ctx.paths, "sharpness")["runs"].values()
+        other = typed_runs(store.load_results(ctx.paths, "sharpness"))["runs"].values()
     except (Hw1Error, OSError, ValueError, KeyError):
         return (f"- Rescaling alone moves the slides' sharpness by "
                 f"{markdown.fmt(span['sharpness_slides'], 2)} orders of magnitude; run "
                 "bin/run_sharpness to compare with the spread across training approaches.")
     parts = []
     for key, label in (("sharpness_slides", "slides'"), ("sharpness_keskar", "Keskar")):
-        values = [o[key] for o in other]
+        values = [getattr(o, key) for o in other]
         across = float(np.log10(max(values) / min(values)))
         verdict = "more than" if span[key] > across else "less than"
         parts.append(f"the {label} sharpness by {markdown.fmt(span[key], 2)} orders of magnitude, "

@@ -84,14 +84,14 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     """The slides' figure: loss (or accuracy) of training and test on the left axis and both
     sensitivities on the right, against the varied batch size or learning rate."""
     vary = results["vary"]
-    runs = sorted(results["runs"].values(), key=lambda r: r[vary])
-    xs = [r[vary] for r in runs]
+    runs = sorted(results["runs"].values(), key=lambda r: getattr(r, vary))
+    xs = [getattr(r, vary) for r in runs]
     xlabel = ("batch size" if vary == "batch_size" else "learning rate") + " (log scale)"
     out = FigureSet(figures_dir)
     for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for split, style in (("train", "-o"), ("test", "--o")):
-            ax.plot(xs, [r[f"{split}_{metric}"] for r in runs], style, color="C0",
+            ax.plot(xs, [getattr(r, f"{split}_{metric}") for r in runs], style, color="C0",
                     label=f"{split} {metric}")
         log_x_if_wide(ax, xs)
         ax.set_xlabel(xlabel)
@@ -99,7 +99,8 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         ax.grid(True, which="both", alpha=0.3)
         right = ax.twinx()
         for key, label, style in _SENSITIVITIES:
-            right.plot(xs, [r[key] for r in runs], style, marker="s", color="C3", label=label)
+            right.plot(xs, [getattr(r, key) for r in runs], style, marker="s", color="C3",
+                       label=label)
         right.set_yscale("log")
         right.set_ylabel("sensitivity, test mean (log scale)", color="C3")
         handles = ax.get_legend_handles_labels()
@@ -124,42 +125,42 @@ QUESTIONS = (
 def report_section(results: dict, ctx: markdown.Context) -> str:
     config, runs = results["config"], results["runs"]
     vary = results["vary"]
-    values = {name: r[vary] for name, r in runs.items()}
+    values = {name: getattr(r, vary) for name, r in runs.items()}
     first = next(iter(runs.values()))
     fixed = ("learning rate " + markdown.fmt(config["learning_rate"]) if vary == "batch_size"
              else f"batch size {config['batch_size']}")
-    out = [f"{len(runs)} models ({first['description']}, {first['num_params']} parameters) on "
-           f"{first['dataset']}, {config['epochs']} epochs of {config['optimizer']} each, "
+    out = [f"{len(runs)} models ({first.description}, {first.num_params} parameters) on "
+           f"{first.dataset}, {config['epochs']} epochs of {config['optimizer']} each, "
            f"{fixed}, {vary.replace('_', ' ')} varied: "
            f"{markdown.join([markdown.fmt(v) for v in values.values()])}. Loss and accuracy are "
            "of the final weights over the whole splits; sensitivities are averaged over "
-           f"{first['sensitivity_examples']} test examples.", "",
+           f"{first.sensitivity_examples} test examples.", "",
            ctx.figure("loss_sensitivity", "loss and sensitivity"),
            ctx.figure("accuracy_sensitivity", "accuracy and sensitivity"), "",
            markdown.table((vary.replace("_", " "), "train loss", "test loss", "train acc",
                          "test acc", "‖dL/dx‖", "‖dp/dx‖"),
-                        [(markdown.fmt(r[vary]), r["train_loss"], r["test_loss"],
-                          markdown.pct(r["train_accuracy"]), markdown.pct(r["test_accuracy"]),
-                          r["sensitivity_loss_grad"], r["sensitivity_jacobian"])
+                        [(markdown.fmt(getattr(r, vary)), r.train_loss, r.test_loss,
+                          markdown.pct(r.train_accuracy), markdown.pct(r.test_accuracy),
+                          r.sensitivity_loss_grad, r.sensitivity_jacobian)
                          for r in runs.values()]), "", "### Comment", ""]
-    order = sorted(runs.values(), key=lambda r: r[vary])
-    xs = [r[vary] for r in order]
+    order = sorted(runs.values(), key=lambda r: getattr(r, vary))
+    xs = [getattr(r, vary) for r in order]
     for key, label in (("sensitivity_loss_grad", "the loss-gradient sensitivity"),
                        ("sensitivity_jacobian", "the Jacobian sensitivity")):
-        ys = [r[key] for r in order]
+        ys = [getattr(r, key) for r in order]
         tau = measures.kendall_tau(xs, ys)
         out.append(f"- From the smallest to the largest {vary.replace('_', ' ')}, {label} "
                    f"goes from {markdown.fmt(ys[0])} to {markdown.fmt(ys[-1])} "
                    f"({markdown.times(ys[-1] / ys[0]) if ys[0] > 0 else 'n/a'}); Kendall's tau "
                    f"against the {vary.replace('_', ' ')} is {markdown.fmt(tau, 2)}.")
     for key, label in (("test_loss", "test loss"), ("loss_gap", "test minus training loss")):
-        tau = measures.kendall_tau([r["sensitivity_loss_grad"] for r in order],
-                                   [r[key] for r in order])
+        tau = measures.kendall_tau([r.sensitivity_loss_grad for r in order],
+                                   [getattr(r, key) for r in order])
         out.append(f"- Kendall's tau of the loss-gradient sensitivity against the {label}: "
                    f"{markdown.fmt(tau, 2)}.")
-    best = max(order, key=lambda r: r["test_accuracy"])
-    worst = min(order, key=lambda r: r["test_accuracy"])
-    out.append(f"- Best test accuracy {markdown.pct(best['test_accuracy'])} at "
-               f"{vary.replace('_', ' ')} {markdown.fmt(best[vary])}, worst "
-               f"{markdown.pct(worst['test_accuracy'])} at {markdown.fmt(worst[vary])}.")
+    best = max(order, key=lambda r: r.test_accuracy)
+    worst = min(order, key=lambda r: r.test_accuracy)
+    out.append(f"- Best test accuracy {markdown.pct(best.test_accuracy)} at "
+               f"{vary.replace('_', ' ')} {markdown.fmt(getattr(best, vary))}, worst "
+               f"{markdown.pct(worst.test_accuracy)} at {markdown.fmt(getattr(worst, vary))}.")
     return "\n".join(out)

@@ -16,6 +16,7 @@ from hw1_tf import framework, markdown, measures, models
 from hw1_tf.config import ImageTrainConfig, StopOptions, option
 from hw1_tf.experiments import approaches
 from hw1_tf.figures import FigureSet, finish_axes, plt
+from hw1_tf.records import RunRecord
 
 EXPERIMENT = "sharpness"
 POSITION = 350  # its place in the slides' order (the registry sorts by it)
@@ -84,34 +85,34 @@ SHORT_LABELS = {"sharpness_slides": "slides (block-diagonal ||H||_2)",
                 "sharpness_whole": "whole-model ||H||_2", "sharpness_keskar": "Keskar et al. (box)"}
 
 
-def _at_rate(runs: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
-    return sorted((r for r in runs if r["learning_rate"] == lr), key=lambda r: r["batch_size"])
+def _at_rate(runs: list[RunRecord], lr: float) -> list[RunRecord]:
+    return sorted((r for r in runs if r.learning_rate == lr), key=lambda r: r.batch_size)
 
 
 def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     """Each sharpness and the training/test loss against batch size, one series per learning
     rate; and each sharpness against the generalization gap."""
     runs = list(results["runs"].values())
-    rates = sorted({r["learning_rate"] for r in runs})
+    rates = sorted({r.learning_rate for r in runs})
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (key, title) in zip(axes.flat, SHARPNESS_LABELS):
         for i, lr in enumerate(rates):
             rs = _at_rate(runs, lr)
-            ax.plot([r["batch_size"] for r in rs], [r[key] for r in rs], "-o", color=f"C{i}",
-                    label=f"lr {lr:g}")
+            ax.plot([r.batch_size for r in rs], [getattr(r, key) for r in rs], "-o",
+                    color=f"C{i}", label=f"lr {lr:g}")
         ax.set_xscale("log")
         finish_axes(ax, title, "batch size (log scale)", "sharpness", log_y=True)
     ax = axes.flat[3]
     for i, lr in enumerate(rates):
         rs = _at_rate(runs, lr)
-        bs = [r["batch_size"] for r in rs]
-        ax.plot(bs, [r["train_loss"] for r in rs], "-o", color=f"C{i}",
+        bs = [r.batch_size for r in rs]
+        ax.plot(bs, [r.train_loss for r in rs], "-o", color=f"C{i}",
                 label=f"train, lr {lr:g}")
-        ax.plot(bs, [r["test_loss"] for r in rs], "--s", color=f"C{i}", label=f"test, lr {lr:g}")
+        ax.plot(bs, [r.test_loss for r in rs], "--s", color=f"C{i}", label=f"test, lr {lr:g}")
     ax.set_xscale("log")
     finish_axes(ax, "training (solid) and test (dashed) loss", "batch size (log scale)",
-                "cross-entropy loss", values=[r[k] for r in runs for k in ("train_loss",
-                                                                             "test_loss")])
+                "cross-entropy loss",
+                values=[getattr(r, k) for r in runs for k in ("train_loss", "test_loss")])
     fig.suptitle(f"HW1-3 bonus: sharpness of {len(runs)} training approaches")
     out = FigureSet(figures_dir)
     out.save(fig, "sharpness")
@@ -119,11 +120,11 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
     for ax, (key, title) in zip(axes, SHARPNESS_LABELS):
         for i, lr in enumerate(rates):
-            rs = [r for r in runs if r["learning_rate"] == lr]
-            ax.scatter([r["loss_gap"] for r in rs], [r[key] for r in rs], color=f"C{i}",
+            rs = [r for r in runs if r.learning_rate == lr]
+            ax.scatter([r.loss_gap for r in rs], [getattr(r, key) for r in rs], color=f"C{i}",
                        label=f"lr {lr:g}")
             for r in rs:
-                ax.annotate(str(r["batch_size"]), (r["loss_gap"], r[key]), fontsize=7,
+                ax.annotate(str(r.batch_size), (r.loss_gap, getattr(r, key)), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
         finish_axes(ax, SHORT_LABELS[key], "test - training loss", "sharpness", log_y=True)
     fig.suptitle("sharpness vs generalization gap (labels: batch size)")
@@ -151,8 +152,8 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
     first = next(iter(runs.values()))
     out = [f"{len(runs)} approaches ({len(config['batch_sizes'])} batch sizes x "
            f"{len(config['learning_rates'])} learning rates of {config['optimizer']}, "
-           f"{config['epochs']} epochs) of {first['description']} with {first['num_params']} "
-           f"parameters on {first['dataset']}. Every sharpness is computed on the same "
+           f"{config['epochs']} epochs) of {first.description} with {first.num_params} "
+           f"parameters on {first.dataset}. Every sharpness is computed on the same "
            f"{results['analysis_examples']} training examples: the slides' eps = "
            f"{markdown.fmt(config['epsilon'])}, Keskar's box eps = "
            f"{markdown.fmt(config['keskar_epsilon'])} with {config['keskar_maxiter']} L-BFGS-B "
@@ -161,38 +162,38 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
            ctx.figure("sharpness_vs_gap", "sharpness against the generalization gap"), "",
            markdown.table(("approach", "train loss", "test loss", "test acc", "block ‖H‖",
                          "whole ‖H‖", "block/whole", "slides", "Keskar", "seconds"),
-                        [(name, r["train_loss"], r["test_loss"], markdown.pct(r["test_accuracy"]),
-                          r["block_hessian_norm"], r["hessian_norm"], r["block_to_whole_ratio"],
-                          r["sharpness_slides"], r["sharpness_keskar"], r["sharpness_seconds"])
+                        [(name, r.train_loss, r.test_loss, markdown.pct(r.test_accuracy),
+                          r.block_hessian_norm, r.hessian_norm, r.block_to_whole_ratio,
+                          r.sharpness_slides, r.sharpness_keskar, r.sharpness_seconds)
                          for name, r in runs.items()]), "", "### Comment", ""]
-    ratios = [r["block_to_whole_ratio"] for r in runs.values()]
-    if "keskar_first_order" in first:
-        shares = [r["keskar_first_order"] / r["sharpness_keskar"] for r in runs.values()
-                  if r["sharpness_keskar"] > 0]
+    ratios = [r.block_to_whole_ratio for r in runs.values()]
+    if hasattr(first, "keskar_first_order"):
+        shares = [r.keskar_first_order / r.sharpness_keskar for r in runs.values()
+                  if r.sharpness_keskar > 0]
         out.append(f"- Keskar's box value is {markdown.fmt(min(shares), 2)} to "
                    f"{markdown.fmt(max(shares), 2)} times its first-order part "
                    "eps sum |g_i| (|theta_i| + 1) / (1 + L): near 1 the slope at theta, not the "
                    "curvature, decides it (the gradient norms on the analysis examples are "
-                   f"{markdown.fmt(min(r['gradient_norm'] for r in runs.values()))} to "
-                   f"{markdown.fmt(max(r['gradient_norm'] for r in runs.values()))}).")
+                   f"{markdown.fmt(min(r.gradient_norm for r in runs.values()))} to "
+                   f"{markdown.fmt(max(r.gradient_norm for r in runs.values()))}).")
     out.append(f"- The block-diagonal norm of `tf.hessians` is {markdown.fmt(min(ratios), 2)} to "
                f"{markdown.fmt(max(ratios), 2)} times the whole-model ||H||_2 (a block's norm "
                "can only be smaller: each block is a compression of H).")
-    gaps = [r["loss_gap"] for r in runs.values()]
-    batch = [r["batch_size"] for r in runs.values()]
+    gaps = [r.loss_gap for r in runs.values()]
+    batch = [r.batch_size for r in runs.values()]
     for key, label in DEFINITIONS:
-        values = [r[key] for r in runs.values()]
+        values = [getattr(r, key) for r in runs.values()]
         out.append(f"- {label}: from {markdown.fmt(min(values))} to {markdown.fmt(max(values))}; "
                    "Kendall's tau against the batch size "
                    f"{markdown.fmt(measures.kendall_tau(batch, values), 2)}"
                    f", against test minus training loss "
                    f"{markdown.fmt(measures.kendall_tau(values, gaps), 2)}.")
     for lr in config["learning_rates"]:
-        rs = sorted((r for r in runs.values() if r["learning_rate"] == lr),
-                    key=lambda r: r["batch_size"])
-        out.append(f"- Learning rate {markdown.fmt(lr)}: batch {rs[0]['batch_size']} -> "
-                   f"{rs[-1]['batch_size']} moves the test accuracy "
-                   f"{markdown.pct(rs[0]['test_accuracy'])} -> {markdown.pct(rs[-1]['test_accuracy'])} "
-                   f"and the slides' sharpness {markdown.fmt(rs[0]['sharpness_slides'])} -> "
-                   f"{markdown.fmt(rs[-1]['sharpness_slides'])}.")
+        rs = sorted((r for r in runs.values() if r.learning_rate == lr),
+                    key=lambda r: r.batch_size)
+        out.append(f"- Learning rate {markdown.fmt(lr)}: batch {rs[0].batch_size} -> "
+                   f"{rs[-1].batch_size} moves the test accuracy "
+                   f"{markdown.pct(rs[0].test_accuracy)} -> {markdown.pct(rs[-1].test_accuracy)} "
+                   f"and the slides' sharpness {markdown.fmt(rs[0].sharpness_slides)} -> "
+                   f"{markdown.fmt(rs[-1].sharpness_slides)}.")
     return "\n".join(out)

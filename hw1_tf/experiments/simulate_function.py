@@ -50,11 +50,11 @@ def model_specs(config: Config) -> list[models.ModelSpec]:
     return specs
 
 
-def _final_loss(run: dict) -> float:
-    history = run["history"]
-    if history["failed_at_iteration"] is not None or not history["epoch"]["train_loss"]:
+def _final_loss(run: RunRecord) -> float:
+    history = run.history
+    if history.failed_at_iteration is not None or not history.recorded("train_loss"):
         return float("inf")
-    return history["epoch"]["train_loss"][-1]
+    return history.last("train_loss")
 
 
 def _members(config: Config) -> list[tuple[str, int]]:
@@ -128,6 +128,7 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
         targets[fn_name] = {"formula": fn.formula, "domain": fn.domain,
                             "x": splits.x_test[:, 0], "y": splits.y_test[:, 0]}
     members = _members(config)
+    typed = {n: RunRecord.from_dict(r) for n, r in records.items()}
     best = {}
     for spec in specs:
         names = run_names(config, spec)
@@ -135,12 +136,13 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
         # member that diverged is never the best while another finished)
         for fn_name in config.functions:
             own = [n for n, (f, _) in zip(names, members) if f == fn_name]
-            best[f"{fn_name}/{spec.name}"] = min(own, key=lambda n: _final_loss(records[n]))
+            best[f"{fn_name}/{spec.name}"] = min(own, key=lambda n: _final_loss(typed[n]))
     order = [(f, s.name) for f in config.functions for s in specs]  # function, then model
-    runs = dict(sorted(records.items(), key=lambda kv: (
-        order.index((kv[1]["function"], kv[1]["model"]["name"])), kv[1]["restart"])))
+    names = sorted(records, key=lambda n: (
+        order.index((typed[n].function, typed[n].model["name"])), typed[n].restart))
+    runs = {n: records[n] for n in names}
     best = {f"{f}/{m}": best[f"{f}/{m}"] for f, m in order}
-    failed = {n: r["history"].get("failed_at_iteration") for n, r in runs.items()}
+    failed = {n: typed[n].history.failed_at_iteration for n in names}
     if all(at is not None for at in failed.values()):  # nothing to report: an error, exit 1
         raise TrainingDivergedError(
             f"every run diverged: the loss became NaN/inf (first at iteration "
@@ -162,11 +164,11 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for i, (model_name, best_run) in enumerate(best.items()):
             for run in runs.values():
-                if run["function"] == fn_name and run["model"]["name"] == model_name \
+                if run.function == fn_name and run.model["name"] == model_name \
                         and run is not best_run:
-                    loss = run["history"]["epoch"]["train_loss"]
+                    loss = run.history.series("train_loss")
                     ax.plot(epochs_axis(loss), loss, color=f"C{i}", alpha=0.25, linewidth=0.8)
-            loss = best_run["history"]["epoch"]["train_loss"]
+            loss = best_run.history.series("train_loss")
             ax.plot(epochs_axis(loss), loss, color=f"C{i}", label=model_label(best_run))
         restarts = results["config"].get("restarts", 1)
         note = f" (best of {restarts} inits bold)" if restarts > 1 else ""
@@ -177,9 +179,9 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         ax.plot(target["x"], target["y"], color="black", linewidth=2.5, label="ground truth")
         for i, run in enumerate(best.values()):
-            ax.plot(target["x"], run["prediction"], color=f"C{i}", linewidth=1.3,
-                    label=f"{model_label(run)}, test MSE " + (f"{run['test_mse']:.2e}" if
-                                                           run["test_mse"] is not None
+            ax.plot(target["x"], run.prediction, color=f"C{i}", linewidth=1.3,
+                    label=f"{model_label(run)}, test MSE " + (f"{run.test_mse:.2e}" if
+                                                           run.test_mse is not None
                                                            else "n/a (diverged)"))
         finish_axes(ax, f"HW1-1 predictions vs ground truth: {target['formula']}", "x", "y",
                     log_y=False)
@@ -224,9 +226,9 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
     first = {m: next(r for (_, mm), r in best.items() if mm == m) for m in model_names}
     out.append(markdown.table(
         ("model", "hidden layers", "widths", "activation", "parameters"),
-        [(m, len(r["model"]["hidden"]), ", ".join(map(str, r["model"]["hidden"])),
-          r["model"]["activation"], r["num_params"]) for m, r in first.items()]))
-    counts = [r["num_params"] for r in first.values()]
+        [(m, len(r.model["hidden"]), ", ".join(map(str, r.model["hidden"])),
+          r.model["activation"], r.num_params) for m, r in first.items()]))
+    counts = [r.num_params for r in first.values()]
     out += ["", f"{len(model_names)} dense models with {min(counts)} to {max(counts)} parameters "
             f"(target {config['target_params']}), fitted to {len(targets)} functions:", ""]
     out.append(markdown.table(
@@ -252,17 +254,15 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
     header.append("late improvement (last 10% of epochs)")
     rows, comments, wins = [], [], {m: [] for m in model_names}
     for fn in targets:
-        final = {m: float(markdown.series(best[fn, m]["history"]["epoch"]["train_loss"])[-1])
-                 for m in model_names}
-        test = {m: float(best[fn, m]["test_mse"]) for m in model_names}
-        late = {m: _late_improvement(best[fn, m]["history"]["epoch"]["train_loss"])
+        final = {m: best[fn, m].history.last("train_loss") for m in model_names}
+        test = {m: float(best[fn, m].test_mse) for m in model_names}
+        late = {m: _late_improvement(best[fn, m].history.series("train_loss"))
                 for m in model_names}
         for m in model_names:
             row = [fn, m, final[m], test[m]]
             if restarts > 1:
-                all_final = [float(markdown.series(r["history"]["epoch"]["train_loss"])[-1])
-                             for r in runs.values() if r["function"] == fn
-                             and r["model"]["name"] == m]
+                all_final = [r.history.last("train_loss") for r in runs.values()
+                             if r.function == fn and r.model["name"] == m]
                 row.append(f"{markdown.fmt(min(all_final))} - {markdown.fmt(max(all_final))}")
             row.append(markdown.pct(late[m]))
             rows.append(row)

@@ -89,13 +89,14 @@ def analyse(records: dict[str, dict], ctx: framework.ExperimentContext) -> frame
     config = ctx.config
     name, splits, spec, chosen = tasks.shared_task(ctx)
     names = run_names(config)
+    typed = {n: RunRecord.from_dict(records[n]) for n in names}
     pca = {}
     for part in ("whole", "layer"):
-        stacked = np.stack([np.asarray(records[n]["snapshots"][part]) for n in names])
+        stacked = np.stack([np.asarray(typed[n].snapshots[part]) for n in names])
         coords, explained = landscape.pca_2d(stacked, seed=config.seed)
         pca[part] = {"coords": coords, "explained_variance_ratio": explained,
                      "num_weights": int(stacked.shape[-1])}
-    snapshot_epochs = np.asarray(records[names[0]]["snapshot_epochs"])
+    snapshot_epochs = np.asarray(typed[names[0]].snapshot_epochs)
     layers = len(spec.hidden) + 1
     return framework.Outcome(records, dict(
         task=name, pca=pca, snapshot_epochs=snapshot_epochs,
@@ -121,11 +122,11 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         ev = np.asarray(results["pca"][part]["explained_variance_ratio"])
         for i, (name, run) in enumerate(runs.items()):
             xy = coords[i]
-            values = np.asarray(run["snapshots"][metric], float)
+            values = np.asarray(run.snapshots[metric], float)
             color = f"C{i % 10}"
             ax.plot(xy[:, 0], xy[:, 1], "-", color=color, lw=0.9, alpha=0.7)
             ax.plot(xy[:, 0], xy[:, 1], "o", color=color, ms=3.5,
-                    label=f"{name} (seed {run['seed']}): final {metric} {values[-1]:.3g}")
+                    label=f"{name} (seed {run.seed}): final {metric} {values[-1]:.3g}")
             ax.plot(xy[0, 0], xy[0, 1], "s", mfc="none", color=color, ms=8)
             ax.plot(xy[-1, 0], xy[-1, 1], "*", color=color, ms=11)
             for (px, py), v in zip(xy, values):
@@ -176,9 +177,9 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
     classes = results["num_classes"]
     layer = results["layer_index"]
     out = ["### Settings", "",
-           f"- Task: {results['task']}; model {first['description']}, {first['num_params']} "
-           f"parameters; {len(runs)} runs with seeds {first['seed']}.."
-           f"{first['seed'] + len(runs) - 1}"
+           f"- Task: {results['task']}; model {first.description}, {first.num_params} "
+           f"parameters; {len(runs)} runs with seeds {first.seed}.."
+           f"{first.seed + len(runs) - 1}"
            " (initialisation and batch order), trained together as one population.",
            f"- Optimizer {config['optimizer']}, learning rate {config['learning_rate']:g}, batch "
            f"{config['batch_size']}, {config['epochs']} epochs.",
@@ -192,9 +193,9 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
            f"{results['num_layers']} ({pca['layer']['num_weights']} weights: kernel and bias).",
            "", ctx.figure("trajectory", "weight trajectories of all runs after PCA"), ""]
     metric = "accuracy" if classes else "loss"
-    final = {n: float(markdown.series(r["snapshots"][metric])[-1]) for n, r in runs.items()}
-    rows = [(n, r["seed"], float(markdown.series(r["snapshots"]["loss"])[-1]),
-             *( [float(markdown.series(r["snapshots"]["accuracy"])[-1])] if classes else []))
+    final = {n: float(markdown.series(r.snapshots[metric])[-1]) for n, r in runs.items()}
+    rows = [(n, r.seed, float(markdown.series(r.snapshots["loss"])[-1]),
+             *( [float(markdown.series(r.snapshots["accuracy"])[-1])] if classes else []))
             for n, r in runs.items()]
     out += [markdown.table(("run", "seed", "final training loss",
                           *(["final training accuracy"] if classes else [])), rows), ""]
