@@ -209,13 +209,6 @@ class RunRecord:
     def __contains__(self, name: str) -> bool:
         return name in CORE or name in self.fields
 
-    def __getitem__(self, name: str) -> Any:
-        """`run[name]`, the stored key: for readers written before records were typed
-        (flatness's section); new code reads attributes."""
-        if name not in self:
-            raise KeyError(name)
-        return self.get(name)
-
 
 def is_training_record(entry: Any) -> bool:
     """Whether a stored runs entry is a trained run's record (it has a history)."""

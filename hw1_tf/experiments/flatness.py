@@ -279,9 +279,9 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
     out += ["", markdown.table(
         ("run", "batch", "learning rate", "train loss", "train acc", "test loss", "test acc",
          "reused"),
-        [(name, r["batch_size"], f"{r['learning_rate']:g}", r["own"]["train_loss"],
-          markdown.pct(r["own"]["train_accuracy"]), r["own"]["test_loss"],
-          markdown.pct(r["own"]["test_accuracy"]), "yes" if r["reused"] else "no")
+        [(name, r.batch_size, f"{r.learning_rate:g}", r.own["train_loss"],
+          markdown.pct(r.own["train_accuracy"]), r.own["test_loss"],
+          markdown.pct(r.own["test_accuracy"]), "yes" if r.reused else "no")
          for name, r in runs.items()]), ""]
     for key, line in lines.items():
         a = markdown.series(line["alphas"])
@@ -323,7 +323,7 @@ def _line_comment(line: dict, runs: dict, label1: str, label2: str) -> str:
         if j != idx and train[idx] > 0:
             text.append(f"{label}: α {a[idx]:g}→{a[j]:g} multiplies the training loss by "
                         f"{markdown.times(train[j] / train[idx])}")
-    own = [runs[line["first"]]["own"], runs[line["second"]]["own"]]
+    own = [runs[line["first"]].own, runs[line["second"]].own]
     gap = [o["test_loss"] - o["train_loss"] for o in own]
     text.append(f"test minus training loss: {markdown.fmt(gap[0])} for {label1}, "
                 f"{markdown.fmt(gap[1])} for {label2}; test accuracy "
