@@ -100,12 +100,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1,
          strategy: Callable[[], str | None] = lambda: None,
-         arguments: Callable[[list[str]], None] | None = None) -> None:
+         arguments: Callable[[list[str]], None] | None = None,
+         tensorflow: bool = True) -> None:
     """Runs `work` as an absl program with one-line errors (see the module doc).
 
     `logical_cpus()` (read after parsing) splits the CPU into that many devices before
     TensorFlow initialises, so a mirrored strategy has replicas without GPUs. `arguments`
-    takes the positional arguments (none are allowed without it)."""
+    takes the positional arguments (none are allowed without it). A command that needs no
+    TensorFlow (`tensorflow=False`) starts without it: in well under a second, not in ~5 s."""
 
     def _main(argv):
         if arguments is not None:
@@ -113,7 +115,9 @@ def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1
         elif len(argv) > 1:
             _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
         try:
-            console.start_tensorflow(logical_cpus(), multi_worker=strategy() == "multi_worker")
+            if tensorflow:
+                console.start_tensorflow(logical_cpus(),
+                                         multi_worker=strategy() == "multi_worker")
             work()
         except (app.UsageError, config_lib.ConfigError) as e:
             _usage_error(str(e))
@@ -128,10 +132,13 @@ def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1
 
 
 def run_command(config_cls: type, work: Callable[[Any], Any],
-                positional: tuple[str, ...] = ()) -> None:
+                positional: tuple[str, ...] = (), *, tensorflow: bool = True) -> None:
     """The whole of a binary: flags from `config_cls`, then `work(config)`. `positional` names
-    the fields that positional arguments may give instead of their flags, in order."""
-    console.import_tensorflow()  # before absl's app.run, whose init callbacks touch CUDA
+    the fields that positional arguments may give instead of their flags, in order;
+    `tensorflow=False`: the command imports no TensorFlow (compare_results and run_all, whose
+    experiments start in processes of their own)."""
+    if tensorflow:
+        console.import_tensorflow()  # before absl's app.run, whose init callbacks touch CUDA
     define_flags(config_cls)
     built, given = {}, {}
 
@@ -146,7 +153,8 @@ def run_command(config_cls: type, work: Callable[[Any], Any],
         return built["config"]
 
     main(lambda: work(config()), logical_cpus=lambda: getattr(config(), "logical_cpus", 1),
-         strategy=lambda: getattr(config(), "strategy", None), arguments=arguments)
+         strategy=lambda: getattr(config(), "strategy", None), arguments=arguments,
+         tensorflow=tensorflow)
 
 
 def run_experiment(name: str) -> None:
