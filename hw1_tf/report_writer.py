@@ -18,8 +18,9 @@ from typing import Any, Sequence
 
 from absl import logging
 
-from hw1_tf import experiments, markdown, store
+from hw1_tf import experiments, markdown, scorecard, store
 from hw1_tf.errors import Hw1Error
+from hw1_tf.ledger import StudyLog
 from hw1_tf.markdown import REPORT_NAME, Context
 
 
@@ -40,14 +41,25 @@ def missing_section(ctx: Context, reason: str) -> str:
             f"{ctx.output_flag()}` rewrites this file.\n\n({reason})")
 
 
-def section(module: Any, ctx: Context, *, strict: bool = True
+def section(module: Any, ctx: Context, *, strict: bool = True,
+            loaded: tuple[dict[str, Any] | None, str | None] | None = None,
+            failed_run: dict[str, Any] | None = None
             ) -> tuple[str, dict[str, Any] | None, str | None]:
     """(markdown of one experiment: its heading, the slides' questions, its body; the results
-    it was written from, None when missing or unreadable; the error of a failed section)."""
+    it was written from, None when missing or unreadable; the error of a failed section).
+    `loaded`: its (results, why missing) when already read; `failed_run`: its entry in
+    run_all's record when its last run failed (the section then says so, with the command)."""
     head = [f"## {module.TITLE}", "", "Questions of the slides answered here:", ""]
     head += [f"- {q}" for q in module.QUESTIONS]
-    results, reason = _load(ctx)
+    results, reason = loaded or _load(ctx)
     error = None
+    if failed_run is not None:
+        head += ["", f"**This experiment failed** in the last `bin/run_all` (exit status "
+                 f"{failed_run.get('returncode')}, {failed_run.get('finished')}): "
+                 f"`{markdown.project_command(failed_run.get('command') or ctx.command)}` "
+                 "reproduces it" + (", and shows its error. The results below are from an "
+                                    "earlier run." if results is not None else
+                                    ", and shows its error.")]
     if results is None:
         body = missing_section(ctx, reason)
     else:
@@ -64,18 +76,41 @@ def section(module: Any, ctx: Context, *, strict: bool = True
     return "\n".join(head + ["", body, ""]), results, error
 
 
+def scorecard_rows(module: Any, ctx: Context, results: dict[str, Any] | None, *,
+                   strict: bool = True) -> list[scorecard.Row]:
+    """The experiment's scorecard rows; without results (or when its scorecard raises and not
+    `strict`) the command that produces them stands in for this study's value."""
+    if results is None:
+        return scorecard.rows_of(module, None, f"not run: `{ctx.command}`")
+    try:
+        return scorecard.rows_of(module, results, "not measured by this run")
+    except Exception as e:  # noqa: BLE001 - a bug of the scorecard: shown, never hidden
+        if strict:
+            raise
+        logging.error("%s: its scorecard rows failed (%s: %s)", ctx.experiment,
+                      type(e).__name__, e)
+        return scorecard.rows_of(module, None, f"failed ({type(e).__name__}: {e})")
+
+
 def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | None = None, *,
            strict: bool = True) -> tuple[str, dict[str, str]]:
     """(the text of REPORT.md from the results under `paths.output_dir`, {experiment: error}
     of the sections that failed; only without `strict`)."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    sections, sources, failed = [], [], {}
+    study = StudyLog(paths)
+    sections, sources, rows, failed = [], [], [], {}
     for name in names or experiments.names():
         module = experiments.get(name)
         ctx = Context(paths, name, profile)
-        text, results, error = section(module, ctx, strict=strict)
+        loaded = _load(ctx)
+        failed_run = study.failed(name)
+        text, results, error = section(module, ctx, strict=strict, loaded=loaded,
+                                       failed_run=failed_run)
         sections.append(text)
+        rows += scorecard_rows(module, ctx, results, strict=strict)
         rel = ctx.link(paths.results_json(name))
+        if failed_run is not None:
+            failed[name] = f"its last run failed: {failed_run.get('command')}"
         if error is not None:
             failed[name] = error
             sources.append((module.TITLE, f"section failed ({rel})", f"`{ctx.command}`"))
@@ -83,14 +118,27 @@ def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | Non
             state = "unreadable" if paths.results_json(name).is_file() else "missing"
             sources.append((module.TITLE, f"{state} ({rel})", f"`{ctx.command}` (to run)"))
         else:
+            command = markdown.project_command(results.get("command", "n/a"))
             sources.append((module.TITLE, f"{results.get('created', 'n/a')} ([{rel}]({rel}))",
-                            f"`{results.get('command', 'n/a')}`"))
+                            f"`{command}`"))
     header = [
         "# HW1 report: deep vs shallow, optimization, generalization",
         "",
         f"Written {now} by `bin/make_report` from the results listed here; it retrains "
         "nothing. Every number and comment below is computed from these files.",
         "",
+    ]
+    if rows:
+        header += [
+            "## Scorecard: this study against three earlier reports", "",
+            "Per slide question, the key number measured here (read from the results below) "
+            "beside the same quantity as each earlier HW1 report states it (quoted from its "
+            "text, with its line; — where it states none). The reports' values are in "
+            "`hw1_tf/seeds.json`.", "",
+            scorecard.table(rows), "",
+        ]
+    header += [
+        "## Where the numbers come from", "",
         markdown.table(("section", "results written (UTC)", "by the command"), sources),
         "",
     ]
