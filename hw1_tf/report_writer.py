@@ -11,7 +11,11 @@ error, every other section is written, and `SectionFailed` is raised after the f
 
 from __future__ import annotations
 
+import base64
 import datetime
+import html
+import mimetypes
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -145,6 +149,38 @@ def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | Non
     return "\n".join(header + sections), failed
 
 
+HTML_NAME = "REPORT.html"
+_STYLE = """body { font-family: sans-serif; max-width: 72em; margin: 2em auto; padding: 0 1em;
+  line-height: 1.45; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; vertical-align: top; }
+th { background: #eee; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
+code { background: #f4f4f4; padding: 0 0.2em; }"""
+_IMAGE_SRC = re.compile(r'(<img\b[^>]*\bsrc=")([^"]+)(")')
+
+
+def html_report(text: str, folder: Path) -> str:
+    """REPORT.md's `text` as one self-contained HTML page: the figures it links (relative to
+    `folder`) embedded as base64 data URIs, so the page needs no other file."""
+    import markdown as markdown_lib  # the PyPI package (this project's own is hw1_tf.markdown)
+
+    body = markdown_lib.markdown(text, extensions=["tables", "fenced_code"])
+
+    def embed(match: re.Match) -> str:
+        path = folder / html.unescape(match.group(2))
+        if not path.is_file():  # REPORT.md links only existing figures; keep it visible
+            return match.group(0)
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"{match.group(1)}data:{kind};base64,{data}{match.group(3)}"
+
+    title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), "Report")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>\n{_STYLE}\n</style>\n</head>\n"
+            f"<body>\n{_IMAGE_SRC.sub(embed, body)}\n</body>\n</html>\n")
+
+
 def write_report(paths: store.Paths, profile: str = "full",
                  names: Sequence[str] | None = None, *, strict: bool = False) -> Path:
     """Writes `<paths.output_dir>/REPORT.md` atomically; returns its path. Raises SectionFailed
@@ -152,7 +188,8 @@ def write_report(paths: store.Paths, profile: str = "full",
     path = paths.output_dir / REPORT_NAME
     text, failed = render(paths, profile, names, strict=strict)
     store.atomic_write_text(path, text)
-    logging.info("report written to %s", path)
+    store.atomic_write_text(path.with_name(HTML_NAME), html_report(text, path.parent))
+    logging.info("report written to %s (and %s, figures embedded)", path, HTML_NAME)
     if failed:
         raise SectionFailed(f"{path} written, but the section(s) of {', '.join(failed)} failed: "
                             + "; ".join(f"{k}: {v}" for k, v in failed.items()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,6 +58,29 @@ def quotes(path: Path = SEEDS_FILE) -> tuple[Quote, ...]:
                      for q in data["quotes"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise Hw1Error(f"{path}: not a readable seeds file ({type(e).__name__}: {e})") from None
+
+
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def problems(found: Sequence[Quote], seed_dir: Path) -> list[str]:
+    """Where `found` misquotes the reports' texts in `seed_dir`: a quote not on its cited line,
+    or a number of a value or setting that none of its quotes contains."""
+    out = []
+    for q in found:
+        path = Path(seed_dir) / q.file
+        if not path.is_file():
+            out.append(f"{q.key} ({q.report}): no {path}")
+            continue
+        lines = path.read_text().splitlines()
+        for c in q.cite:
+            if not 1 <= c.line <= len(lines) or c.quote not in lines[c.line - 1]:
+                out.append(f"{q.key} ({q.report}): {c.quote!r} is not on line {c.line} of "
+                           f"{q.file}")
+        for number in NUMBER.findall(f"{q.value} {q.setting}"):
+            if not any(number in c.quote for c in q.cite):
+                out.append(f"{q.key} ({q.report}): {number} is in none of its quotes")
+    return out
 
 
 def quoted(key: str) -> dict[str, Quote]:
