@@ -96,14 +96,17 @@ def project_path(path: str | Path) -> str:
 def project_command(command: str) -> str:
     """A recorded command with its paths relative to the project, as a reader runs it there: a
     path inside the project root relative to it, and a flag file of a profile
-    (.../flags/<profile>/<name>.flags, maybe in another checkout) as flags/<profile>/<name>."""
+    (.../flags/<profile>/<name>.flags, maybe in another checkout) as the project's
+    flags/<profile>/<name>.flags where the project has that file."""
     words = []
     for word in command.split(" "):
         flag, eq, value = word.partition("=")
         if eq and value.startswith("/"):
             parts = Path(value).parts
-            if flag == "--flagfile" and len(parts) >= 3 and parts[-3] == "flags":
-                value = "/".join(parts[-3:])
+            own = "/".join(parts[-3:])
+            if flag == "--flagfile" and len(parts) >= 3 and parts[-3] == "flags" and \
+                    (store.project_root() / own).is_file():
+                value = own
             else:
                 value = project_path(value)
             word = f"{flag}={value}"

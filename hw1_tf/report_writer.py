@@ -113,8 +113,6 @@ def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | Non
         sections.append(text)
         rows += scorecard_rows(module, ctx, results, strict=strict)
         rel = ctx.link(paths.results_json(name))
-        if failed_run is not None:
-            failed[name] = f"its last run failed: {failed_run.get('command')}"
         if error is not None:
             failed[name] = error
             sources.append((module.TITLE, f"section failed ({rel})", f"`{ctx.command}`"))
