@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import base64
 import datetime
+import fnmatch
 import html
+import itertools
 import mimetypes
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from absl import logging
 
@@ -47,12 +49,15 @@ def missing_section(ctx: Context, reason: str) -> str:
 
 def section(module: Any, ctx: Context, *, strict: bool = True,
             loaded: tuple[dict[str, Any] | None, str | None] | None = None,
-            failed_run: dict[str, Any] | None = None
+            failed_run: dict[str, Any] | None = None,
+            figure_numbers: Iterator[int] | None = None
             ) -> tuple[str, dict[str, Any] | None, str | None]:
     """(markdown of one experiment: its heading, the slides' questions, its body; the results
     it was written from, None when missing or unreadable; the error of a failed section).
     `loaded`: its (results, why missing) when already read; `failed_run`: its entry in
-    run_all's record when its last run failed (the section then says so, with the command)."""
+    run_all's record when its last run failed (the section then says so, with the command);
+    `figure_numbers`: the report's running figure numbers (each question then names the
+    figures that answer it)."""
     head = [f"## {module.TITLE}", "", "Questions of the slides answered here:", ""]
     head += [f"- {q}" for q in module.QUESTIONS]
     results, reason = loaded or _load(ctx)
@@ -77,7 +82,42 @@ def section(module: Any, ctx: Context, *, strict: bool = True,
             body = (f"**This section failed** (`{error}`): a bug in "
                     f"`hw1_tf/experiments/{ctx.experiment}.py`, or results written by another "
                     f"version (`{ctx.command}` rewrites them).")
+    if error is None and results is not None:
+        body, numbers = number_figures(body, ctx, figure_numbers or itertools.count(1))
+        head = head[:4] + [f"- {q}{_answered_by(module, i, numbers)}"
+                           for i, q in enumerate(module.QUESTIONS)] + head[4 + len(
+                               module.QUESTIONS):]
     return "\n".join(head + ["", body, ""]), results, error
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def number_figures(body: str, ctx: Context, numbers: Iterator[int]) -> tuple[str, dict]:
+    """`body` with every figure numbered in order (numbers from `numbers`, shared by the whole
+    report) and captioned "Figure n: ...", and {figure key: n}."""
+    keys = {ctx.link(path): key for key, path in (ctx.drawn_figures or {}).items()}
+    found: dict[str, int] = {}
+
+    def caption(match: re.Match) -> str:
+        n = next(numbers)
+        if match.group(2) in keys:
+            found[keys[match.group(2)]] = n
+        return (f"![Figure {n}: {match.group(1)}]({match.group(2)})\n\n"
+                f"*Figure {n}: {match.group(1)}.*\n")
+
+    return _IMAGE.sub(caption, body), found
+
+
+def _answered_by(module: Any, question: int, numbers: dict[str, int]) -> str:
+    """" (Figures 3, 4)": the figures that answer question `question` (the module's
+    QUESTION_FIGURES patterns, matched against the keys of the figures the section shows)."""
+    patterns = getattr(module, "QUESTION_FIGURES", {}).get(question, ())
+    shown = sorted({n for key, n in numbers.items()
+                    if any(fnmatch.fnmatchcase(key, p) for p in patterns)})
+    if not shown:
+        return ""
+    return f" (Figure{'s' if len(shown) > 1 else ''} {', '.join(map(str, shown))})"
 
 
 def scorecard_rows(module: Any, ctx: Context, results: dict[str, Any] | None, *,
@@ -102,6 +142,7 @@ def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | Non
     of the sections that failed; only without `strict`)."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     study = StudyLog(paths)
+    figure_numbers = itertools.count(1)
     sections, sources, rows, failed = [], [], [], {}
     for name in names or experiments.names():
         module = experiments.get(name)
@@ -109,7 +150,7 @@ def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | Non
         loaded = _load(ctx)
         failed_run = study.failed(name)
         text, results, error = section(module, ctx, strict=strict, loaded=loaded,
-                                       failed_run=failed_run)
+                                       failed_run=failed_run, figure_numbers=figure_numbers)
         sections.append(text)
         rows += scorecard_rows(module, ctx, results, strict=strict)
         rel = ctx.link(paths.results_json(name))

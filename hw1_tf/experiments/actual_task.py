@@ -287,3 +287,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
             ", ".join(f"{m} {markdown.pct(a)}" for m, a in mnist.items()),
             f"{config['epochs']} epochs on {config['train_size'] or 'all'} training examples")
     return out
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("*_loss",), 2: ("*_accuracy",)}

@@ -289,3 +289,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
         f"{markdown.pct(runs[-1]['final_test_accuracy'])}",
         f"dense nets of {config['hidden_layers']} hidden layers, {config['epochs']} epochs on "
         f"{results['train_examples']} examples")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("*",)}

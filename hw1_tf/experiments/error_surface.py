@@ -261,3 +261,8 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
                   "(as Goodfellow et al. 2015 observed)." if monotone else
                   f"not monotonically (a bump of {markdown.fmt(max(bump, 0))} above the ends)."))
     return "\n".join(out)
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("*",)}

@@ -350,3 +350,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
                   for r in runs),
         f"{first['description']}, {config['epochs']} epochs on {results['train_examples']} "
         "examples")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("*",)}

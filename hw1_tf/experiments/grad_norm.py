@@ -184,3 +184,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
     return {"grad_norm.trend": Measured(
         "; ".join(parts), "every iteration's mini-batch values (start and end: medians of the "
         "first and last 5%)")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("*",)}

@@ -279,3 +279,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
     return {"measures.best": Measured(
         f"{best}: Kendall τ {markdown.fmt(tau, 2)} against test minus training loss",
         f"{len(taus)} measures over {len(results['runs'])} trained models")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("*",)}

@@ -450,3 +450,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
             f"exact float64 Hessian; |λ| ≤ {tol:g}·max|λ| counts as zero, not positive (the "
             "reports count every λ > 0, round-off included)")
     return out
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("critical_phase",), 1: ("minimal_ratio", "tolerances")}

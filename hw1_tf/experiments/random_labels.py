@@ -227,3 +227,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
         f"{r['description']}, {r['num_params']} parameters, {results['train_examples']} "
         f"training examples, {config['optimizer']} at {config['learning_rate']:g}; stops once "
         "fitted")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("epochs_*", "ratio_sweep")}

@@ -229,3 +229,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
         f"{markdown.fmt(np.max(markdown.series(run['output_change'])))}",
         f"alpha {markdown.fmt(alphas.min())} to {markdown.fmt(alphas.max())} (Dinh et al. "
         "2017), float64")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("*",)}

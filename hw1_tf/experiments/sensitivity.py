@@ -186,3 +186,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
         "the test loss",
         f"{runs[0]['description']}, {config['epochs']} epochs at most; mean over "
         f"{runs[0]['sensitivity_examples']} test examples")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("*",)}

@@ -214,3 +214,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
         f"{markdown.fmt(tau, 2)}",
         f"{len(runs)} approaches, eps {config['epsilon']:g}, block-diagonal Hessian on "
         f"{config['analysis_examples']} examples")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("sharpness",), 2: ("sharpness_vs_gap",)}

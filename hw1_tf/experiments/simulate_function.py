@@ -339,3 +339,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
             + (f" (best of {config['restarts']} inits)" if config.get("restarts", 1) > 1
                else "")),
     }
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("loss_*",), 2: ("prediction_*",)}

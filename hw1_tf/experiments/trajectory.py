@@ -240,3 +240,8 @@ def scorecard(results: dict) -> dict[str, Measured]:
         f"({config['epochs']} epochs); 2 PCA axes explain {markdown.pct(explained)}",
         f"{run['description']} on {results['task']}, {config['optimizer']} at learning rate "
         f"{config['learning_rate']:g}")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("trajectory",)}
