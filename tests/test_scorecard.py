@@ -149,3 +149,27 @@ def test_report_html_embeds_every_figure_the_markdown_links(out):
         assert f'src="data:image/png;base64,{data}"' in page, link
     assert 'src="figures/' not in page and "<table>" in page
     assert page.count("<img") == len(links)
+
+
+def test_a_wide_figure_keeps_its_text_readable_at_the_report_width(tmp_path):
+    from hw1_tf import figures
+
+    fig, axes = figures.plt.subplots(1, 3, figsize=(15, 4))
+    for ax in axes:
+        ax.plot([1, 2], [3, 4], label="a curve")
+        figures.finish_axes(ax, "a title", "x", "y")  # legend at fontsize 8
+    title = axes[0].title
+    figures.readable_text(fig)
+    floor = figures.MIN_TEXT_PX * 72 * 15 / figures.REPORT_WIDTH_PX  # 9 px shown = 10.8 pt
+    legend = axes[0].get_legend().get_texts()[0]
+    assert legend.get_fontsize() == pytest.approx(floor)  # 8 pt would show as 6.7 px
+    assert title.get_fontsize() == pytest.approx(12 * (15 / 7.5) ** 0.5)  # rc default 12
+    fig.canvas.draw()
+    tick = axes[0].get_xticklabels()[0]
+    assert tick.get_fontsize() >= floor
+    # a figure of the base width is left as it is
+    small, ax = figures.plt.subplots(figsize=(7, 4))
+    ax.set_title("t")
+    figures.readable_text(small)
+    assert ax.title.get_fontsize() == pytest.approx(12)
+    figures.plt.close("all")
