@@ -195,7 +195,7 @@ def study_table(outcomes: dict[str, tuple[str, float | None]], total: float) -> 
     """The table run_all ends with: every experiment, what happened to it and its time."""
     rows = [(name, status, markdown.duration(seconds) if seconds is not None else "-")
             for name, (status, seconds) in outcomes.items()]
-    rows.append(("all", f"{sum(s == 'done' for s, _ in outcomes.values())} run, "
+    rows.append(("all", f"{sum(s == 'done' for s, _ in outcomes.values())} done, "
                  f"{sum(s.startswith('skipped') for s, _ in outcomes.values())} skipped, "
                  f"{sum(s.startswith('failed') for s, _ in outcomes.values())} failed",
                  markdown.duration(total)))

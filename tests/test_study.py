@@ -118,7 +118,7 @@ def test_a_failing_experiment_stops_no_other_and_is_marked_in_the_report(toys, t
     table = _table(capsys.readouterr().out)
     assert table["toy_fail"][0] == "failed (exit status 1)"
     assert table["toy_a"][0] == "done"
-    assert table["all"][0] == "1 run, 0 skipped, 1 failed"
+    assert table["all"][0] == "1 done, 0 skipped, 1 failed"
     assert store.load_results(store.Paths.create(out), "toy_a")["total"] == 3.0
     report = (out / "REPORT.md").read_text()
     failed = report.split("## Toy toy_fail", 1)[1].split("\n## ", 1)[0]
@@ -172,7 +172,7 @@ def test_a_killed_run_all_resumes_at_the_experiment_it_was_in(toys, tmp_path):
     table = _table(again.stdout)
     assert table["toy_a"][0] == "skipped (already done)"
     assert table["toy_slow"][0] == "done"
-    assert table["all"][0] == "1 run, 1 skipped, 0 failed"
+    assert table["all"][0] == "1 done, 1 skipped, 0 failed"
     assert log.created("toy_a") == created  # not rerun
     assert store.load_results(store.Paths.create(out), "toy_slow")["total"] == 3.0
     assert "run_all [2/2] toy_slow:" in again.stderr
