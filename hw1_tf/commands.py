@@ -5,19 +5,23 @@ experiments) and the function it runs."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import hashlib
+import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 from absl import logging
 
-from hw1_tf import data, experiments, store
+from hw1_tf import data, experiments, markdown, store
 from hw1_tf.config import option
 from hw1_tf.errors import Hw1Error
-from hw1_tf.ledger import EXECUTION_FIELDS
+from hw1_tf.ledger import EXECUTION_FIELDS, StudyLog
 
 _BUILTIN = ", ".join(experiments.builtin_names())
 
@@ -80,31 +84,126 @@ class RunAllConfig:
                                     "REPORT.md (default: the project root).")
     extra_flags: str = option("", "More flags for every experiment binary, e.g. "
                               "'--strategy=mirrored --logical_cpus=2'.")
+    redo: bool = option(False, "Run every experiment, also those an earlier run_all finished "
+                        "with the same flag file, flags and code (each one's own ledger still "
+                        "skips its finished runs; add --extra_flags=--force to retrain).")
+
+
+def _fingerprint(name: str, flagfile: Path, extra: list[str], profile: str) -> str:
+    """What decides an experiment's results besides the data: its flag file, the extra flags
+    and the code (the package's modules and the experiment's own module)."""
+    digest = hashlib.sha256()
+    files = sorted(Path(store.__file__).resolve().parent.rglob("*.py"))
+    files.append(Path(experiments.get(name).__file__).resolve())
+    for path in [flagfile, *files]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(json.dumps([profile, extra]).encode())
+    return digest.hexdigest()[:16]
+
+
+class StudyProgress:
+    """The one progress line of the whole run: experiment k of n, elapsed time and an ETA from
+    the seconds an earlier run_all recorded (else from this run's mean so far)."""
+
+    def __init__(self, estimates: dict[str, float | None]):
+        self.estimates = dict(estimates)  # {experiment still to run: earlier seconds or None}
+        self.start = time.perf_counter()
+        self.measured: list[float] = []
+
+    def finished(self, name: str, seconds: float | None = None) -> None:
+        self.estimates.pop(name, None)
+        if seconds is not None:
+            self.measured.append(seconds)
+
+    def eta(self) -> str:
+        known = [s for s in self.estimates.values() if s is not None]
+        unknown = len(self.estimates) - len(known)
+        if unknown and not (known or self.measured):
+            return "ETA unknown (no earlier run timed these)"
+        fill = float(np.mean(known or self.measured)) if unknown else 0.0
+        text = f"ETA {markdown.duration(sum(known) + unknown * fill)}"
+        if unknown:
+            text += f" ({unknown} of {len(self.estimates)} not timed before: guessed)"
+        return text
+
+    def line(self, k: int, n: int, name: str) -> str:
+        return (f"run_all [{k}/{n}] {name}: {markdown.duration(time.perf_counter() - self.start)}"
+                f" elapsed, {self.eta()}")
 
 
 def run_all(config: RunAllConfig) -> None:
     """Runs each experiment (`python -m hw1_tf <name>`) with its profile's flag file, one process
     each so each starts TensorFlow with its own devices, then writes REPORT.md from every
-    results.json. A failed experiment does not stop the others; the run then ends with an error
-    naming it."""
+    results.json. One progress line per experiment (k of n, elapsed, ETA); an experiment that an
+    earlier run_all finished with the same fingerprint is skipped (results/run_all.json), so an
+    interrupted run resumes where it was. A failed experiment does not stop the others; the run
+    ends with a table of every experiment and, when one failed, an error naming it."""
     root = store.project_root()
+    paths = store.Paths.create(config.output_dir)
+    log = StudyLog(paths)
     extra = shlex.split(config.extra_flags)
     if config.output_dir:
         extra.append(f"--output_dir={config.output_dir}")
-    failed = []
-    for name in _selected(config.experiments):
+    names = _selected(config.experiments)
+    progress = StudyProgress({n: log.seconds(n, config.profile) for n in names})
+    outcomes: dict[str, tuple[str, float | None]] = {}
+    for k, name in enumerate(names, 1):
         flagfile = experiments.flag_file(name, config.profile)
         if not flagfile.is_file():
-            logging.info("%s: no %s, skipped", name, flagfile)
+            logging.info("run_all [%d/%d] %s: no %s, skipped", k, len(names), name, flagfile)
+            outcomes[name] = ("skipped (no flag file)", None)
+            progress.finished(name)
             continue
-        logging.info("== %s (%s)", name, config.profile)
-        cmd = [sys.executable, "-m", "hw1_tf", name, f"--flagfile={flagfile}", *extra]
-        if subprocess.run(cmd, cwd=root).returncode != 0:
-            failed.append(name)
-    make_report(ReportConfig(output_dir=config.output_dir, profile=config.profile))
+        fingerprint = _fingerprint(name, flagfile, extra, config.profile)
+        earlier = None if config.redo else log.done(name, fingerprint)
+        if earlier is not None:
+            logging.info("run_all [%d/%d] %s: already done (%s), skipped (--redo reruns it)",
+                         k, len(names), name, earlier.get("finished"))
+            outcomes[name] = ("skipped (already done)", earlier.get("seconds"))
+            progress.finished(name)
+            continue
+        logging.info(progress.line(k, len(names), name))
+        flag = markdown.project_path(flagfile)
+        shown = " ".join([f"bin/run_{name}" if (root / "bin" / f"run_{name}").is_file()
+                          else f"python -m hw1_tf {name}", f"--flagfile={flag}",
+                          *map(shlex.quote, extra)])
+        entry = dict(profile=config.profile, fingerprint=fingerprint, command=shown,
+                     last_done_seconds=(log.read().get(name) or {}).get("last_done_seconds"))
+        log.record(name, status="running", started=_now(), **entry)
+        started = time.perf_counter()
+        code = subprocess.run([sys.executable, "-m", "hw1_tf", name, f"--flagfile={flag}",
+                               *extra], cwd=root).returncode
+        seconds = round(time.perf_counter() - started, 1)
+        status = "done" if code == 0 else "failed"
+        if code == 0:
+            entry["last_done_seconds"] = seconds
+        log.record(name, status=status, returncode=code, seconds=seconds, finished=_now(),
+                   created=log.created(name), **entry)
+        outcomes[name] = (status if code == 0 else f"failed (exit status {code})", seconds)
+        progress.finished(name, seconds)
+    failed = [n for n, (status, _) in outcomes.items() if status.startswith("failed")]
+    try:
+        make_report(ReportConfig(output_dir=config.output_dir, profile=config.profile))
+    finally:
+        print(study_table(outcomes, time.perf_counter() - progress.start), flush=True)
     if failed:
         raise Hw1Error(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (their "
                        "errors are above; the others' results and REPORT.md are written)")
+
+
+def study_table(outcomes: dict[str, tuple[str, float | None]], total: float) -> str:
+    """The table run_all ends with: every experiment, what happened to it and its time."""
+    rows = [(name, status, markdown.duration(seconds) if seconds is not None else "-")
+            for name, (status, seconds) in outcomes.items()]
+    rows.append(("all", f"{sum(s == 'done' for s, _ in outcomes.values())} done, "
+                 f"{sum(s.startswith('skipped') for s, _ in outcomes.values())} skipped, "
+                 f"{sum(s.startswith('failed') for s, _ in outcomes.values())} failed",
+                 markdown.duration(total)))
+    return markdown.table(("experiment", "status", "wall time"), rows)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclasses.dataclass

@@ -12,6 +12,9 @@ from typing import Any
 
 import matplotlib
 import matplotlib.colors
+import matplotlib.font_manager
+import matplotlib.legend
+import matplotlib.text
 import matplotlib.ticker
 
 matplotlib.use("Agg")
@@ -42,9 +45,41 @@ class FigureSet(dict):
         return self[key]
 
 
+# The width a report shows a figure at (GitHub's column; REPORT.html's images), in pixels, and
+# the smallest text a reader can read there. A figure wider than ~7.5 inches is scaled down
+# to that width, and its text with it: `readable_text` enlarges the text to compensate.
+REPORT_WIDTH_PX = 900
+MIN_TEXT_PX = 9.0
+BASE_WIDTH_IN = 7.5
+
+
+def readable_text(fig) -> None:
+    """Enlarges the text of a figure wider than BASE_WIDTH_IN, which a report shows scaled
+    down to REPORT_WIDTH_PX: titles, labels and tick labels by sqrt(width / BASE_WIDTH_IN)
+    (they keep their order of sizes), and no text below MIN_TEXT_PX as shown. Legends only get
+    the floor: enlarged further they would cover the data they label."""
+    width = fig.get_figwidth()
+    if width <= BASE_WIDTH_IN:
+        return
+    scale = (width / BASE_WIDTH_IN) ** 0.5
+    floor = MIN_TEXT_PX * 72.0 * width / REPORT_WIDTH_PX  # the points shown as MIN_TEXT_PX
+    legends = {id(t) for leg in fig.findobj(matplotlib.legend.Legend)
+               for t in [*leg.get_texts(), leg.get_title()]}
+    for text in fig.findobj(matplotlib.text.Text):
+        if text.get_text():
+            size = text.get_fontsize()
+            text.set_fontsize(max(size if id(text) in legends else size * scale, floor))
+    for ax in fig.axes:  # tick labels are made at draw time: through the axes' settings
+        size = matplotlib.font_manager.FontProperties(
+            size=matplotlib.rcParams["xtick.labelsize"]).get_size_in_points()
+        ax.tick_params(labelsize=max(size * scale, floor))
+
+
 def save(fig, path: Path, *, tight: bool = True) -> Path:
-    """Saves atomically as PNG (150 dpi) and closes the figure. `tight=False` for figures whose
-    colour bar spans several axes (tight_layout cannot place it): a tight bounding box instead."""
+    """Saves atomically as PNG (150 dpi) and closes the figure, its text enlarged to stay
+    readable at the report's width (`readable_text`). `tight=False` for figures whose colour
+    bar spans several axes (tight_layout cannot place it): a tight bounding box instead."""
+    readable_text(fig)
     buf = io.BytesIO()
     if tight:
         fig.tight_layout()
@@ -89,10 +124,17 @@ def model_label(run: Any) -> str:
 
 
 def log_x_if_wide(ax, values) -> None:
-    """Log x when the positive values span more than a decade."""
+    """Log x when the positive values span more than a decade; a few distinct values (the
+    settings of a sweep) each get a tick labelled with its number (16, 64, 256, not 10^2)."""
     v = np.asarray(values, float)
     if v.min() > 0 and v.max() / v.min() > 10:
         ax.set_xscale("log")
+        settings = np.unique(v)
+        if settings.size <= 12:  # a few settings (batch sizes): a tick at each, as numbers
+            ax.set_xticks(settings)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+                lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def running_median(values, window: int) -> np.ndarray:

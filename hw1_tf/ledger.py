@@ -236,3 +236,74 @@ class Ledger:
         store.save_results(self.paths, self.experiment, self.config, all_runs, **extras)
         shutil.rmtree(self.paths.results_dir(self.experiment) / "finished", ignore_errors=True)
         return store.load_results(self.paths, self.experiment)
+
+
+# ------------------------------------------------------------------ the whole study (run_all)
+
+
+class StudyLog:
+    """`bin/run_all`'s record of the whole study, results/run_all.json: per experiment its last
+    state ("running", "done", "failed"), wall seconds, the command, the fingerprint of what
+    decides its results (flag file, extra flags, code) and the `created` stamp of the
+    results.json it wrote. A rerun skips what is done for the same fingerprint, so a killed
+    run_all resumes at the experiment it was in (whose own ledger then skips its finished
+    runs); earlier runs' seconds give the ETA."""
+
+    NAME = "run_all.json"
+
+    def __init__(self, paths: store.Paths):
+        self.paths = paths
+        self.path = paths.output_dir / "results" / self.NAME
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """{experiment: its entry}; {} when there is none or it is unreadable (then rewritten)."""
+        if not self.path.is_file():
+            return {}
+        try:
+            entries = store.read_json(self.path).get("experiments", {})
+        except (Hw1Error, AttributeError) as e:
+            logging.warning("%s: %s (it will be rewritten)", self.path, e)
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def record(self, experiment: str, **entry: Any) -> dict[str, Any]:
+        """Writes `entry` as `experiment`'s (atomically, the others kept); returns it."""
+        entries = self.read()
+        entries[experiment] = entry
+        store.write_json(self.path, {"experiments": entries})
+        return entry
+
+    def created(self, experiment: str) -> str | None:
+        """The `created` stamp of the experiment's results.json, None when absent/unreadable."""
+        try:
+            return store.read_json(self.paths.results_json(experiment)).get("created")
+        except (Hw1Error, AttributeError):
+            return None
+
+    def done(self, experiment: str, fingerprint: str) -> dict[str, Any] | None:
+        """The entry of `experiment` when it finished for `fingerprint` and its results.json
+        is still the one it wrote; else None."""
+        entry = self.read().get(experiment)
+        if (entry and entry.get("status") == "done" and entry.get("fingerprint") == fingerprint
+                and entry.get("created") is not None
+                and entry.get("created") == self.created(experiment)):
+            return entry
+        return None
+
+    def seconds(self, experiment: str, profile: str) -> float | None:
+        """The wall seconds of the last finished run of `experiment` with `profile`."""
+        entry = self.read().get(experiment) or {}
+        if entry.get("profile") == profile and entry.get("last_done_seconds") is not None:
+            return float(entry["last_done_seconds"])
+        return None
+
+    def failed(self, experiment: str) -> dict[str, Any] | None:
+        """The entry of `experiment` when its last run_all failed and no results were written
+        since (then its REPORT.md section is marked with the command that reproduces it)."""
+        entry = self.read().get(experiment)
+        if not entry or entry.get("status") != "failed":
+            return None
+        created = self.created(experiment)
+        if created is not None and created > entry.get("finished", ""):
+            return None
+        return entry

@@ -69,7 +69,7 @@ class Context:
     def output_flag(self) -> str:
         if self.paths.output_dir.resolve() == store.project_root().resolve():
             return ""
-        return f" --output_dir={self.paths.output_dir}"
+        return f" --output_dir={project_path(self.paths.output_dir)}"
 
     @property
     def command(self) -> str:
@@ -83,6 +83,50 @@ class Context:
 
 
 # -------------------------------------------------------------------------- markdown helpers
+
+
+def project_path(path: str | Path) -> str:
+    """`path` relative to the project root when inside it, else as it is."""
+    try:
+        return Path(path).resolve().relative_to(store.project_root().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def project_command(command: str) -> str:
+    """A recorded command with its paths relative to the project, as a reader runs it there: a
+    path inside the project root relative to it, and a flag file of a profile
+    (.../flags/<profile>/<name>.flags, maybe in another checkout) as the project's
+    flags/<profile>/<name>.flags where the project has that file."""
+    words = []
+    for word in command.split(" "):
+        flag, eq, value = word.partition("=")
+        if eq and value.startswith("/"):
+            parts = Path(value).parts
+            own = "/".join(parts[-3:])
+            if flag == "--flagfile" and len(parts) >= 3 and parts[-3] == "flags" and \
+                    (store.project_root() / own).is_file():
+                value = own
+            else:
+                value = project_path(value)
+            word = f"{flag}={value}"
+        words.append(word)
+    return " ".join(words)
+
+
+def duration(seconds: float | None) -> str:
+    """A wall time for a reader: 0.4 s, 42 s, 3 min 05 s, 1 h 02 min."""
+    if seconds is None or not math.isfinite(float(seconds)):
+        return "n/a"
+    seconds = float(seconds)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def series(values: Any) -> np.ndarray:

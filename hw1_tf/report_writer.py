@@ -11,16 +11,23 @@ error, every other section is written, and `SectionFailed` is raised after the f
 
 from __future__ import annotations
 
+import base64
 import datetime
+import fnmatch
+import html
+import itertools
+import mimetypes
+import re
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from absl import logging
 
-from hw1_tf import experiments, markdown, store
+from hw1_tf import experiments, markdown, scorecard, store
 from hw1_tf.records import typed_runs
 from hw1_tf.errors import Hw1Error
+from hw1_tf.ledger import StudyLog
 from hw1_tf.markdown import REPORT_NAME, Context
 
 
@@ -41,14 +48,28 @@ def missing_section(ctx: Context, reason: str) -> str:
             f"{ctx.output_flag()}` rewrites this file.\n\n({reason})")
 
 
-def section(module: Any, ctx: Context, *, strict: bool = True
+def section(module: Any, ctx: Context, *, strict: bool = True,
+            loaded: tuple[dict[str, Any] | None, str | None] | None = None,
+            failed_run: dict[str, Any] | None = None,
+            figure_numbers: Iterator[int] | None = None
             ) -> tuple[str, dict[str, Any] | None, str | None]:
     """(markdown of one experiment: its heading, the slides' questions, its body; the results
-    it was written from, None when missing or unreadable; the error of a failed section)."""
+    it was written from, None when missing or unreadable; the error of a failed section).
+    `loaded`: its (results, why missing) when already read; `failed_run`: its entry in
+    run_all's record when its last run failed (the section then says so, with the command);
+    `figure_numbers`: the report's running figure numbers (each question then names the
+    figures that answer it)."""
     head = [f"## {module.TITLE}", "", "Questions of the slides answered here:", ""]
     head += [f"- {q}" for q in module.QUESTIONS]
-    results, reason = _load(ctx)
+    results, reason = loaded or _load(ctx)
     error = None
+    if failed_run is not None:
+        head += ["", f"**This experiment failed** in the last `bin/run_all` (exit status "
+                 f"{failed_run.get('returncode')}, {failed_run.get('finished')}): "
+                 f"`{markdown.project_command(failed_run.get('command') or ctx.command)}` "
+                 "reproduces it" + (", and shows its error. The results below are from an "
+                                    "earlier run." if results is not None else
+                                    ", and shows its error.")]
     if results is None:
         body = missing_section(ctx, reason)
     else:
@@ -62,7 +83,58 @@ def section(module: Any, ctx: Context, *, strict: bool = True
             body = (f"**This section failed** (`{error}`): a bug in "
                     f"`hw1_tf/experiments/{ctx.experiment}.py`, or results written by another "
                     f"version (`{ctx.command}` rewrites them).")
+    if error is None and results is not None:
+        body, numbers = number_figures(body, ctx, figure_numbers or itertools.count(1))
+        head = head[:4] + [f"- {q}{_answered_by(module, i, numbers)}"
+                           for i, q in enumerate(module.QUESTIONS)] + head[4 + len(
+                               module.QUESTIONS):]
     return "\n".join(head + ["", body, ""]), results, error
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def number_figures(body: str, ctx: Context, numbers: Iterator[int]) -> tuple[str, dict]:
+    """`body` with every figure numbered in order (numbers from `numbers`, shared by the whole
+    report) and captioned "Figure n: ...", and {figure key: n}."""
+    keys = {ctx.link(path): key for key, path in (ctx.drawn_figures or {}).items()}
+    found: dict[str, int] = {}
+
+    def caption(match: re.Match) -> str:
+        n = next(numbers)
+        if match.group(2) in keys:
+            found[keys[match.group(2)]] = n
+        return (f"![Figure {n}: {match.group(1)}]({match.group(2)})\n\n"
+                f"*Figure {n}: {match.group(1)}.*\n")
+
+    return _IMAGE.sub(caption, body), found
+
+
+def _answered_by(module: Any, question: int, numbers: dict[str, int]) -> str:
+    """" (Figures 3, 4)": the figures that answer question `question` (the module's
+    QUESTION_FIGURES patterns, matched against the keys of the figures the section shows)."""
+    patterns = getattr(module, "QUESTION_FIGURES", {}).get(question, ())
+    shown = sorted({n for key, n in numbers.items()
+                    if any(fnmatch.fnmatchcase(key, p) for p in patterns)})
+    if not shown:
+        return ""
+    return f" (Figure{'s' if len(shown) > 1 else ''} {', '.join(map(str, shown))})"
+
+
+def scorecard_rows(module: Any, ctx: Context, results: dict[str, Any] | None, *,
+                   strict: bool = True) -> list[scorecard.Row]:
+    """The experiment's scorecard rows; without results (or when its scorecard raises and not
+    `strict`) the command that produces them stands in for this study's value."""
+    if results is None:
+        return scorecard.rows_of(module, None, f"not run: `{ctx.command}`")
+    try:
+        return scorecard.rows_of(module, typed_runs(results), "not measured by this run")
+    except Exception as e:  # noqa: BLE001 - a bug of the scorecard: shown, never hidden
+        if strict:
+            raise
+        logging.error("%s: its scorecard rows failed (%s: %s)", ctx.experiment,
+                      type(e).__name__, e)
+        return scorecard.rows_of(module, None, f"failed ({type(e).__name__}: {e})")
 
 
 def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | None = None, *,
@@ -70,12 +142,18 @@ def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | Non
     """(the text of REPORT.md from the results under `paths.output_dir`, {experiment: error}
     of the sections that failed; only without `strict`)."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    sections, sources, failed = [], [], {}
+    study = StudyLog(paths)
+    figure_numbers = itertools.count(1)
+    sections, sources, rows, failed = [], [], [], {}
     for name in names or experiments.names():
         module = experiments.get(name)
         ctx = Context(paths, name, profile)
-        text, results, error = section(module, ctx, strict=strict)
+        loaded = _load(ctx)
+        failed_run = study.failed(name)
+        text, results, error = section(module, ctx, strict=strict, loaded=loaded,
+                                       failed_run=failed_run, figure_numbers=figure_numbers)
         sections.append(text)
+        rows += scorecard_rows(module, ctx, results, strict=strict)
         rel = ctx.link(paths.results_json(name))
         if error is not None:
             failed[name] = error
@@ -84,18 +162,63 @@ def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | Non
             state = "unreadable" if paths.results_json(name).is_file() else "missing"
             sources.append((module.TITLE, f"{state} ({rel})", f"`{ctx.command}` (to run)"))
         else:
+            command = markdown.project_command(results.get("command", "n/a"))
             sources.append((module.TITLE, f"{results.get('created', 'n/a')} ([{rel}]({rel}))",
-                            f"`{results.get('command', 'n/a')}`"))
+                            f"`{command}`"))
     header = [
         "# HW1 report: deep vs shallow, optimization, generalization",
         "",
         f"Written {now} by `bin/make_report` from the results listed here; it retrains "
         "nothing. Every number and comment below is computed from these files.",
         "",
+    ]
+    if rows:
+        header += [
+            "## Scorecard: this study against three earlier reports", "",
+            "Per slide question, the key number measured here (read from the results below) "
+            "beside the same quantity as each earlier HW1 report states it (quoted from its "
+            "text, with its line; — where it states none). The reports' values are in "
+            "`hw1_tf/seeds.json`.", "",
+            scorecard.table(rows), "",
+        ]
+    header += [
+        "## Where the numbers come from", "",
         markdown.table(("section", "results written (UTC)", "by the command"), sources),
         "",
     ]
     return "\n".join(header + sections), failed
+
+
+HTML_NAME = "REPORT.html"
+_STYLE = """body { font-family: sans-serif; max-width: 72em; margin: 2em auto; padding: 0 1em;
+  line-height: 1.45; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; vertical-align: top; }
+th { background: #eee; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
+code { background: #f4f4f4; padding: 0 0.2em; }"""
+_IMAGE_SRC = re.compile(r'(<img\b[^>]*\bsrc=")([^"]+)(")')
+
+
+def html_report(text: str, folder: Path) -> str:
+    """REPORT.md's `text` as one self-contained HTML page: the figures it links (relative to
+    `folder`) embedded as base64 data URIs, so the page needs no other file."""
+    import markdown as markdown_lib  # the PyPI package (this project's own is hw1_tf.markdown)
+
+    body = markdown_lib.markdown(text, extensions=["tables", "fenced_code"])
+
+    def embed(match: re.Match) -> str:
+        path = folder / html.unescape(match.group(2))
+        if not path.is_file():  # REPORT.md links only existing figures; keep it visible
+            return match.group(0)
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"{match.group(1)}data:{kind};base64,{data}{match.group(3)}"
+
+    title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), "Report")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>\n{_STYLE}\n</style>\n</head>\n"
+            f"<body>\n{_IMAGE_SRC.sub(embed, body)}\n</body>\n</html>\n")
 
 
 def write_report(paths: store.Paths, profile: str = "full",
@@ -105,7 +228,8 @@ def write_report(paths: store.Paths, profile: str = "full",
     path = paths.output_dir / REPORT_NAME
     text, failed = render(paths, profile, names, strict=strict)
     store.atomic_write_text(path, text)
-    logging.info("report written to %s", path)
+    store.atomic_write_text(path.with_name(HTML_NAME), html_report(text, path.parent))
+    logging.info("report written to %s (and %s, figures embedded)", path, HTML_NAME)
     if failed:
         raise SectionFailed(f"{path} written, but the section(s) of {', '.join(failed)} failed: "
                             + "; ".join(f"{k}: {v}" for k, v in failed.items()))

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -374,7 +375,15 @@ def read_results(path: str | Path) -> dict[str, Any]:
         raise Hw1Error(f"{path}: not an experiment's results (no runs); rerun the experiment")
     if results.get("arrays_file"):
         results = _restore_arrays(results, load_arrays(path.parent / results["arrays_file"]))
+    results["runs"] = dict(sorted(results["runs"].items(), key=lambda kv: natural_key(kv[0])))
     return results
+
+
+def natural_key(name: str) -> tuple:
+    """A sort key putting the numbers inside names in numeric order: bs16 < bs64 < bs256 <
+    bs1024 (plain string order puts bs1024 first), lr0.001 < lr0.01, labels_0p50 < labels_1p00."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", name)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
 
 
 def load_results(paths: Paths, experiment: str) -> dict[str, Any]:

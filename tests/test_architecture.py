@@ -59,7 +59,8 @@ def figures(results, figures_dir):
 
 
 TITLE = "Toy experiment"
-QUESTIONS = ("What is the total?",)
+QUESTIONS = ("What is the total?", "Why?")
+QUESTION_FIGURES = {0: ("li*",)}
 
 
 def report_section(results, ctx):
@@ -97,7 +98,9 @@ def test_toy_experiment_runs_end_to_end_through_run_all_and_the_report(toy, tmp_
     assert (out / "figures/toy/line.png").stat().st_size > 5_000
     report = (out / "REPORT.md").read_text()
     assert "## Toy experiment" in report and "The total is 14850." in report
-    assert "![the values](figures/toy/line.png)" in report
+    # the figure numbered, captioned, and named beside the question it answers
+    assert "![Figure 1: the values](figures/toy/line.png)\n\n*Figure 1: the values.*" in report
+    assert "- What is the total? (Figure 1)\n- Why?\n" in report
     # a rerun through the ledger trains nothing and gives the same results
     again = framework.run(experiments.get("toy"), experiments.get("toy").Config(
         output_dir=str(out), factor=3.0))

@@ -7,6 +7,12 @@ An experiment is one module that defines
   plan(ctx) (optional) + analyse(records, ctx)     its work (hw1_tf.framework)
   figures(results, figures_dir) -> FigureSet       its figures, by key
   TITLE, QUESTIONS, report_section(results, ctx)   its part of REPORT.md, figures by key
+and optionally
+  QUESTION_FIGURES  {question index: figure key patterns}: the figures REPORT.md names beside
+                    each question
+  SCORECARD, scorecard(results)   {key: quantity} and {key: scorecard.Measured}: its rows of
+                    the scorecard REPORT.md opens with (the earlier reports' values by key in
+                    hw1_tf/seeds.json)
 Nothing else lists it: the modules of this package that define EXPERIMENT are found by reading
 their source (no import needed), and modules elsewhere are added with `register` (or the
 HW1_TF_EXPERIMENTS environment variable: comma-separated module names, which `register` sets so

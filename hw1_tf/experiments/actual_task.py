@@ -261,3 +261,33 @@ def _dataset_comment(ds: str, final: dict) -> str:
         text += (" Every model's test accuracy was highest at the last epoch: more epochs may "
                  "still help.")
     return text
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"actual_task.num_params": "parameters of the equal-size models",
+             "actual_task.mnist_accuracy": "MNIST final test accuracy"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    config, runs = results["config"], results["runs"]
+    first = next(iter(runs.values())).dataset
+    sizes = [f"{r.model['name']} {r.num_params}" for r in runs.values()
+             if r.dataset == first]
+    out = {"actual_task.num_params": Measured(
+        ", ".join(sizes), f"CNNs and DNNs, deep and shallow, each sized to "
+        f"{config['target_params']}")}
+    mnist = {r.model["name"]: r.history.last("test_accuracy")
+             for r in runs.values() if r.dataset == "mnist"}
+    if mnist:
+        out["actual_task.mnist_accuracy"] = Measured(
+            ", ".join(f"{m} {markdown.pct(a)}" for m, a in mnist.items()),
+            f"{config['epochs']} epochs on {config['train_size'] or 'all'} training examples")
+    return out
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("*_loss",), 2: ("*_accuracy",)}

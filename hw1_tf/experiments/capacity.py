@@ -272,3 +272,26 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
                f"{markdown.points(gaps[-1])}; training accuracy reaches "
                f"{markdown.pct(rows[-1].final_train_accuracy)} at the largest size.")
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"capacity.models": "models, parameter range, test accuracy"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    config = results["config"]
+    runs = sorted(results["runs"].values(), key=lambda r: r.num_params)
+    return {"capacity.models": Measured(
+        f"{len(runs)} models, {runs[0].num_params} to {runs[-1].num_params} parameters; "
+        f"test acc {markdown.pct(runs[0].final_test_accuracy)} to "
+        f"{markdown.pct(runs[-1].final_test_accuracy)}",
+        f"dense nets of {config['hidden_layers']} hidden layers, {config['epochs']} epochs on "
+        f"{results['train_examples']} examples")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("*",)}

@@ -261,3 +261,27 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
                   "(as Goodfellow et al. 2015 observed)." if monotone else
                   f"not monotonically (a bump of {markdown.fmt(max(bump, 0))} above the ends)."))
     return "\n".join(out)
+
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"error_surface.basin": "training loss around the trained weights"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    losses = markdown.series(results["random"]["losses"])
+    finite = losses[np.isfinite(losses)]
+    c = losses.shape[0] // 2
+    at_centre = np.unravel_index(np.nanargmin(losses), losses.shape) == (c, c)
+    return {"error_surface.basin": Measured(
+        f"{markdown.fmt(finite.min())} to {markdown.fmt(finite.max())} on the random plane; "
+        f"its minimum {'at θ: a basin' if at_centre else 'off θ'}",
+        f"filter-normalised random directions (Li et al. 2018), {losses.size} points, "
+        f"{results['eval_examples']} training examples")}
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("*",)}

@@ -331,3 +331,26 @@ def _line_comment(line: dict, runs: dict, label1: str, label2: str) -> str:
     if line.get("recomputed_batch_norm"):
         text.append("BatchNorm statistics recomputed at every α")
     return "; ".join(text) + f" (curve of {len(a)} α in {markdown.fmt(line['seconds'])} s)."
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"flatness.test_loss": "test loss of the two interpolated models"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    config = results["config"]
+    runs = sorted(results["runs"].values(), key=lambda r: (r.batch_size, r.learning_rate))
+    first = runs[0]
+    return {"flatness.test_loss": Measured(
+        ", ".join(f"batch {r.batch_size}: {markdown.fmt(r.own['test_loss'])}"
+                  for r in runs),
+        f"{first.description}, {config['epochs']} epochs on {results['train_examples']} "
+        "examples")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("*",)}

@@ -166,3 +166,27 @@ def _comment(name: str, s: dict) -> str:
         text += (f"Late in training the norm varies by only {markdown.pct(s['norm_end_cv'], 0)} "
                  "(std/mean) between batches.")
     return text
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"grad_norm.trend": "loss and gradient norm over training"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    parts = []
+    for name, run in results["runs"].items():
+        s = summary(run.history)
+        parts.append(f"{name}: loss {markdown.times(s['loss_start'] / s['loss_end'])} lower "
+                     f"after {s['iterations']} iterations, ‖∇L‖ ends "
+                     f"{markdown.times(s['norm_peak'] / s['norm_end'])} below its peak")
+    return {"grad_norm.trend": Measured(
+        "; ".join(parts), "every iteration's mini-batch values (start and end: medians of the "
+        "first and last 5%)")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("*",)}

@@ -249,3 +249,8 @@ def report_section(results: dict, ctx) -> str:
                                "minimal ratio", "perturbation ratio", "block ‖H‖₂"), rows))
     parts.append("\n".join(comments))
     return "\n\n".join(parts)
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("density_*",)}

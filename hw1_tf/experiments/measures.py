@@ -265,3 +265,23 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
                "negatively; compare with the ranking above, keeping the number of models in "
                "mind.")
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"measures.best": "generalization measure ranking the gap best"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    taus = {m: t["loss_gap"] for m, t in results["kendall_tau"].items()}
+    (best, tau), *_ = markdown.ranked(taus, lower_is_better=False)
+    return {"measures.best": Measured(
+        f"{best}: Kendall τ {markdown.fmt(tau, 2)} against test minus training loss",
+        f"{len(taus)} measures over {len(results['runs'])} trained models")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("*",)}

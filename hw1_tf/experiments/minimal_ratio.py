@@ -421,3 +421,37 @@ def _spearman(a, b) -> float:
     if np.std(ra) == 0 or np.std(rb) == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"minimal_ratio.threshold": "gradient-norm threshold of the critical points",
+             "minimal_ratio.range": "minimal ratio at the critical points"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    config, end = results["config"], results["runs"]["endpoints"]
+    reached = np.asarray(end["reached"], bool)
+    method = results["critical_phase"]["method"]
+    how = ("Adam on ‖∇L‖² after the loss epochs (the slides' switch)" if method == "grad_norm"
+           else f"{method} steps after the loss epochs instead of an objective switch")
+    out = {"minimal_ratio.threshold": Measured(
+        f"‖∇L‖ ≤ {config['critical_grad_norm']:g}: {int(reached.sum())} of {len(reached)} runs",
+        f"{how}; float64 full-batch norm")}
+    if reached.any():
+        tol = float(markdown.series(end["eigen_tolerances"])[0])
+        ratio = markdown.series(end["eigenvalue_ratio"])[reached, 0]
+        pert = markdown.series(end["perturbation_ratio"])[reached]
+        out["minimal_ratio.range"] = Measured(
+            f"eigenvalues: {markdown.fmt(ratio.min())}–{markdown.fmt(ratio.max())}; "
+            f"perturbations: {markdown.fmt(pert.min())}–{markdown.fmt(pert.max())}",
+            f"exact float64 Hessian; |λ| ≤ {tol:g}·max|λ| counts as zero, not positive (the "
+            "reports count every λ > 0, round-off included)")
+    return out
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("critical_phase",), 1: ("minimal_ratio", "tolerances")}

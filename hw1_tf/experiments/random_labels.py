@@ -207,3 +207,30 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
                    f"{markdown.pct(clean.final_train_accuracy)} to "
                    f"{markdown.pct(main.final_train_accuracy)}.")
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"random_labels.fit": "random labels: epochs to fit, final train/test loss"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    config = results["config"]
+    r = max(results["runs"].values(), key=lambda r: r.ratio)
+    fitted = (f"{r.epochs_to_fit} epochs to {markdown.pct(config['fit_accuracy'], 0)} "
+              "train acc" if r.epochs_to_fit is not None else
+              f"not fitted in {r.history.epochs} epochs")
+    return {"random_labels.fit": Measured(
+        f"fraction {markdown.fmt(r.ratio)}: {fitted}; train loss "
+        f"{markdown.fmt(r.final_train_loss)} (acc {markdown.pct(r.final_train_accuracy)}), "
+        f"test loss {markdown.fmt(r.final_test_loss)}",
+        f"{r.description}, {r.num_params} parameters, {results['train_examples']} "
+        f"training examples, {config['optimizer']} at {config['learning_rate']:g}; stops once "
+        "fitted")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("epochs_*", "ratio_sweep")}

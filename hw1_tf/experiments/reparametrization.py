@@ -211,3 +211,27 @@ def _compare_with_sharpness(r: RunRecord, ctx: markdown.Context) -> str:
     return ("- For the sharpness section: rescaling one function moves " + markdown.join(parts)
             + "; so those sharpness differences say something only among nets of comparable "
             "layer scales, never as an absolute flat/sharp verdict.")
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"reparametrization.span": "sharpness of one function, rescaled"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    run = results["runs"]["model"]
+    s = markdown.series(run.sharpness_slides)
+    alphas = markdown.series(run.alphas)
+    return {"reparametrization.span": Measured(
+        f"{markdown.fmt(s.min())} to {markdown.fmt(s.max())} "
+        f"({np.log10(s.max() / s.min()):.1f} orders of magnitude); outputs change at most "
+        f"{markdown.fmt(np.max(markdown.series(run.output_change)))}",
+        f"alpha {markdown.fmt(alphas.min())} to {markdown.fmt(alphas.max())} (Dinh et al. "
+        "2017), float64")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("*",)}

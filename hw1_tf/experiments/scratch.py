@@ -585,3 +585,8 @@ def _final_part(run: dict) -> str:
                f"{markdown.pct(train[-1])}, {markdown.points(train[-1] - val[-1])} above validation "
                f"({markdown.pct(val[-1])}).")
     return text + "\n\n" + comment
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {0: ("overfit",), 1: ("search",), 2: ("update_rules",), 3: ("final",)}

@@ -164,3 +164,31 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
                f"{vary.replace('_', ' ')} {markdown.fmt(getattr(best, vary))}, worst "
                f"{markdown.pct(worst.test_accuracy)} at {markdown.fmt(getattr(worst, vary))}.")
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"sensitivity.trend": "sensitivity against the training setting"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    config, vary = results["config"], results["vary"]
+    runs = sorted(results["runs"].values(), key=lambda r: r.get(vary))
+    xs = [r.get(vary) for r in runs]
+    ys = [r.sensitivity_loss_grad for r in runs]
+    label = vary.replace("_", " ")
+    return {"sensitivity.trend": Measured(
+        f"‖dL/dx‖ {markdown.fmt(ys[0])} at {label} {markdown.fmt(xs[0])} to "
+        f"{markdown.fmt(ys[-1])} at {markdown.fmt(xs[-1])}: Kendall τ "
+        f"{markdown.fmt(measures.kendall_tau(xs, ys), 2)} against the {label}, "
+        f"{markdown.fmt(measures.kendall_tau(ys, [r.test_loss for r in runs]), 2)} against "
+        "the test loss",
+        f"{runs[0].description}, {config['epochs']} epochs at most; mean over "
+        f"{runs[0].sensitivity_examples} test examples")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("*",)}

@@ -197,3 +197,26 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
                    f"and the slides' sharpness {markdown.fmt(rs[0].sharpness_slides)} -> "
                    f"{markdown.fmt(rs[-1].sharpness_slides)}.")
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"sharpness.trend": "sharpness (slides' definition) of the ten approaches"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    config, runs = results["config"], list(results["runs"].values())
+    s = [r.sharpness_slides for r in runs]
+    tau = measures.kendall_tau([r.batch_size for r in runs], s)
+    return {"sharpness.trend": Measured(
+        f"{markdown.fmt(min(s))} to {markdown.fmt(max(s))}; Kendall τ against the batch size "
+        f"{markdown.fmt(tau, 2)}",
+        f"{len(runs)} approaches, eps {config['epsilon']:g}, block-diagonal Hessian on "
+        f"{config['analysis_examples']} examples")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("sharpness",), 2: ("sharpness_vs_gap",)}

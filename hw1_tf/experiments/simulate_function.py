@@ -305,3 +305,42 @@ def _function_comment(fn: str, final: dict, test: dict, late: dict, epochs: int)
         text += (f" No model's loss fell by more than 5% in the last {tail} of {epochs} "
                  "epochs: converged.")
     return text
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"simulate_function.num_params": "parameters of the equal-size models",
+             "simulate_function.deep_vs_shallow": "deepest vs shallowest: final training MSE"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    config, runs = results["config"], results["runs"]
+    best = {key: runs[name] for key, name in results["best_runs"].items()}
+    models_ = {r.model["name"]: r for r in best.values()}
+    by_depth = sorted(models_.values(), key=lambda r: len(r.model["hidden"]))
+    shallow, deep = by_depth[0].model, by_depth[-1].model
+    ratios = []
+    for fn in results["targets"]:
+        final = {m: best[f"{fn}/{m}"].history.last("train_loss")
+                 for m in (shallow["name"], deep["name"])}
+        ratio = final[shallow["name"]] / final[deep["name"]] if final[deep["name"]] > 0 else None
+        ratios.append(f"{fn}: {markdown.times(ratio) if ratio else 'n/a'} lower")
+    depths = ", ".join(str(len(r.model["hidden"])) for r in by_depth)
+    return {
+        "simulate_function.num_params": Measured(
+            ", ".join(str(r.num_params) for r in by_depth),
+            f"{shallow['activation']} nets of {depths} hidden layers solved for "
+            f"{config['target_params']} parameters"),
+        "simulate_function.deep_vs_shallow": Measured(
+            f"{len(deep['hidden'])} vs {len(shallow['hidden'])} layers: " + "; ".join(ratios),
+            f"measured: final training MSE after {config['epochs']} epochs"
+            + (f" (best of {config['restarts']} inits)" if config.get("restarts", 1) > 1
+               else "")),
+    }
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("loss_*",), 2: ("prediction_*",)}

@@ -223,3 +223,26 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
                f"- Their final training {metric} differs: {markdown.fmt(values.min())} to "
                f"{markdown.fmt(values.max())} (best {best[0]}, worst {worst[0]}).")
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------- scorecard (REPORT.md top)
+
+from hw1_tf.scorecard import Measured  # noqa: E402
+
+SCORECARD = {"trajectory.cycle": "runs and weight-recording cycle"}
+
+
+def scorecard(results: dict) -> dict[str, Measured]:
+    config = results["config"]
+    run = next(iter(results["runs"].values()))
+    explained = sum(results["pca"]["whole"]["explained_variance_ratio"])
+    return {"trajectory.cycle": Measured(
+        f"{len(results['runs'])} runs, every {config['snapshot_every']} epochs "
+        f"({config['epochs']} epochs); 2 PCA axes explain {markdown.pct(explained)}",
+        f"{run.description} on {results['task']}, {config['optimizer']} at learning rate "
+        f"{config['learning_rate']:g}")}
+
+
+# Which figures (keys, fnmatch patterns) answer which of QUESTIONS (by index): REPORT.md
+# names them beside the question.
+QUESTION_FIGURES = {1: ("trajectory",)}
