@@ -115,19 +115,55 @@ class ObjectiveSwitch(keras.callbacks.Callback):
             self.model.set_objective(state["objective"], learning_rate=self.learning_rate)
 
 
+MONITORS = {"test_accuracy": ("val_accuracy", +1), "test_loss": ("val_loss", -1),
+            "train_accuracy": ("accuracy", +1), "train_loss": ("loss", -1)}  # key, sign
+
+
 class StopAtTarget(keras.callbacks.Callback):
-    """Ends training after the first epoch whose training loss (the epoch's mean, as logged)
-    is <= `loss_below` or whose training accuracy is >= `accuracy_above`: models compared at
-    the same training loss (Jiang et al. 2019 train every model to cross-entropy 0.01), or a
-    memorisation run stopped once it has fitted its training set."""
+    """The per-epoch stopping rules of a model trained alone, checked after every epoch on
+    Keras' epoch logs:
+
+    * a target: the epoch's mean training loss <= `loss_below`, or its training accuracy
+      >= `accuracy_above` (models compared at one training loss, as Jiang et al. 2019 train
+      every model to cross-entropy 0.01; a memorisation run stopped once it has fitted);
+    * convergence: `monitor` (a key of MONITORS) has not improved by more than `min_delta`
+      on its best for `patience` epochs (the test split must be evaluated for a test_*
+      monitor).
+
+    Records the stop epoch (1-based), its reason, and the monitor's best epoch and value."""
 
     def __init__(self, log: IterationLog, loss_below: float | None = None,
-                 accuracy_above: float | None = None):
+                 accuracy_above: float | None = None, patience: int | None = None,
+                 monitor: str = "test_accuracy", min_delta: float = 0.0):
         super().__init__()
+        if monitor not in MONITORS:
+            raise Hw1Error(f"unknown patience monitor {monitor!r}; choose from "
+                           f"{', '.join(MONITORS)}")
         self.log = log
         self.loss_below = loss_below
         self.accuracy_above = accuracy_above
+        self.patience = patience
+        self.monitor = monitor
+        self.min_delta = min_delta
         self.stopped_at_epoch: int | None = None  # 1-based, None: ran every epoch
+        self.stop_reason: str | None = None
+        self.best_epoch: int | None = None  # 1-based, of the monitor (with patience)
+        self.best_value: float | None = None
+
+    def _plateau(self, epoch: int, logs: dict) -> str | None:
+        """Why the run has converged after `epoch` (0-based), or None; updates the best."""
+        key, sign = MONITORS[self.monitor]
+        if key not in logs:
+            raise Hw1Error(f"{self.log.run_name}: --patience_monitor={self.monitor} needs "
+                           f"{key!r} in the epoch's logs (evaluate the test split every epoch "
+                           "or watch a train_* monitor)")
+        value = float(logs[key])
+        if self.best_value is None or sign * (value - self.best_value) > self.min_delta:
+            self.best_value, self.best_epoch = value, epoch + 1
+        if epoch + 1 - self.best_epoch >= self.patience:
+            return (f"{self.monitor} not improved for {self.patience} epochs (best "
+                    f"{self.best_value:.4g} at epoch {self.best_epoch})")
+        return None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -138,17 +174,31 @@ class StopAtTarget(keras.callbacks.Callback):
         if (self.accuracy_above is not None and accuracy is not None
                 and accuracy >= self.accuracy_above):
             reached.append(f"training accuracy {accuracy:.4f} >= {self.accuracy_above:g}")
+        if self.patience is not None:
+            converged = self._plateau(epoch, logs)
+            if converged:
+                reached.append(converged)
         if reached:
             self.stopped_at_epoch = epoch + 1
+            self.stop_reason = " and ".join(reached)
             self.model.stop_training = True
             logging.info("%s: stopping after epoch %d: %s", self.log.run_name, epoch + 1,
-                         " and ".join(reached))
+                         self.stop_reason)
 
     def backup_state(self) -> dict:
-        return {"stopped_at_epoch": self.stopped_at_epoch}
+        return {"stopped_at_epoch": self.stopped_at_epoch, "stop_reason": self.stop_reason,
+                "best_epoch": self.best_epoch, "best_value": self.best_value}
 
     def restore_state(self, state: dict) -> None:
-        self.stopped_at_epoch = state["stopped_at_epoch"]
+        for key in ("stopped_at_epoch", "stop_reason", "best_epoch", "best_value"):
+            setattr(self, key, state.get(key))
+
+    def summary(self) -> dict:
+        """What the history records of the stop (None where it does not apply)."""
+        return {"stopped_at_epoch": self.stopped_at_epoch, "stop_reason": self.stop_reason,
+                "best_epoch": self.best_epoch,
+                "best_monitor": self.monitor if self.patience is not None else None,
+                "best_value": self.best_value}
 
 
 class EpochDecay(keras.callbacks.Callback):

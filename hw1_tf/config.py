@@ -160,7 +160,8 @@ class ImageTrainConfig(TrainConfig):
 class StopOptions:
     """What only a model trained alone by the core follows (a population keeps one learning
     rate and stops per member only on ||grad L||): the experiments that train that way add
-    these fields; those that train populations do not offer them."""
+    these fields; those that train populations do not offer them. A field counts as set when
+    it differs from its default (population.unsupported)."""
 
     stop_loss_below: float | None = option(
         None, "Stop a run after the first epoch whose training loss is at most this (models "
@@ -171,6 +172,17 @@ class StopOptions:
     learning_rate_decay: float | None = option(
         None, "Multiply the learning rate by this after every epoch (Zhang et al. 2017: "
         "0.95).", lower=0.0, upper=1.0)
+    patience: int | None = option(
+        None, "Convergence rule: stop a run once --patience_monitor has not improved for this "
+        "many epochs (--epochs is then the most it may take); the history records the stop "
+        "epoch, why, and the best epoch (the final weights are the stop epoch's).", lower=1)
+    patience_monitor: str = option(
+        "test_accuracy", "What --patience watches: an epoch's test accuracy or loss (the test "
+        "split evaluated every epoch) or its mean training loss or accuracy.",
+        choices=("test_accuracy", "test_loss", "train_loss", "train_accuracy"))
+    patience_min_delta: float = option(
+        0.0, "An epoch improves on the best only by more than this, in the monitor's unit "
+        "(accuracy as a fraction: 1e-3 is 0.1 point).", lower=0.0)
 
 
 @dataclasses.dataclass

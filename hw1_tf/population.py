@@ -609,6 +609,7 @@ def _member_history(i: int, columns: dict[str, np.ndarray], batch_sizes: np.ndar
         "switched_at_iteration": switched_at,
         "stopped_at_iteration": end if stopped else None,
         "failed_at_iteration": end if failed else None,
+        **training.NO_EPOCH_STOP,  # a population follows no per-epoch rule (unsupported)
     }
 
 
@@ -697,7 +698,7 @@ def unsupported(settings: Any) -> list[str]:
     ||grad L|| and keeps one learning rate): the one place that says so, for
     `train_population` and for experiments choosing how to train (capacity)."""
     return [f.name for f in dataclasses.fields(StopOptions)
-            if getattr(settings, f.name, None) is not None]
+            if getattr(settings, f.name, f.default) not in (None, f.default)]
 
 
 def train_population(spec: models.ModelSpec, splits: data.Splits | Sequence[data.Splits],

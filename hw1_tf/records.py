@@ -71,6 +71,11 @@ class History:
     failed_at_iteration: int | None = None  # loss NaN/inf there (population member)
     seconds: float | None = None  # wall time (of the whole population for a member)
     population_size: int | None = None  # members trained together (population)
+    # the convergence rule (--patience): why and where a run stopped, its best monitored epoch
+    stop_reason: str | None = None
+    best_epoch: int | None = None
+    best_monitor: str | None = None
+    best_value: float | None = None
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
     # the stored keys in their stored order: `to_dict` writes exactly these
     stored_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False, compare=False)

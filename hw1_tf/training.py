@@ -296,6 +296,10 @@ def _global_norm(tensors):
 
 # ------------------------------------------------------------------------------------ train
 
+# the history's record of the per-epoch stop (StopAtTarget.summary) when no rule is set
+NO_EPOCH_STOP = {"stopped_at_epoch": None, "stop_reason": None, "best_epoch": None,
+                 "best_monitor": None, "best_value": None}
+
 
 @dataclasses.dataclass
 class TrainSettings:
@@ -316,6 +320,9 @@ class TrainSettings:
     stop_grad_norm_below: float | None = None
     stop_loss_below: float | None = None  # after the epoch whose mean training loss is <= this
     stop_accuracy_above: float | None = None  # ... or whose training accuracy is >= this
+    patience: int | None = None  # ... or once patience_monitor has not improved for this many
+    patience_monitor: str = "test_accuracy"  # epochs (callbacks.MONITORS)
+    patience_min_delta: float = 0.0
     learning_rate_decay: float | None = None  # learning_rate * decay**epoch (loss phase)
     grad_norm_learning_rate: float | None = None  # after the switch (None: learning_rate)
     shuffle: bool = True
@@ -438,13 +445,20 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
     "epoch": {train_loss, test_loss, (train_/test_)accuracy}, "epoch_end_iteration", ...}.
     """
     warn_if_batch_exceeds(run_name, settings.batch_size, len(train_xy[0]))
+    if settings.patience is not None and settings.patience_monitor.startswith("test_") \
+            and test_xy is None:
+        raise Hw1Error(f"{run_name}: --patience_monitor={settings.patience_monitor} needs the "
+                       "test split evaluated every epoch; watch train_loss or train_accuracy")
     log = IterationLog(run_name)
     switch = ObjectiveSwitch(log, settings.switch_grad_norm_below, settings.switch_after_epochs,
                              settings.stop_grad_norm_below, settings.grad_norm_learning_rate)
     all_callbacks = [log, switch, *callbacks]
     target = None
-    if settings.stop_loss_below is not None or settings.stop_accuracy_above is not None:
-        target = StopAtTarget(log, settings.stop_loss_below, settings.stop_accuracy_above)
+    if (settings.stop_loss_below is not None or settings.stop_accuracy_above is not None
+            or settings.patience is not None):
+        target = StopAtTarget(log, settings.stop_loss_below, settings.stop_accuracy_above,
+                              settings.patience, settings.patience_monitor,
+                              settings.patience_min_delta)
         all_callbacks.insert(2, target)
     if settings.learning_rate_decay is not None:
         all_callbacks.append(EpochDecay(settings.learning_rate, settings.learning_rate_decay))
@@ -485,5 +499,5 @@ def train(model: InstrumentedModel, train_xy, settings: TrainSettings, *, test_x
         "epoch_end_iteration": log.epoch_end_iteration,
         "switched_at_iteration": switch.switched_at_iteration,
         "stopped_at_iteration": switch.stopped_at_iteration,
-        "stopped_at_epoch": target.stopped_at_epoch if target is not None else None,
+        **(target.summary() if target is not None else NO_EPOCH_STOP),
     }

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from hw1_tf import framework, store
+from hw1_tf import framework, markdown, store
 from hw1_tf.experiments import actual_task, simulate_function
 
 
@@ -56,6 +56,29 @@ def test_actual_task_digits_and_figures_redraw(tmp_path):
         actual_task, store.load_results(store.Paths.create(tmp_path), "actual_task"), fig_dir)
     assert sorted(redrawn) == ["digits_accuracy", "digits_loss"]
     assert sorted(p.name for p in redrawn.values()) == ["digits_accuracy.png", "digits_loss.png"]
+
+
+def test_actual_task_convergence_rule_stops_each_run_where_its_history_says(tmp_path):
+    config = actual_task.Config(datasets=("digits",), models=("dnn_shallow", "dnn_deep"),
+                                target_params=3000, epochs=40, batch_size=64, patience=2,
+                                output_dir=str(tmp_path), verbose=0, save_models=False,
+                                tensorboard=False)
+    results = framework.run(actual_task, config)
+    for run in results["runs"].values():
+        history, test = run["history"], run["history"]["epoch"]["test_accuracy"]
+        # the rule, applied to the recorded series: the first epoch two after its best
+        best = [int(np.argmax(test[:e])) + 1 for e in range(1, len(test) + 1)]
+        stops = [e for e in range(1, len(test) + 1) if e - best[e - 1] >= 2]
+        assert stops and stops[0] == len(test) == history["stopped_at_epoch"] < 40
+        assert history["best_epoch"] == best[-1]
+        assert "test_accuracy not improved for 2 epochs" in history["stop_reason"]
+    paths = store.Paths.create(tmp_path)
+    text = actual_task.report_section(store.load_results(paths, "actual_task"),
+                                      markdown.Context(paths, "actual_task"))
+    assert "each run stopped once its test accuracy had not improved for 2 epochs" in text
+    for name, run in results["runs"].items():
+        assert (f"digits {run['model']['name']} after epoch "
+                f"{run['history']['stopped_at_epoch']}") in text
 
 
 def test_actual_task_skips_unavailable_and_runs_cifar10_from_tfds(tmp_path):

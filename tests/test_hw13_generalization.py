@@ -433,7 +433,7 @@ def test_per_model_options_only_where_models_train_alone():
 
     options = {f.name for f in dataclasses.fields(StopOptions)}
     alone = {"random_labels", "capacity", "flatness", "sensitivity", "sharpness",
-             "reparametrization"}
+             "reparametrization", "actual_task"}
     for name in experiments.names():
         fields = {f.name for f in dataclasses.fields(experiments.get(name).Config)}
         assert (options <= fields) == (name in alone), name

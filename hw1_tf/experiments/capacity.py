@@ -136,7 +136,8 @@ def train_alone(ctx: framework.ExperimentContext, spec: models.ModelSpec) -> dic
     splits = ctx.splits()
     model, record = ctx.train_model(spec.name, spec, splits, trainer.settings_from(config),
                                     save_model=config.save_models,
-                                    tensorboard=config.tensorboard)
+                                    tensorboard=config.tensorboard,
+                                    evaluate_test=False)  # read: the final evaluation only
     record.update(width=spec.hidden[0], **final_values(model.network, splits))
     return record
 
@@ -153,7 +154,8 @@ def train_together(ctx: framework.ExperimentContext,
     outputs = splits.num_classes
     initial = [population.padded_initial_weights(s, wide, splits.input_shape, outputs,
                                                  config.seed) for s in specs]
-    settings = trainer.population_settings(config, shared_order=True)
+    settings = trainer.population_settings(config, shared_order=True,
+                                           evaluate_test=False)  # final evaluation only
     pop, histories = population.train_population(
         wide, splits, settings, [config.seed] * len(specs), strategy=ctx.strategy,
         run_name=f"{EXPERIMENT} population of {len(specs)} padded to {wide.name}",
