@@ -203,10 +203,18 @@ class FlatLoss:
         parts = tf.split(theta, self.sizes)
         return [tf.reshape(p, s) for p, s in zip(parts, self.shapes)]
 
-    def _batch_loss(self, params, xb, yb, wb):
+    def _outputs(self, params, xb):
+        """The model's raw outputs (logits for classification) on a batch at `params`."""
         out, _ = self.model.stateless_call(params, self._non_trainable, xb, training=False)
-        per_example = self.loss_object.call(yb, out)
+        return out
+
+    def _loss_from_outputs(self, outputs, yb, wb):
+        """The batch's weighted loss sum from the model's outputs."""
+        per_example = self.loss_object.call(yb, outputs)
         return tf.reduce_sum(tf.cast(per_example, self.dtype) * wb)
+
+    def _batch_loss(self, params, xb, yb, wb):
+        return self._loss_from_outputs(self._outputs(params, xb), yb, wb)
 
     def _loss_of_theta(self, theta, xb, yb, wb):
         return self._batch_loss(self.unflatten(theta), xb, yb, wb)
