@@ -556,20 +556,33 @@ def restricted_operator(op, lo: int, hi: int) -> scipy.sparse.linalg.LinearOpera
 
 
 def block_curvature(op, sizes: list[int], diagonal: DiagonalEstimate, *, tol: float = 1e-4,
-                    seed: int = 0, level: float = 0.9) -> list[dict]:
+                    seed: int = 0, level: float = 0.9, exact_below: int = 0) -> list[dict]:
     """Per weight tensor (consecutive index blocks of `sizes`): the top eigenvalue of its
-    diagonal block with its Ritz residual (eigsh on the restricted operator), and the block's
-    trace with a t-interval from `diagonal`'s group sums (the Hutchinson diagonal estimate
-    over the same blocks). Works on any symmetric operator (Hessian, GGN, Fisher)."""
+    diagonal block with its Ritz residual, and the block's trace with a t-interval. Works on
+    any symmetric operator (Hessian, GGN, Fisher).
+
+    A block of at most `exact_below` entries is built whole from that many products with unit
+    vectors (route "dense": exact top eigenvalue and trace); a larger one gets eigsh on the
+    restricted operator and its trace from `diagonal`'s group sums (the Hutchinson diagonal
+    estimate over the same blocks; route "hutchinson")."""
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     traces = diagonal.group_traces(level)
     out = []
     for i, size in enumerate(sizes):
-        top = eigenpairs(restricted_operator(op, bounds[i], bounds[i + 1]), 1, "LA", tol=tol,
-                         seed=seed + i)
-        out.append({"size": int(size), "top_eigenvalue": float(top.values[0]),
-                    "residual": float(top.residuals[0]), "hvps": top.num_matvecs,
-                    **traces[i]})
+        block_op = restricted_operator(op, bounds[i], bounds[i + 1])
+        if size <= exact_below:
+            block = np.column_stack([block_op.matvec(e) for e in np.eye(size)])
+            values, vectors = np.linalg.eigh((block + block.T) / 2)
+            residual = float(np.linalg.norm(block @ vectors[:, -1] - values[-1] * vectors[:, -1]))
+            trace = float(np.trace(block))
+            out.append({"size": int(size), "route": "dense", "top_eigenvalue": float(values[-1]),
+                        "residual": residual, "hvps": int(size), "trace": trace,
+                        "standard_error": 0.0, "interval": (trace, trace)})
+            continue
+        top = eigenpairs(block_op, 1, "LA", tol=tol, seed=seed + i)
+        out.append({"size": int(size), "route": "hutchinson",
+                    "top_eigenvalue": float(top.values[0]), "residual": float(top.residuals[0]),
+                    "hvps": top.num_matvecs, **traces[i]})
     return out
 
 

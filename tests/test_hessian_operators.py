@@ -5,6 +5,7 @@ coverage over seeds, the SLQ positive share against the exact share, per-layer b
 full Hessian's."""
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -205,6 +206,7 @@ def test_block_curvature_equals_the_full_hessian_blocks(classifier):
     within = 0
     for layer, lo, hi in zip(layers, bounds[:-1], bounds[1:]):
         block = full[lo:hi, lo:hi]
+        assert layer["route"] == "hutchinson"
         assert layer["top_eigenvalue"] == pytest.approx(np.linalg.eigvalsh(block).max(),
                                                         rel=1e-8, abs=1e-12)
         assert layer["residual"] < 1e-7
@@ -212,6 +214,16 @@ def test_block_curvature_equals_the_full_hessian_blocks(classifier):
         within += lo_ci <= np.trace(block) <= hi_ci
         assert abs(layer["trace"] - np.trace(block)) <= 5 * layer["standard_error"] + 1e-12
     assert within >= 3
+    # blocks up to 6 entries built whole: exact, at one product per entry
+    mixed = hessian.block_curvature(op, flat.sizes, diagonal, tol=1e-10, exact_below=6)
+    assert [layer["route"] for layer in mixed] == ["hutchinson", "dense", "hutchinson", "dense"]
+    for layer, lo, hi in zip(mixed, bounds[:-1], bounds[1:]):
+        if layer["route"] == "dense":
+            block = full[lo:hi, lo:hi]
+            assert layer["trace"] == pytest.approx(np.trace(block), rel=1e-10)
+            assert layer["top_eigenvalue"] == pytest.approx(np.linalg.eigvalsh(block).max(),
+                                                            rel=1e-10)
+            assert layer["hvps"] == hi - lo
     assert sum(layer["trace"] for layer in layers) == pytest.approx(
         diagonal.trace_estimate().trace, rel=1e-10)
 
@@ -248,3 +260,93 @@ def test_slq_positive_share_against_the_exact_share(classifier):
     psd = hessian.slq_share_above(hessian.slq(hessian.matrix_operator(ggn + 1e-3 * np.eye(n)),
                                               steps=n, probes=4, seed=0), 0.0)
     assert psd["share"] == pytest.approx(1.0, abs=1e-9)
+
+
+# ------------------------------------------------------------------------------ experiment
+
+
+def test_hessian_spectrum_reports_every_number_with_its_error_bar(tmp_path):
+    """hessian_spectrum end to end on a net small enough to diagonalise: residuals bound the
+    distance to the exact eigenvalues, the interval covers the exact trace, the SLQ share is
+    checked against the exact share, per-layer blocks against the full Hessian's, GGN/Fisher
+    top-k against their exact matrices; the subsample study, four figures, and a report
+    section that refers to each by key."""
+    import re
+
+    from hw1_tf import framework, markdown, store
+    from hw1_tf.experiments import hessian_spectrum
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(10)])
+    store.export_model(model, tmp_path / "saved_models" / "actual_task" / "digits_tiny")
+    config = hessian_spectrum.Config(
+        experiment="actual_task", run="digits_tiny", dataset="digits", num_examples=150,
+        top_k=3, probes=12, lanczos_steps=15, slq_probes=4, perturbation_samples=32, verbose=0,
+        hvp_mode="forward_over_reverse", jit_compile=False, dtype="float64",
+        subsample_min=32, subsample_seeds=2, output_dir=str(tmp_path))
+    results = framework.run(hessian_spectrum, config)
+    run = results["runs"]["digits_tiny"]
+    exact = np.asarray(run["eigenvalues"])
+    n = len(exact)
+    for values, residuals in (("top_eigenvalues", "top_residuals"),
+                              ("bottom_eigenvalues", "bottom_residuals")):
+        for value, residual in zip(run[values], run[residuals]):
+            # results.json keeps 7 significant digits: the stored values are that close
+            assert np.abs(exact - value).min() <= residual + 1e-6 * abs(value)
+    lo, hi = run["trace_interval"]
+    assert lo <= exact.sum() <= hi
+    # the exact spectrum fits: the ratio shown is exact, the SLQ share checked against it
+    assert run["minimal_ratio_from"] == "exact eigenvalues"
+    share = run["slq_positive_share"]
+    assert share["probes"] == 4 and share["lower"] <= share["share"] <= share["upper"]
+    assert share["lower"] - 3 * share["standard_error"] <= run["minimal_ratio"] <= \
+        share["upper"] + 3 * share["standard_error"]
+    # independent exact matrices of the same loss
+    x, y = hessian_spectrum._examples(config, "digits")
+    loaded = hessian.keras_model_for_saved_model(
+        tmp_path / "saved_models" / "actual_task" / "digits_tiny")
+    flat = hessian.FlatLoss(loaded, x, y, dtype="float64", hvp_mode="double_backprop",
+                            jit_compile=False)
+    full = flat.full_hessian()
+    np.testing.assert_allclose(np.linalg.eigvalsh(full), exact, atol=1e-10)
+    model64 = hessian.as_float64_model(loaded)
+    per_example = _flat_variables_jacobian(
+        model64, x, lambda out: tf.nn.sparse_softmax_cross_entropy_with_logits(y, out))
+    fisher = per_example.T @ per_example / len(x)
+    np.testing.assert_allclose(run["operators"]["fisher"]["top"]["eigenvalues"],
+                               np.linalg.eigvalsh(fisher)[::-1][:3], rtol=1e-6)
+    ggn_top = run["operators"]["ggn"]["top"]
+    assert np.all(np.asarray(ggn_top["eigenvalues"]) > 0)
+    assert np.all(np.asarray(ggn_top["residuals"]) < 1e-6)
+    angles = run["operators"]["principal_angles"]
+    assert set(angles) == {"hessian-ggn", "hessian-fisher", "ggn-fisher"}
+    assert all(0 <= a <= 90 for v in angles.values() for a in v)
+    # per layer: top eigenvalue of each block; the layers' traces sum to the whole trace
+    bounds = np.concatenate([[0], np.cumsum(flat.sizes)])
+    for block, a, b in zip(run["layers"]["blocks"], bounds[:-1], bounds[1:]):
+        want = np.linalg.eigvalsh(full[a:b, a:b]).max()
+        assert abs(block["top_eigenvalue"] - want) <= block["residual"] + 1e-6 * abs(want)
+        if block["route"] == "dense":
+            assert block["trace"] == pytest.approx(np.trace(full[a:b, a:b]), rel=1e-6)
+    assert [b["route"] for b in run["layers"]["blocks"]] == ["hutchinson", "dense", "dense",
+                                                            "dense"]
+    assert len(run["layers"]["diagonal"]) == n
+    # subsample study: sizes 32, 64, 128 and the whole 150; the answer names one of them
+    study = run["subsample"]
+    assert study["sizes"] == [32, 64, 128, 150]
+    assert np.asarray(study["lambda_max"]).shape == (3, 2)
+    assert study["enough_examples"] in study["sizes"]
+    assert str(study["enough_examples"]) in study["answer"]
+    # figures by key, and the section refers to each
+    figures = tmp_path / "figures" / "hessian_spectrum"
+    keys = [f"{k}_digits_tiny" for k in ("density", "operators", "subsample", "layers")]
+    for key in keys:
+        assert (figures / f"{key}.png").is_file()
+    stored = store.load_results(store.Paths.create(tmp_path), "hessian_spectrum")
+    text = hessian_spectrum.report_section(stored, markdown.Context(
+        store.Paths.create(tmp_path), "hessian_spectrum"))
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert [Path(link).stem for link in links] == keys
+    assert "Ritz residual" in text and "how many examples are enough?" in text
+    assert "from the exact eigenvalues" in text and "SLQ estimate of the share" in text
