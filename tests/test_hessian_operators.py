@@ -350,3 +350,10 @@ def test_hessian_spectrum_reports_every_number_with_its_error_bar(tmp_path):
     assert [Path(link).stem for link in links] == keys
     assert "Ritz residual" in text and "how many examples are enough?" in text
     assert "from the exact eigenvalues" in text and "SLQ estimate of the share" in text
+
+
+def test_unknown_operator_kind_names_the_choices(classifier):
+    flat, *_ = classifier
+    with pytest.raises(hessian.Hw1Error, match="unknown curvature operator 'kfac'; choose from "
+                                               "hessian, ggn, fisher"):
+        hessian.curvature_operator(flat, "kfac")

@@ -63,6 +63,9 @@ class Config(RunConfig, DistributeOptions):
                                lower=0.0, upper=1.0)
     ggn_fisher: bool = option(True, "Also the generalized Gauss-Newton and empirical Fisher "
                                     "matrices: top-k, trace, density, principal angles.")
+    operator_slq_probes: int = option(1, "Probes of the GGN's and Fisher's SLQ densities "
+                                         "(positive semi-definite: no sign share to estimate).",
+                                      lower=1)
     layers: bool = option(True, "Per-layer curvature: each weight tensor's block's top "
                                 "eigenvalue and trace, and the Hutchinson Hessian diagonal.")
     subsample_seeds: int = option(3, "Seeds (random subsets) per size of the subsample study "
@@ -111,8 +114,8 @@ def _trace(estimate: hessian.TraceEstimate, level: float) -> dict:
             "interval": estimate.interval(level), "hvps": estimate.num_matvecs}
 
 
-def _density(op, config: Config) -> tuple[hessian.SLQResult, dict]:
-    result = hessian.slq(op, config.lanczos_steps, config.slq_probes, seed=config.seed)
+def _density(op, config: Config, probes: int) -> tuple[hessian.SLQResult, dict]:
+    result = hessian.slq(op, config.lanczos_steps, probes, seed=config.seed)
     grid, values = hessian.slq_density(result)
     return result, {"grid": grid, "density": values, "hvps": result.num_matvecs,
                     "positive_share": hessian.slq_share_above(result, config.ratio_tolerance)}
@@ -131,7 +134,7 @@ def _other_operators(flat: hessian.FlatLoss, config: Config,
                                  seed=config.seed)
         vectors[kind] = top.vectors
         trace = hessian.hutchinson_trace(op, config.probes, seed=config.seed)
-        _, density = _density(op, config)
+        _, density = _density(op, config, config.operator_slq_probes)
         out[kind] = {"top": _eigen(top), "trace": _trace(trace, config.confidence),
                      "density": density, "products": op.num_matvecs,
                      "seconds": time.perf_counter() - started}
@@ -165,7 +168,7 @@ def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
                trace_interval=trace.interval(config.confidence), trace_samples=trace.samples,
                hutchpp_trace=pp.trace, hutchpp_standard_error=pp.standard_error,
                hutchpp_interval=pp.interval(config.confidence))
-    density, summary = _density(op, config)
+    density, summary = _density(op, config, config.slq_probes)
     out.update(slq_nodes=density.nodes, slq_weights=density.weights,
                density_grid=summary["grid"], density=summary["density"],
                slq_hvps=density.num_matvecs, slq_positive_share=summary["positive_share"])
@@ -577,7 +580,8 @@ def report_section(results: dict, ctx) -> str:
         rows.append((name, r["num_params"], r["num_examples"], markdown.fmt(r["loss"]),
                      markdown.fmt(r["grad_norm"]), markdown.fmt(top.max()),
                      markdown.fmt(bottom.min()),
-                     f"{markdown.fmt(r['trace'])} {_interval_text(markdown, r.get('trace_interval'))}",
+                     f"{markdown.fmt(r['trace'])} "
+                     f"{_interval_text(markdown, r.get('trace_interval'))}",
                      f"{markdown.fmt(r['hutchpp_trace'])} "
                      f"{_interval_text(markdown, r.get('hutchpp_interval'))}",
                      _ratio_cell(markdown, r),
@@ -603,8 +607,9 @@ def report_section(results: dict, ctx) -> str:
             if share:
                 ratio += f" Beside it, the {_share_text(markdown, share, tolerance, steps)}."
         elif share:
+            limit = markdown.fmt(results["config"]["max_full_hessian_mb"])
             ratio = (f"  Minimal ratio shown: the SLQ density's mass above the tolerance "
-                     f"(the exact spectrum does not fit in {markdown.fmt(results['config']['max_full_hessian_mb'])} MB): "
+                     f"(the exact spectrum does not fit in {limit} MB): "
                      f"{_share_text(markdown, share, tolerance, steps)}.")
             width = share["upper"] - share["lower"]
             if width > 0.1:
@@ -612,7 +617,8 @@ def report_section(results: dict, ctx) -> str:
                           "quadrature cannot tell the sign of the bulk near zero, so the point "
                           "estimate's small probe error overstates how well the ratio is known.")
         else:
-            ratio = f"  Minimal ratio: {markdown.fmt(r['minimal_ratio'])} from {r['minimal_ratio_from']}."
+            ratio = (f"  Minimal ratio: {markdown.fmt(r['minimal_ratio'])} from "
+                     f"{r['minimal_ratio_from']}.")
         comments.append(ratio)
         if block is not None and lam_max > 0:
             comments.append(f"  The block-diagonal estimate of ||H||_2 is {markdown.fmt(block)}, "
