@@ -492,7 +492,8 @@ def _layers_figure(out: FigureSet, name: str, run: dict) -> None:
     left.bar(x - 0.2, top, 0.4, color="C3", label="top eigenvalue of the block")
     yerr = np.abs(np.vstack([trace - intervals[:, 0], intervals[:, 1] - trace]))
     left.bar(x + 0.2, trace, 0.4, color="C0", yerr=np.nan_to_num(yerr), capsize=3,
-             label="trace of the block (Hutchinson, CI)")
+             label="trace of the block (Hutchinson with its CI; exact for blocks built "
+                   "whole)")
     positive = np.concatenate([top, trace, intervals.ravel()])
     linthresh = max(1e-6, 1e-3 * float(np.nanmax(np.abs(positive))))
     _symlog_y(left, linthresh, positive)
