@@ -36,7 +36,9 @@ from typing import Callable
 
 import keras
 import numpy as np
+import scipy.linalg
 import scipy.sparse.linalg
+import scipy.stats
 import tensorflow as tf
 from absl import logging
 
@@ -203,10 +205,18 @@ class FlatLoss:
         parts = tf.split(theta, self.sizes)
         return [tf.reshape(p, s) for p, s in zip(parts, self.shapes)]
 
-    def _batch_loss(self, params, xb, yb, wb):
+    def _outputs(self, params, xb):
+        """The model's raw outputs (logits for classification) on a batch at `params`."""
         out, _ = self.model.stateless_call(params, self._non_trainable, xb, training=False)
-        per_example = self.loss_object.call(yb, out)
+        return out
+
+    def _loss_from_outputs(self, outputs, yb, wb):
+        """The batch's weighted loss sum from the model's outputs."""
+        per_example = self.loss_object.call(yb, outputs)
         return tf.reduce_sum(tf.cast(per_example, self.dtype) * wb)
+
+    def _batch_loss(self, params, xb, yb, wb):
+        return self._loss_from_outputs(self._outputs(params, xb), yb, wb)
 
     def _loss_of_theta(self, theta, xb, yb, wb):
         return self._batch_loss(self.unflatten(theta), xb, yb, wb)
@@ -384,17 +394,9 @@ class FlatLoss:
                 norms.append(float(np.max(np.abs(np.linalg.eigvalsh(blocks[i])))))
                 continue
             routes.append("hvp")
-            lo, hi = offsets[i], offsets[i + 1]
-
-            def block_matvec(u, lo=lo, hi=hi):
-                v = np.zeros(self.num_params, self.np_dtype)
-                v[lo:hi] = np.ravel(u)
-                return self.hvp(v, theta_np)[lo:hi].astype(np.float64)
-
-            op = scipy.sparse.linalg.LinearOperator((size, size), matvec=block_matvec,
-                                                    dtype=np.float64)
+            op = restricted_operator(self.operator(theta_np), offsets[i], offsets[i + 1])
             if size == 1:
-                norms.append(abs(float(block_matvec(np.ones(1))[0])))
+                norms.append(abs(float(op.matvec(np.ones(1))[0])))
             else:
                 top = scipy.sparse.linalg.eigsh(op, k=1, which="LM", tol=tol,
                                                 return_eigenvectors=False)
@@ -442,6 +444,147 @@ class HessianOperator(scipy.sparse.linalg.LinearOperator):
     def _rmatvec(self, v):
         return self._matvec(v)  # symmetric
 
+def _per_example_losses(flat_loss: FlatLoss, outputs, yb):
+    """Each example's loss, as the gradient of the weighted loss sum with respect to its
+    weights (the sum is linear in them), so it follows `_loss_from_outputs` whatever it does."""
+    ones = tf.ones(tf.shape(outputs)[:1], flat_loss.dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(ones)
+        total = flat_loss._loss_from_outputs(outputs, yb, ones)
+    return tape.gradient(total, ones)
+
+
+class _SummedProductOperator(scipy.sparse.linalg.LinearOperator):
+    """A symmetric curvature matrix of a FlatLoss whose product with v is a per-batch function
+    summed over the data by the FlatLoss (float64 scipy operator that counts its products)."""
+
+    kind = ""
+
+    def __init__(self, flat_loss: FlatLoss, theta=None):
+        super().__init__(np.float64, (flat_loss.num_params, flat_loss.num_params))
+        self.flat_loss = flat_loss
+        self.theta = np.asarray(flat_loss.theta0 if theta is None else theta, flat_loss.np_dtype)
+        self.num_matvecs = 0
+        jit = bool(flat_loss.jit_compile)
+        key = (self.kind, jit)
+        if key not in flat_loss._functions:
+            per_batch = type(self)._product
+            flat_loss._functions[key] = flat_loss._summed(
+                lambda theta, v, xb, yb, wb: per_batch(flat_loss, theta, v, xb, yb, wb), jit)
+        self._function = flat_loss._functions[key]
+
+    @staticmethod
+    def _product(flat_loss: FlatLoss, theta, v, xb, yb, wb):
+        raise NotImplementedError
+
+    def _matvec(self, v):
+        self.num_matvecs += 1
+        fl = self.flat_loss
+        return self._function(fl._tensor(self.theta), fl._tensor(np.ravel(v))).numpy().astype(
+            np.float64)
+
+    def _rmatvec(self, v):
+        return self._matvec(v)  # symmetric
+
+
+class GGNOperator(_SummedProductOperator):
+    """The generalized Gauss-Newton matrix G = sum_i w_i J_i^T H_i J_i (J_i: the Jacobian of
+    example i's outputs in theta, H_i: the Hessian of its loss in the outputs), the Hessian
+    without the term of the outputs' own curvature; positive semi-definite for a convex loss.
+    Products: a JVP of the outputs, an output-space HVP, a VJP back."""
+
+    kind = "ggn"
+
+    @staticmethod
+    def _product(flat_loss, theta, v, xb, yb, wb):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            with tf.autodiff.ForwardAccumulator(theta, v) as acc:
+                outputs = flat_loss._outputs(flat_loss.unflatten(theta), xb)
+            jv = acc.jvp(outputs)
+        fixed = tf.stop_gradient(outputs)
+        with tf.autodiff.ForwardAccumulator(fixed, tf.stop_gradient(jv)) as acc:
+            with tf.GradientTape() as inner:
+                inner.watch(fixed)
+                loss = flat_loss._loss_from_outputs(fixed, yb, wb)
+            g = inner.gradient(loss, fixed)
+        return tape.gradient(outputs, theta, output_gradients=tf.stop_gradient(acc.jvp(g)))
+
+
+class FisherOperator(_SummedProductOperator):
+    """The empirical Fisher F = sum_i w_i g_i g_i^T (g_i: example i's loss gradient, w_i = 1/N):
+    the mean outer product of per-example gradients. Products: a JVP of the per-example losses
+    (g_i . v) and a VJP with cotangents w_i (g_i . v)."""
+
+    kind = "fisher"
+
+    @staticmethod
+    def _product(flat_loss, theta, v, xb, yb, wb):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            with tf.autodiff.ForwardAccumulator(theta, v) as acc:
+                outputs = flat_loss._outputs(flat_loss.unflatten(theta), xb)
+                losses = _per_example_losses(flat_loss, outputs, yb)
+            gv = acc.jvp(losses)
+        return tape.gradient(losses, theta, output_gradients=tf.stop_gradient(wb * gv))
+
+
+CURVATURE_OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator,
+                       "fisher": FisherOperator}
+
+
+def curvature_operator(flat_loss: FlatLoss, kind: str, theta=None):
+    """The "hessian", "ggn" or "fisher" operator of `flat_loss` at theta (default: theta0)."""
+    if kind not in CURVATURE_OPERATORS:
+        raise Hw1Error(f"unknown curvature operator {kind!r}; choose from "
+                       f"{', '.join(CURVATURE_OPERATORS)}")
+    return CURVATURE_OPERATORS[kind](flat_loss, flat_loss.theta0 if theta is None else theta)
+
+
+def restricted_operator(op, lo: int, hi: int) -> scipy.sparse.linalg.LinearOperator:
+    """The diagonal block op[lo:hi, lo:hi] as an operator (products of op with zero-padded
+    vectors)."""
+    n = op.shape[0]
+
+    def matvec(u):
+        v = np.zeros(n)
+        v[lo:hi] = np.ravel(u)
+        return op.matvec(v)[lo:hi]
+
+    return scipy.sparse.linalg.LinearOperator((hi - lo, hi - lo), matvec=matvec,
+                                              dtype=np.float64)
+
+
+def block_curvature(op, sizes: list[int], diagonal: DiagonalEstimate, *, tol: float = 1e-4,
+                    seed: int = 0, level: float = 0.9, exact_below: int = 0) -> list[dict]:
+    """Per weight tensor (consecutive index blocks of `sizes`): the top eigenvalue of its
+    diagonal block with its Ritz residual, and the block's trace with a t-interval. Works on
+    any symmetric operator (Hessian, GGN, Fisher).
+
+    A block of at most `exact_below` entries is built whole from that many products with unit
+    vectors (route "dense": exact top eigenvalue and trace); a larger one gets eigsh on the
+    restricted operator and its trace from `diagonal`'s group sums (the Hutchinson diagonal
+    estimate over the same blocks; route "hutchinson")."""
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    traces = diagonal.group_traces(level)
+    out = []
+    for i, size in enumerate(sizes):
+        block_op = restricted_operator(op, bounds[i], bounds[i + 1])
+        if size <= exact_below:
+            block = np.column_stack([block_op.matvec(e) for e in np.eye(size)])
+            values, vectors = np.linalg.eigh((block + block.T) / 2)
+            residual = float(np.linalg.norm(block @ vectors[:, -1] - values[-1] * vectors[:, -1]))
+            trace = float(np.trace(block))
+            out.append({"size": int(size), "route": "dense", "top_eigenvalue": float(values[-1]),
+                        "residual": residual, "hvps": int(size), "trace": trace,
+                        "standard_error": 0.0, "interval": (trace, trace)})
+            continue
+        top = eigenpairs(block_op, 1, "LA", tol=tol, seed=seed + i)
+        out.append({"size": int(size), "route": "hutchinson",
+                    "top_eigenvalue": float(top.values[0]), "residual": float(top.residuals[0]),
+                    "hvps": top.num_matvecs, **traces[i]})
+    return out
+
 
 def matrix_operator(matrix: np.ndarray) -> scipy.sparse.linalg.LinearOperator:
     """A symmetric matrix as an operator (for the spectrum tools' tests and small nets)."""
@@ -485,15 +628,27 @@ def keras_model_for_saved_model(path: str | Path, spec: models.ModelSpec | None 
 # ------------------------------------------------------------------------- spectrum tools
 
 
-def top_eigenvalues(op, k: int, which: str = "LA", *, tol: float = 1e-4,
-                    maxiter: int | None = None, ncv: int | None = None,
-                    seed: int = 0) -> tuple[np.ndarray, int]:
-    """The k largest ("LA") or smallest ("SA") algebraic eigenvalues of a symmetric operator
-    with ARPACK's implicitly restarted Lanczos (`eigsh`); sorted from the extreme inwards.
-    `ncv`: Lanczos basis size (ARPACK's default max(2k+1, 20) when None).
+@dataclasses.dataclass
+class EigenResult:
+    """Ritz pairs of a symmetric operator, from the extreme inwards."""
 
-    Returns (eigenvalues, products used). If ARPACK stops before all k converge, the
-    converged ones are returned (and logged).
+    values: np.ndarray  # (k,)
+    vectors: np.ndarray  # (n, k), orthonormal columns
+    residuals: np.ndarray  # (k,) ||A v - lambda v||: some true eigenvalue lies that close
+    num_matvecs: int  # products used, the k residual products included
+
+
+def eigenpairs(op, k: int, which: str = "LA", *, tol: float = 1e-4,
+               maxiter: int | None = None, ncv: int | None = None, seed: int = 0,
+               residuals: bool = True) -> EigenResult:
+    """The k largest ("LA") or smallest ("SA") algebraic eigenvalues of a symmetric operator
+    and their eigenvectors, with ARPACK's implicitly restarted Lanczos (`eigsh`); sorted from
+    the extreme inwards. `ncv`: Lanczos basis size (ARPACK's default max(2k+1, 20) when None).
+
+    `residuals`: also the Ritz residual norms ||A v - lambda v|| (k more products). For a
+    symmetric A and a unit v, some eigenvalue of A lies within that distance of lambda, so
+    each value comes with a bound on its own error (NaN when not computed).
+    If ARPACK stops before all k converge, the converged ones are returned (and logged).
     """
     n = op.shape[0]
     if which not in ("LA", "SA"):
@@ -509,18 +664,38 @@ def top_eigenvalues(op, k: int, which: str = "LA", *, tol: float = 1e-4,
     v0 = np.random.RandomState(seed).standard_normal(n)
     if k >= n - 1:  # ARPACK needs k < n: small problems take the dense route
         dense = np.column_stack([counted.matvec(e) for e in np.eye(n)])
-        values = np.linalg.eigvalsh((dense + dense.T) / 2)
+        values, vectors = np.linalg.eigh((dense + dense.T) / 2)
     else:
         try:
-            values = scipy.sparse.linalg.eigsh(counted, k=k, which=which, tol=tol, v0=v0,
-                                               maxiter=maxiter, ncv=ncv,
-                                               return_eigenvectors=False)
+            values, vectors = scipy.sparse.linalg.eigsh(counted, k=k, which=which, tol=tol,
+                                                        v0=v0, maxiter=maxiter, ncv=ncv)
         except scipy.sparse.linalg.ArpackNoConvergence as e:
             logging.warning("eigsh: %d of %d eigenvalues converged", len(e.eigenvalues), k)
-            values = e.eigenvalues
-    values = np.sort(np.asarray(values, np.float64))
-    values = values[::-1][:k] if which == "LA" else values[:k]
-    return values, count[0]
+            values, vectors = e.eigenvalues, e.eigenvectors
+    order = np.argsort(np.asarray(values, np.float64))
+    order = order[::-1][:k] if which == "LA" else order[:k]
+    values = np.asarray(values, np.float64)[order]
+    vectors = np.asarray(vectors, np.float64)[:, order]
+    norms = np.full(len(values), np.nan)
+    if residuals and len(values):
+        products = np.column_stack([counted.matvec(v) for v in vectors.T])
+        norms = np.linalg.norm(products - vectors * values, axis=0)
+    return EigenResult(values, vectors, norms, count[0])
+
+
+def top_eigenvalues(op, k: int, which: str = "LA", *, tol: float = 1e-4,
+                    maxiter: int | None = None, ncv: int | None = None,
+                    seed: int = 0) -> tuple[np.ndarray, int]:
+    """`eigenpairs`' values only (no residual products): (eigenvalues, products used)."""
+    result = eigenpairs(op, k, which, tol=tol, maxiter=maxiter, ncv=ncv, seed=seed,
+                        residuals=False)
+    return result.values, result.num_matvecs
+
+
+def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Principal angles (degrees, smallest first) between the column spans of a and b (n, k):
+    0 for a shared direction, 90 for orthogonal ones."""
+    return np.sort(np.degrees(scipy.linalg.subspace_angles(a, b)))
 
 
 def rademacher(n: int, count: int, seed: int) -> np.ndarray:
@@ -534,6 +709,70 @@ class TraceEstimate:
     standard_error: float
     num_matvecs: int
     samples: np.ndarray  # per-probe estimates (Hutchinson) or residual samples (Hutch++)
+
+    def interval(self, level: float = 0.9) -> tuple[float, float]:
+        """Student-t confidence interval of the trace at `level` from the probe samples
+        (Hutch++: its sketched part is exact, the interval is the residual part's)."""
+        return t_interval(self.trace, self.standard_error, len(self.samples), level)
+
+
+def t_interval(mean: float, standard_error: float, count: int,
+               level: float = 0.9) -> tuple[float, float]:
+    """mean -+ t_{(1+level)/2, count-1} standard_error (NaNs below two samples)."""
+    if count < 2 or not math.isfinite(standard_error):
+        return math.nan, math.nan
+    half = float(scipy.stats.t.ppf((1 + level) / 2, count - 1)) * standard_error
+    return mean - half, mean + half
+
+
+@dataclasses.dataclass
+class DiagonalEstimate:
+    """Hutchinson's estimate of diag(A), E[v * Av] for Rademacher v (Bekas, Kokiopoulou, Saad
+    2007), with the groups' (weight tensors') per-probe sums, whose total is Hutchinson's
+    trace sample of the same probe."""
+
+    diagonal: np.ndarray  # (n,) mean over probes
+    standard_error: np.ndarray  # (n,) per entry
+    group_samples: np.ndarray  # (probes, groups): sum of v * Av over each group's entries
+    num_matvecs: int
+
+    def trace_estimate(self) -> TraceEstimate:
+        samples = self.group_samples.sum(axis=1)
+        se = samples.std(ddof=1) / math.sqrt(len(samples)) if len(samples) > 1 else math.nan
+        return TraceEstimate(float(samples.mean()), float(se), self.num_matvecs, samples)
+
+    def group_traces(self, level: float = 0.9) -> list[dict]:
+        """Each group's trace (its block's) with its standard error and t-interval."""
+        out = []
+        m = len(self.group_samples)
+        for column in self.group_samples.T:
+            mean = float(column.mean())
+            se = float(column.std(ddof=1) / math.sqrt(m)) if m > 1 else math.nan
+            out.append({"trace": mean, "standard_error": se,
+                        "interval": t_interval(mean, se, m, level)})
+        return out
+
+
+def hutchinson_diagonal(op, probes: int = 32, seed: int = 0,
+                        groups: list[int] | None = None) -> DiagonalEstimate:
+    """Hutchinson's diagonal estimator over `probes` Rademacher probes (the same probes as
+    `hutchinson_trace` with this seed); `groups`: sizes of consecutive index blocks (weight
+    tensors) whose per-probe sums are kept. Running sums only: O(n) memory."""
+    n = op.shape[0]
+    groups = [n] if groups is None else list(groups)
+    if sum(groups) != n:
+        raise Hw1Error(f"groups of {sum(groups)} entries for an operator of size {n}")
+    bounds = np.concatenate([[0], np.cumsum(groups)])
+    total, squares = np.zeros(n), np.zeros(n)
+    group_samples = []
+    for v in rademacher(n, probes, seed):
+        d = v * op.matvec(v)
+        total += d
+        squares += d * d
+        group_samples.append(np.add.reduceat(d, bounds[:-1]) if n else np.zeros(0))
+    mean = total / probes
+    var = np.maximum(squares / probes - mean ** 2, 0.0) * probes / max(probes - 1, 1)
+    return DiagonalEstimate(mean, np.sqrt(var / probes), np.array(group_samples), probes)
 
 
 def hutchinson_trace(op, probes: int | np.ndarray = 32, seed: int = 0) -> TraceEstimate:
@@ -633,6 +872,37 @@ def slq_density(result: SLQResult, grid: np.ndarray | None = None, sigma: float 
     gauss = np.exp(-((grid[:, None, None] - nodes[None]) ** 2) / (2 * sigma ** 2))
     density = (gauss * result.weights[None]).sum(axis=2).mean(axis=1)
     return grid, density / (sigma * math.sqrt(2 * math.pi))
+
+
+def slq_share_above(result: SLQResult, threshold: float) -> dict[str, float]:
+    """The spectral density's mass above `threshold` (the share of eigenvalues above it), from
+    the Gauss quadrature of each SLQ probe, averaged over probes.
+
+    share: the quadrature's mass on nodes above the threshold (an unbiased estimate of the
+      share when the Lanczos runs are complete; otherwise biased by at most the bracket);
+    standard_error: the spread over probes / sqrt(probes) (NaN with one probe);
+    lower, upper: the Chebyshev-Markov-Stieltjes bracket (Gauss quadrature's distribution
+      function interlaces the true one): each probe's own spectral measure has its mass
+      above the threshold in [share_p - tau_right, share_p + tau_left], tau_left / tau_right
+      being the weights of the two nodes on either side of the threshold. Averaged over probes.
+    """
+    shares, lowers, uppers = [], [], []
+    for nodes, weights in zip(result.nodes, result.weights):
+        keep = np.isfinite(nodes)
+        nodes, weights = nodes[keep], weights[keep]
+        order = np.argsort(nodes)
+        nodes, weights = nodes[order], weights[order]
+        below = int(np.sum(nodes <= threshold))
+        share = float(weights[below:].sum())
+        left = float(weights[below - 1]) if below > 0 else 0.0
+        right = float(weights[below]) if below < len(nodes) else 0.0
+        shares.append(share)
+        lowers.append(max(share - right, 0.0))
+        uppers.append(min(share + left, 1.0))
+    p = len(shares)
+    se = float(np.std(shares, ddof=1) / math.sqrt(p)) if p > 1 else math.nan
+    return {"share": float(np.mean(shares)), "standard_error": se,
+            "lower": float(np.mean(lowers)), "upper": float(np.mean(uppers)), "probes": p}
 
 
 # -------------------------------------------------------------------------- minimal ratio
