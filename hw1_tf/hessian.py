@@ -594,8 +594,9 @@ class ServeFlatLoss(FlatLoss):
     route = "serve"
     dense_block_route = "jacobian"
 
-    def __init__(self, serve: Callable, variables, x, y, *, loss, batch_size: int = 4096,
-                 hvp_mode: str = "auto", strategy=None, non_trainable: int = 0):
+    def __init__(self, loaded, serve: Callable, variables, x, y, *, loss,
+                 batch_size: int = 4096, hvp_mode: str = "auto", strategy=None,
+                 non_trainable: int = 0):
         _check_examples(x, y, hvp_mode)
         strategy = strategy or tf.distribute.get_strategy()
         if strategy.num_replicas_in_sync > 1:
@@ -605,6 +606,7 @@ class ServeFlatLoss(FlatLoss):
             raise Hw1Error("forward-mode products do not pass through a restored serve "
                            "function; use hvp_mode=double_backprop (or auto)")
         self.model = None
+        self.loaded = loaded  # serve's variables live as long as the loaded object
         self._serve = serve
         self.variables = list(variables)
         self.num_non_trainable = non_trainable
@@ -728,14 +730,15 @@ def trainable_variables_of(loaded) -> tuple[list, int]:
     """(trainable variables in the SavedModel's order, how many non-trainable there are).
     A Keras export lists them; a restored tf.Module does not, so its object graph is walked
     (each variable once, by the `trainable` flag it was saved with)."""
+    listed = getattr(loaded, "trainable_variables", None)
+    if listed:  # a Keras export (which also tracks copies of each under its layers' paths)
+        return list(listed), len(getattr(loaded, "non_trainable_variables", ()) or ())
     found = {}
     for obj in tf.train.TrackableView(loaded).descendants():
         if isinstance(obj, tf.Variable):
             found.setdefault(id(obj), obj)
-    listed = getattr(loaded, "trainable_variables", None)
-    trainable = list(listed) if listed else [v for v in found.values() if v.trainable]
-    ids = {id(v) for v in trainable}
-    return trainable, sum(1 for k in found if k not in ids)
+    trainable = [v for v in found.values() if v.trainable]
+    return trainable, len(found) - len(trainable)
 
 
 def detect_outputs(outputs: np.ndarray, tolerance: float = 1e-3) -> str:
@@ -832,7 +835,7 @@ def saved_model_flat_loss(path: str | Path, x: np.ndarray, y: np.ndarray, *,
             raise Hw1Error("the serve route computes in the SavedModel's own dtype; use "
                            "--route=keras for float64")
         kwargs.pop("jit_compile", None)
-        flat = ServeFlatLoss(serve, trainable, x, y, loss=loss, batch_size=batch_size,
+        flat = ServeFlatLoss(loaded, serve, trainable, x, y, loss=loss, batch_size=batch_size,
                              non_trainable=non_trainable, **kwargs)
     flat.outputs_kind = kind
     flat.loss_name = LOSS_NAMES[kind]

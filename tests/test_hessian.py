@@ -317,7 +317,7 @@ def test_saved_model_weights_are_the_ones_analysed(tmp_path):
     assert b.loss() == pytest.approx(float(want), rel=1e-6)
     # without the .keras file the spec is needed
     path.with_suffix(".keras").unlink()
-    with pytest.raises(hessian.Hw1Error, match="no net.keras beside it"):
+    with pytest.raises(hessian.Hw1Error, match="no net.keras beside it.*--route=serve"):
         hessian.keras_model_for_saved_model(path)
 
 
@@ -335,7 +335,7 @@ def test_hessian_spectrum_end_to_end_on_a_saved_model(tmp_path):
                                      dataset="digits", num_examples=120, top_k=3, probes=12,
                                      lanczos_steps=15, perturbation_samples=64, verbose=0,
                                      hvp_mode="forward_over_reverse", jit_compile=False,
-                                     dtype="float64", output_dir=str(tmp_path))
+                                     dtype="float64", route="keras", output_dir=str(tmp_path))
     results = framework.run(hessian_spectrum, config)
     run = results["runs"]["digits_tiny"]
     exact = np.asarray(run["eigenvalues"])

@@ -1,7 +1,10 @@
 """Curvature of a trained model: top eigenvalues (both ends), Hutchinson / Hutch++ trace, the
 spectral density by stochastic Lanczos quadrature, the block-diagonal norm of the slides, and
-both minimal ratios; from any SavedModel the store exported (`--saved_model=PATH`, or
-`--experiment=X --run=NAME`). When the full Hessian fits `max_full_hessian_mb`, its exact
+both minimal ratios; from any SavedModel with a `serve` function (`--saved_model=PATH`: a plain
+`keras.Model.export`, a `tf.Module` saved with `tf.saved_model.save`, or a store export;
+`--experiment=X --run=NAME` for the store's). The loss goes through `serve` itself with its
+trainable variables as the parameters (`--route=keras` rebuilds the Keras model from the
+`.keras` file beside it instead); logits vs probabilities is detected (`--outputs`). When the full Hessian fits `max_full_hessian_mb`, its exact
 eigenvalues are stored too and the eigenvalue minimal ratio is taken from them."""
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ POSITION = 500  # its place in the slides' order (the registry sorts by it)
 
 @dataclasses.dataclass
 class Config(RunConfig, DistributeOptions):
-    saved_model: str | None = option(None, "SavedModel to analyse (a store export).")
+    saved_model: str | None = option(None, "SavedModel to analyse: any with a serve function "
+                                           "(Keras export, tf.Module, a store export).")
+    route: str = option("serve", "How the loss is computed: through the SavedModel's serve "
+                                 "function, or a Keras model from the .keras file beside it.",
+                        choices=hessian.ROUTES)
+    outputs: str = option("auto", "What serve returns (auto: probabilities when every row is "
+                                  "non-negative and sums to 1 on the data, else logits).",
+                          choices=hessian.OUTPUT_KINDS)
     experiment: str | None = option(None, "Experiment whose run to analyse (with --run).")
     run: str | None = option(None, "Run name under saved_models/<experiment>/ (with "
                                    "--experiment).")
@@ -53,11 +63,13 @@ class Config(RunConfig, DistributeOptions):
                                               "sampled minimal ratio.", lower=0.0)
     perturbation_samples: int = option(1000, "Random perturbations of the sampled minimal "
                                              "ratio.", lower=1)
-    hvp_mode: str = option("auto", "Hessian-vector products: measured choice or a fixed "
-                                   "mode.", choices=hessian.HVP_MODES)
+    hvp_mode: str = option("auto", "Hessian-vector products: by rule (auto), measured and "
+                                   "cached per model (measure), or a fixed mode.",
+                           choices=hessian.HVP_MODES)
     dtype: str = option("float32", "Precision of the products.",
                         choices=("float32", "float64"))
-    jit_compile: bool | None = option(None, "XLA for the products (default: measured).")
+    jit_compile: bool | None = option(None, "XLA for the products (default: off by rule, "
+                                            "measured with --hvp_mode=measure).")
 
 
 def _source(config: Config, paths: store.Paths) -> tuple[str, Path, dict]:
@@ -99,7 +111,8 @@ def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
     bottom, n_bottom = hessian.top_eigenvalues(op, config.top_k, "SA",
                                                tol=config.eigen_tolerance, seed=config.seed)
     out.update(top_eigenvalues=top, bottom_eigenvalues=bottom, eigsh_hvps=n_top + n_bottom,
-               hvp_timings=flat.hvp_timings)
+               hvp_timings=flat.hvp_timings, hvp_choice=list(flat._hvp_choice),
+               hvp_choice_from=flat.hvp_choice_from)
     trace = hessian.hutchinson_trace(op, config.probes, seed=config.seed)
     pp = hessian.hutchpp_trace(op, config.probes, seed=config.seed)
     out.update(trace=trace.trace, trace_standard_error=trace.standard_error,
@@ -139,16 +152,16 @@ def run(ctx: framework.ExperimentContext) -> framework.Outcome:
     x, y = _examples(config, dataset)
     spec = models.ModelSpec(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in record["model"].items()}) if "model" in record else None
-    outputs = int(y.max()) + 1 if np.issubdtype(y.dtype, np.integer) else y.shape[-1]
-    model = hessian.keras_model_for_saved_model(path, spec, x.shape[1:], outputs)
-    flat = hessian.FlatLoss(model, x, y, batch_size=config.batch_size,
-                            dtype=None if config.dtype == "float32" else config.dtype,
-                            strategy=ctx.strategy, hvp_mode=config.hvp_mode,
-                            jit_compile=config.jit_compile)
-    logging.info("%s: %d parameters, loss over %d %s examples", name, flat.num_params, len(x),
-                 dataset)
+    flat = hessian.FlatLoss.from_saved_model(
+        path, x, y, outputs=config.outputs, route=config.route, spec=spec,
+        batch_size=config.batch_size, dtype=None if config.dtype == "float32" else config.dtype,
+        strategy=ctx.strategy, hvp_mode=config.hvp_mode, jit_compile=config.jit_compile)
+    logging.info("%s: %d parameters, loss over %d %s examples through the %s route: %s; %s",
+                 name, flat.num_params, len(x), dataset, flat.route, flat.loss_name,
+                 "; ".join(flat.notes))
     result = curvature(flat, config)
-    result.update(saved_model=str(path), dataset=dataset)
+    result.update(saved_model=str(path), dataset=dataset, route=flat.route,
+                  outputs=flat.outputs_kind, loss_used=flat.loss_name, notes=flat.notes)
     logging.info("%s: top eigenvalues %s, bottom %s, trace %.4g +- %.2g, %d HVPs in %.1f s",
                  name, np.round(result["top_eigenvalues"], 5),
                  np.round(result["bottom_eigenvalues"], 5), result["trace"],
@@ -234,7 +247,10 @@ def report_section(results: dict, ctx) -> str:
         if r["grad_norm"] > 1e-3:  # far from a critical point: curvature only, no verdict
             shape += (f" (but ‖∇L‖ = {markdown.fmt(r['grad_norm'])}: not a critical point, so "
                       "this describes the local curvature, not a minimum or saddle)")
-        comments.append(f"- **{name}**: largest eigenvalue {markdown.fmt(lam_max)}; {shape}. "
+        comments.append(f"- **{name}**: loss {r.get('loss_used', 'cross-entropy')} "
+                        f"({r.get('route', 'keras')} route"
+                        + "".join(f"; {n}" for n in r.get("notes", [])) + "). "
+                        f"Largest eigenvalue {markdown.fmt(lam_max)}; {shape}. "
                         f"{markdown.pct(r['perturbation_ratio'])} of random perturbations of "
                         f"radius {markdown.fmt(results['config']['perturbation_radius'])} raise "
                         f"the loss ({markdown.fmt(r['minimal_ratio'])} minimal ratio from "
