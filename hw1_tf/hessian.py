@@ -424,6 +424,22 @@ class FlatLoss:
     def operator(self, theta=None) -> "HessianOperator":
         return HessianOperator(self, self.theta0 if theta is None else theta)
 
+    # PyHessian-style shortcuts at theta0 (the spectrum tools below, on `operator()`)
+
+    def eigenvalues(self, k: int = 1, which: str = "LA", *, tol: float = 1e-4,
+                    seed: int = 0) -> np.ndarray:
+        """The k largest ("LA") or smallest ("SA") eigenvalues (`top_eigenvalues`)."""
+        return top_eigenvalues(self.operator(), k, which, tol=tol, seed=seed)[0]
+
+    def trace(self, probes: int = 30, seed: int = 0) -> "TraceEstimate":
+        """Hutchinson's trace estimate with its standard error (`hutchinson_trace`)."""
+        return hutchinson_trace(self.operator(), probes, seed)
+
+    def density(self, steps: int = 100, probes: int = 1, seed: int = 0,
+                **kwargs) -> tuple[np.ndarray, np.ndarray]:
+        """(grid, spectral density) by stochastic Lanczos quadrature (`slq`, `slq_density`)."""
+        return slq_density(slq(self.operator(), steps, probes, seed), **kwargs)
+
     # ----------------------------------------------------------------------- full Hessian
 
     def full_hessian(self, theta=None, *, max_mb: float = 1024.0) -> np.ndarray:
