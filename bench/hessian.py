@@ -1,22 +1,35 @@
 #!/usr/bin/env python3
-"""hw1_tf's curvature toolkit against PyHessian 0.1, side by side in one process.
+"""hw1_tf's curvature toolkit against hessian-eigenthings 1.0.0a5, curvlinops 3.0.1 and
+PyHessian 0.1, side by side in one process.
 
-Same model, data and weights (the Keras MLP is trained briefly, its weights copied into an
-equal torch.nn.Sequential): one HVP, top-1, top-5, trace (Hutchinson), density (SLQ). Each
-tool's accuracy is measured against a tight reference (eigsh to 1e-8). Timings
-are the min over interleaved rounds (other processes share the CPU). PyHessian is used in its
-single-batch mode (`data=(inputs, targets)`), which keeps the gradient graph and so pays only
-the second backward pass per product; ours recompute the forward and backward every product.
+Same model, weights and examples for every tool: the MNIST 784-256-256-256-10 MLP (Keras,
+trained one epoch, its weights copied into an equal torch.nn.Sequential), 5,000 examples from
+the project's data layer. Tasks: one Hessian-vector product, the top-5 eigenvalues, a 30-probe
+Hutchinson trace and a 100-step stochastic Lanczos quadrature (1 probe). Accuracy: relative
+error against a tight reference, hw1_tf's float64 products with eigsh to 1e-10. Timings are
+the min over interleaved rounds (other sessions share the 2 cores); the ratio printed is the
+fastest anchor's seconds over ours.
 
-PyHessian's density() calls torch.eig, removed in torch 1.9: this script shims it with
-torch.linalg.eigh (T is symmetric tridiagonal, so the shim returns the same eigenpairs).
+  * hessian-eigenthings: `HessianOperator` (full dataset, autograd); its `lanczos` at matched
+    accuracy (the fewest of 20/40/80/120 steps, fully reorthogonalised, whose top-5 error is
+    within ours or 1e-5, not its default 2k steps), `hutchinson`, `spectral_density`.
+  * curvlinops: `HessianLinearOperator(...).to_scipy()` with scipy `eigsh` (its defaults), its
+    `hutchinson_trace` (one block of 30 probes).
+  * PyHessian: its single-batch mode (`data=(inputs, targets)`), which keeps the gradient graph
+    and pays only the second backward per product; power iteration (tol 1e-3), `trace` with
+    30 probes, `density`. Its density() calls torch.eig (removed in torch 1.9): shimmed with
+    torch.linalg.eigh (T is symmetric tridiagonal, the same eigenpairs).
+  * hw1_tf: `FlatLoss` with its rule-chosen products (double backprop, no XLA); top-5 by eigsh
+    on single products at the same tolerance as curvlinops', trace and SLQ probes as blocks
+    (`hvp_block`, `BLOCK_SIZE` products per pass over the data).
 
-Also: the block-diagonal route on the small MLP (seconds, peak RSS in a child process), the
-exact Hessian of a 593-parameter net, and HVP time against the parameter count (1e3..1e6),
-drawn by hw1_tf.plot_hvp_scaling to figures/bench/hvp_scaling.png.
+`--first_call` measures setup plus first product in fresh processes (the old measured choice
+of four variants vs the rule vs a cached measured choice). `--extras` adds the 784-30-10
+comparison with PyHessian, the block-diagonal route, the exact Hessian of a 593-parameter net
+and HVP time against the parameter count (figures/bench/hvp_scaling.png).
 
-  pip install -e .[bench]       # torch==2.13.0, pyhessian
-  python bench/hessian.py [--rounds=2] [--no_scaling]
+  pip install -e .[bench]       # torch==2.13.0 (CPU wheel), the three anchors; see setup.cfg
+  python bench/hessian.py [--rounds=2] [--first_call] [--extras]
 """
 
 from __future__ import annotations
@@ -232,6 +245,272 @@ def compare(name, hidden, n, rounds, train_epochs, rows):
     return res
 
 
+def flat_to_torch(vec: np.ndarray, params) -> list:
+    """hw1_tf flat order (kernel (in,out) row-major, bias) -> torch per-parameter tensors."""
+    import torch
+
+    out, at = [], 0
+    for p in params:
+        shape = tuple(p.shape)
+        size = int(np.prod(shape))
+        a = np.asarray(vec[at:at + size], np.float32)
+        at += size
+        out.append(torch.from_numpy((a.reshape(shape[::-1]).T if len(shape) == 2 else
+                                     a.reshape(shape)).copy()))
+    return out
+
+
+def interleaved(rounds: int, tasks: dict) -> tuple[dict, dict]:
+    """Runs every task once per round, in turn; (min seconds, last result) per task."""
+    best, last = {k: float("inf") for k in tasks}, {}
+    for _ in range(rounds):
+        for name, fn in tasks.items():
+            start = time.perf_counter()
+            last[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, last
+
+
+def anchors(n: int, rounds: int, eig_tol: float) -> dict:
+    """Every tool on the MNIST 784-256-256-256-10 MLP over n examples (see the docstring)."""
+    import curvlinops
+    import hessian_eigenthings as he
+    import scipy.sparse.linalg
+    import torch
+    from pyhessian import hessian as PyHessian
+
+    from hw1_tf import hessian
+
+    x, y = mnist(n)
+    model = keras_mlp((256, 256, 256), x, y, 1)
+    tmodel = torch_copy(model)
+    crit = torch.nn.CrossEntropyLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    params = [p for p in tmodel.parameters() if p.requires_grad]
+    res = {"params": int(sum(p.numel() for p in params)), "examples": n}
+
+    setup = {}
+    t0 = time.perf_counter()
+    flat = hessian.FlatLoss(model, x, y, batch_size=n)
+    op = flat.operator()
+    op.matvec(np.ones(flat.num_params))
+    setup["hw1_tf"] = time.perf_counter() - t0
+    ones_t = torch.cat([t.reshape(-1) for t in flat_to_torch(np.ones(flat.num_params), params)])
+    t0 = time.perf_counter()
+    eig_op = he.HessianOperator(tmodel, [(xt, yt)], he.supervised_loss(crit))
+    eig_op.matvec(ones_t)
+    setup["eigenthings"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cl_op = curvlinops.HessianLinearOperator(tmodel, crit, params, [(xt, yt)],
+                                             check_deterministic=False)
+    cl_op @ ones_t
+    cl_scipy = cl_op.to_scipy(np.float64)
+    setup["curvlinops"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ph = PyHessian(tmodel, crit, data=(xt, yt), cuda=False)
+    ph_v = flat_to_torch(np.ones(flat.num_params), params)
+    torch.autograd.grad(ph.gradsH, ph.params, grad_outputs=ph_v, retain_graph=True)
+    setup["pyhessian"] = time.perf_counter() - t0
+    res["setup_s"] = setup
+    assert abs(flat.loss() - crit(tmodel(xt), yt).item()) < 1e-5 * max(1.0, flat.loss())
+
+    # one product, the same vector in each tool's parameter order
+    v = np.random.RandomState(0).standard_normal(flat.num_params)
+    v_parts = flat_to_torch(v, params)
+    v_t = torch.cat([t.reshape(-1) for t in v_parts])
+    block = np.random.RandomState(1).standard_normal((flat.num_params, flat.block_size))
+    times, out = interleaved(5 * rounds, {
+        "hw1_tf": lambda: op.matvec(v),
+        "hw1_tf block": lambda: op.matmat(block),
+        "eigenthings": lambda: eig_op.matvec(v_t),
+        "curvlinops": lambda: cl_op @ v_t,
+        "pyhessian": lambda: torch.autograd.grad(ph.gradsH, ph.params, grad_outputs=v_parts,
+                                                 retain_graph=True)})
+    times["hw1_tf block"] /= flat.block_size
+    want = out["hw1_tf"]
+    agree = {"eigenthings": torch_to_flat(flat_to_torch_flat(out["eigenthings"], params)),
+             "curvlinops": torch_to_flat(flat_to_torch_flat(out["curvlinops"], params)),
+             "pyhessian": torch_to_flat(out["pyhessian"])}
+    res["hvp_s"] = times
+    res["hvp_rel_diff"] = {k: float(np.linalg.norm(a - want) / np.linalg.norm(want))
+                           for k, a in agree.items()}
+    res["block_rel_diff"] = float(np.linalg.norm(out["hw1_tf block"][:, 0] - op.matvec(
+        block[:, 0])) / np.linalg.norm(out["hw1_tf block"][:, 0]))
+
+    # tight reference: float64 products, eigsh to 1e-10
+    t0 = time.perf_counter()
+    flat64 = hessian.FlatLoss(model, x, y, batch_size=n, dtype="float64")
+    reference, ref_hvps = hessian.top_eigenvalues(flat64.operator(), 5, "LA", tol=1e-10,
+                                                  seed=99)
+    res.update(reference_top5=reference.tolist(), reference_hvps=ref_hvps,
+               reference_s=time.perf_counter() - t0)
+
+    # top-5: eigsh with the same v0 and tolerance on hw1_tf and curvlinops products
+    v0 = np.random.RandomState(0).standard_normal(flat.num_params)
+    v0_t = torch_to_flat_order(v0, params)
+    counts = {}
+
+    def ours_top5():
+        vals, counts["hw1_tf"] = hessian.top_eigenvalues(op, 5, "LA", tol=eig_tol, seed=0)
+        return vals
+
+    def curvlinops_top5():
+        vals = scipy.sparse.linalg.eigsh(cl_scipy, k=5, which="LA", tol=eig_tol, v0=v0_t,
+                                         return_eigenvectors=False)
+        return np.sort(vals)[::-1]
+
+    def pyhessian_top5():
+        torch.manual_seed(0)
+        return np.sort(ph.eigenvalues(top_n=5)[0])[::-1]
+
+    times, vals = interleaved(rounds, {"hw1_tf": ours_top5, "curvlinops": curvlinops_top5,
+                                       "pyhessian": pyhessian_top5})
+    # eigenthings' Lanczos at matched accuracy: the fewest steps that reach ours (or 1e-5)
+    target = max(rel_err(vals["hw1_tf"], reference), 1e-5)
+    for steps in (20, 40, 80, 120):
+        t, result = interleaved(rounds, {"eigenthings": lambda: np.sort(he.lanczos(
+            eig_op, k=5, max_iter=steps, which="LA", reorthogonalize=True,
+            seed=0).eigenvalues.numpy())[::-1]})
+        times["eigenthings"], vals["eigenthings"] = t["eigenthings"], result["eigenthings"]
+        counts["eigenthings"] = steps
+        if rel_err(vals["eigenthings"], reference) <= target:
+            break
+    res["top5"] = {"s": times, "values": {k: list(map(float, a)) for k, a in vals.items()},
+                   "rel_err": {k: rel_err(a, reference) for k, a in vals.items()},
+                   "hvps": counts}
+
+    # 30-probe Hutchinson trace
+    def ph_trace():
+        torch.manual_seed(100)
+        return float(np.mean(ph.trace(maxIter=30, tol=-1)))
+
+    times, traces = interleaved(rounds, {
+        "hw1_tf": lambda: hessian.hutchinson_trace(op, 30, seed=0).trace,
+        "eigenthings": lambda: he.hutchinson(eig_op, num_samples=30, seed=0).estimate,
+        "curvlinops": lambda: float(curvlinops.hutchinson_trace(cl_op, 30)),
+        "pyhessian": ph_trace})
+    same = hessian.hutchinson_trace(op, 30, seed=0)
+    res["trace"] = {"s": times, "values": {k: float(a) for k, a in traces.items()},
+                    "standard_error": same.standard_error}
+
+    # 100-step SLQ, one probe
+    def ph_density():
+        torch.manual_seed(200)
+        nodes, _ = ph.density(iter=100, n_v=1)
+        return float(np.max(nodes[0]))
+
+    times, tops = interleaved(rounds, {
+        "hw1_tf": lambda: float(np.nanmax(hessian.slq(op, 100, 1, seed=0).nodes)),
+        "eigenthings": lambda: float(he.spectral_density(
+            eig_op, num_runs=1, lanczos_steps=100, seed=0).raw_eigenvalues.max()),
+        "pyhessian": ph_density})
+    t, eight = interleaved(1, {"hw1_tf 8 probes": lambda: float(np.nanmax(hessian.slq(
+        op, 100, 8, seed=0).nodes))})
+    res["density"] = {"s": times, "top_ritz": tops,
+                      "top_ritz_rel_err": {k: abs(a - reference[0]) / reference[0]
+                                           for k, a in tops.items()},
+                      "eight_probes_s": t["hw1_tf 8 probes"]}
+    return res
+
+
+def flat_to_torch_flat(vec, params) -> list:
+    """A flat torch-order tensor split into per-parameter tensors (for torch_to_flat)."""
+    a = vec.detach().numpy() if hasattr(vec, "detach") else np.asarray(vec)
+    a = np.ravel(a)
+    out, at = [], 0
+    import torch
+
+    for p in params:
+        size = p.numel()
+        out.append(torch.from_numpy(a[at:at + size].reshape(tuple(p.shape)).copy()))
+        at += size
+    return out
+
+
+def torch_to_flat_order(vec: np.ndarray, params) -> np.ndarray:
+    """hw1_tf flat order -> the torch flat order, as float64 numpy (eigsh's v0)."""
+    return np.concatenate([t.numpy().ravel() for t in flat_to_torch(vec, params)]).astype(
+        np.float64)
+
+
+def print_anchors(res: dict) -> None:
+    tools = ("eigenthings", "curvlinops", "pyhessian")
+    names = {"hw1_tf": "hw1_tf", "eigenthings": "hessian-eigenthings 1.0.0a5",
+             "curvlinops": "curvlinops 3.0.1", "pyhessian": "PyHessian 0.1"}
+    print(f"\n== MNIST MLP 784-256-256-256-10: {res['params']} parameters, {res['examples']} "
+          "examples, one process, same weights")
+    print(f"reference top-5 (float64 products, eigsh tol 1e-10, {res['reference_hvps']} HVPs, "
+          f"{res['reference_s']:.1f} s): {np.round(res['reference_top5'], 6).tolist()}")
+    print("products agree with hw1_tf's to (relative): " + ", ".join(
+        f"{names[k]} {v:.1e}" for k, v in res["hvp_rel_diff"].items())
+          + f"; a block column to {res['block_rel_diff']:.1e}")
+
+    def row(task, times, extra):
+        fastest = min(tools, key=lambda k: times.get(k, float("inf")))
+        cells = "  ".join(f"{times[k]:8.3f}" if k in times else f"{'-':>8}" for k in tools)
+        ours = times["hw1_tf"]
+        print(f"{task:<22} {ours:8.3f}  {cells}  {times[fastest] / ours:6.2f}x  {extra}")
+
+    print(f"{'task (seconds)':<22} {'hw1_tf':>8}  {'eigenth.':>8}  {'curvlin.':>8}  "
+          f"{'PyHess.':>8}  {'ratio':>6}   (ratio = fastest anchor / hw1_tf)")
+    row("setup + first product", res["setup_s"], "")
+    h = dict(res["hvp_s"])
+    row("one HVP", h, "")
+    row("one HVP (block of 8)", {**h, "hw1_tf": h["hw1_tf block"]},
+        "hw1_tf per vector in an hvp_block of 8")
+    t = res["top5"]
+    row("top-5 eigenvalues", t["s"], "rel.err " + ", ".join(
+        f"{k} {v:.1e}" for k, v in t["rel_err"].items()) + "; HVPs/steps " + ", ".join(
+        f"{k} {v}" for k, v in t["hvps"].items()))
+    tr = res["trace"]
+    row("trace (30 probes)", tr["s"], "estimates " + ", ".join(
+        f"{k} {v:.4g}" for k, v in tr["values"].items()) + f" (s.e. {tr['standard_error']:.2g})")
+    d = res["density"]
+    row("SLQ (100 steps)", d["s"], "top Ritz rel.err " + ", ".join(
+        f"{k} {v:.1e}" for k, v in d["top_ritz_rel_err"].items())
+        + f"; hw1_tf with 8 probes in lockstep {d['eight_probes_s']:.2f} s")
+
+
+def first_call_child(mode: str) -> None:
+    """Setup plus first product in this fresh process (TF imported and data loaded first)."""
+    from hw1_tf import hessian
+
+    x, y = mnist(5000)
+    model = keras_mlp((256, 256, 256), x, y, 0)
+    start = time.perf_counter()
+    flat = hessian.FlatLoss(model, x, y, batch_size=5000, hvp_mode=mode)
+    flat.hvp(np.ones(flat.num_params))
+    print(json.dumps({"seconds": time.perf_counter() - start,
+                      "choice": list(flat._hvp_choice), "from": flat.hvp_choice_from}))
+
+
+def first_call(rounds: int) -> None:
+    """Fresh processes, interleaved: the old measured choice (no cache), the rule, the
+    measured choice read from a warm cache."""
+    import tempfile
+
+    cache = Path(tempfile.mkdtemp()) / "hvp_choices.json"
+    runs = {"measured, no cache (before)": ("measure", True), "rule (after)": ("auto", False),
+            "measured, cached": ("measure", False)}
+    best = {k: float("inf") for k in runs}
+    info = {}
+    for _ in range(rounds):
+        for name, (mode, fresh_cache) in runs.items():
+            if fresh_cache and cache.exists():
+                cache.unlink()
+            env = dict(os.environ, HW1_HVP_CACHE=str(cache))
+            out = subprocess.run([sys.executable, __file__, f"--first_call_child={mode}"],
+                                 check=True, capture_output=True, text=True, env=env)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            best[name] = min(best[name], r["seconds"])
+            info[name] = r
+    print("\nsetup + first product, MNIST 784-256-256-256-10 MLP, 5,000 examples, fresh "
+          f"processes (min of {rounds}):")
+    for name, seconds in best.items():
+        print(f"  {name:<30} {seconds:6.2f} s  ({info[name]['choice'][0]}"
+              f"{' xla' if info[name]['choice'][1] else ''}, from {info[name]['from']})")
+
+
 def blocks_child(n: int):
     """Block-diagonal Hessian of the 784-30-10 MLP (run in a fresh process for its peak RSS)."""
     from hw1_tf import hessian
@@ -351,12 +630,20 @@ def plot_hvp_scaling(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--examples", type=int, default=5000)
+    parser.add_argument("--eig_tol", type=float, default=1e-6,
+                        help="eigsh tolerance of hw1_tf's and curvlinops' top-5")
+    parser.add_argument("--first_call", action="store_true")
+    parser.add_argument("--extras", action="store_true")
     parser.add_argument("--no_scaling", action="store_true")
     parser.add_argument("--blocks_child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--first_call_child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.blocks_child:
         return blocks_child(args.blocks_child)
+    if args.first_call_child:
+        return first_call_child(args.first_call_child)
 
     import tensorflow as tf
     import torch
@@ -364,13 +651,16 @@ def main():
     tf.get_logger().setLevel("ERROR")
     torch.set_num_threads(os.cpu_count() or 1)
     shim_torch_eig()
-    print("PyHessian 0.1 with torch", torch.__version__, "(torch.eig shimmed with "
-          "torch.linalg.eigh); TensorFlow", tf.__version__, flush=True)
+    print("torch", torch.__version__, "(PyHessian's torch.eig shimmed with torch.linalg.eigh); "
+          "TensorFlow", tf.__version__, f"; load average {os.getloadavg()[0]:.1f}", flush=True)
+    if args.first_call:
+        first_call(max(args.rounds, 2))
+    print_anchors(anchors(args.examples, args.rounds, args.eig_tol))
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    if not args.extras:
+        return
     rows = []
-    print_comparison(compare("MNIST MLP 784-256-256-256-10", (256, 256, 256), 5000,
-                             args.rounds, 1, rows))
     print_comparison(compare("MLP 784-30-10", (30,), 500, args.rounds + 1, 1, rows))
-
     out = subprocess.run([sys.executable, __file__, "--blocks_child=500"], check=True,
                          capture_output=True, text=True)
     blocks = json.loads(out.stdout.strip().splitlines()[-1])

@@ -12,23 +12,32 @@ Routes (each checked against the others and against closed forms in tests/test_h
     refuses with `HessianTooLargeError` above a memory limit.
   * `FlatLoss.block_diagonal_hessian`: one block per weight tensor, via `tf.hessians` (graph
     mode, w.r.t. tensors); a block above the memory limit comes from HVPs restricted to it.
-  * `FlatLoss.hvp`: Hessian-vector products over the whole dataset, forward-over-reverse or
-    double backprop (whichever measures faster), XLA when it pays, sharded and all-reduced
-    under a tf.distribute strategy.
+  * `FlatLoss.hvp`: Hessian-vector products over the whole dataset, double backprop without
+    XLA by rule (the fastest of the four variants measured here; `hvp_mode="measure"` measures
+    them per model signature and caches the choice), sharded and all-reduced under a
+    tf.distribute strategy. `FlatLoss.hvp_block` takes a block of vectors (H V, V of shape
+    n x b) in one pass over the data, vectorised over the block; the trace and density
+    estimators hand their probes over as blocks.
   * spectrum tools on any symmetric operator (`HessianOperator`, a scipy LinearOperator):
     `top_eigenvalues` (ARPACK Lanczos via `eigsh`), `hutchinson_trace`, `hutchpp_trace`,
     `slq` + `slq_density` (stochastic Lanczos quadrature).
   * `eigenvalue_ratio` and `perturbation_ratio`: the two minimal-ratio definitions.
 
-SavedModels: `flat_loss_from_saved_model` builds the Keras model from the `.keras` file that
-`store.export_model` writes beside the SavedModel (or from a `models.ModelSpec`), then assigns
-the SavedModel's `trainable_variables` to it, so the weights analysed are the SavedModel's.
+SavedModels: `FlatLoss.from_saved_model(path, x, y)` takes any SavedModel with a `serve`
+function (plain `keras.Model.export`, `tf.saved_model.save` of a `tf.Module`, the store's own
+exports): the loss goes through `serve` itself, its trainable variables are the parameters
+(`ServeFlatLoss`), non-trainable ones (BatchNorm statistics) stay fixed, and whether `serve`
+returns logits or probabilities is detected on the data (or given). `route="keras"` keeps the
+older route: a Keras model from the `.keras` file that `store.export_model` writes beside the
+SavedModel (or a `models.ModelSpec`), carrying the SavedModel's trainable variables.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging as pylogging
+import os
 import math
 import time
 from pathlib import Path
@@ -40,6 +49,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 import scipy.stats
 import tensorflow as tf
+import threadpoolctl
 from absl import logging
 
 from hw1_tf import models, store, training
@@ -62,7 +72,13 @@ class _PerModelFunctions(pylogging.Filter):
 
 pylogging.getLogger("tensorflow").addFilter(_PerModelFunctions())
 
-HVP_MODES = ("auto", "forward_over_reverse", "double_backprop")
+HVP_MODES = ("auto", "measure", "forward_over_reverse", "double_backprop")
+OUTPUT_KINDS = ("auto", "logits", "probabilities")
+ROUTES = ("serve", "keras")
+# H V for V with this many columns per pass over the data: measured on the MNIST
+# 784-256-256-256-10 MLP, 5,000 examples, 2 cores: 48 / 43 / 43.5 / 45 ms per vector at
+# b = 2 / 4 / 8 / 16 against 50 ms for one product alone
+BLOCK_SIZE = 8
 
 
 class HessianTooLargeError(Hw1Error):
@@ -136,18 +152,29 @@ class FlatLoss:
         convolutions on CPU); True / False forces it.
     """
 
+    route = "keras"
+    dense_block_route = "tf.hessians"
+
     def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss=None,
                  batch_size: int = 4096, dtype: str | None = None, strategy=None,
                  hvp_mode: str = "auto", jit_compile: bool | None = None):
-        if hvp_mode not in HVP_MODES:
-            raise Hw1Error(f"unknown hvp_mode {hvp_mode!r}; choose from {', '.join(HVP_MODES)}")
-        if len(x) == 0 or len(x) != len(y):
-            raise Hw1Error(f"need as many labels as examples, got {len(x)} and {len(y)}")
+        _check_examples(x, y, hvp_mode)
         self.model = as_float64_model(model) if dtype == "float64" else model
+        self._non_trainable = [tf.convert_to_tensor(v.value)
+                               for v in self.model.non_trainable_variables]
+        if training._xla_slow_here(self.model):
+            jit_compile = False
+        self._setup(self.model.trainable_variables, [v.path for v in
+                                                      self.model.trainable_variables],
+                    x, y, loss=loss, batch_size=batch_size, strategy=strategy,
+                    hvp_mode=hvp_mode, jit_compile=jit_compile)
+
+    def _setup(self, variables, names, x, y, *, loss, batch_size, strategy, hvp_mode,
+               jit_compile):
+        """What both routes share: parameters, loss, batches and the HVP choice's state."""
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
-        variables = self.model.trainable_variables
-        self.names = [v.path for v in variables]
+        self.names = list(names)
         self.shapes = [tuple(v.shape) for v in variables]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.num_params = int(sum(self.sizes))
@@ -155,8 +182,6 @@ class FlatLoss:
         self.np_dtype = self.dtype.as_numpy_dtype
         self.theta0 = np.concatenate([np.ravel(v.numpy()) for v in variables]).astype(
             self.np_dtype)
-        self._non_trainable = [tf.convert_to_tensor(v.value)
-                               for v in self.model.non_trainable_variables]
         if loss is None:
             integer_labels = np.issubdtype(np.asarray(y).dtype, np.integer)
             loss = training.loss_and_metrics(1 if integer_labels else 0)[0]
@@ -165,13 +190,22 @@ class FlatLoss:
         self.batch_size = int(min(batch_size, -(-len(x) // self.replicas)))
         self._data = self._shard(np.asarray(x), np.asarray(y))
         self.hvp_mode = hvp_mode
-        slow_xla = training._xla_slow_here(self.model)
-        if self.replicas > 1 or slow_xla:
+        if self.replicas > 1:
             jit_compile = False
         self.jit_compile = jit_compile
+        self.block_size = BLOCK_SIZE
         self._functions: dict[tuple, Callable] = {}
         self.hvp_timings: dict[str, float] = {}
+        self.hvp_choice_from = ""
         self.num_hvps = 0
+
+    @classmethod
+    def from_saved_model(cls, path: str | Path, x: np.ndarray, y: np.ndarray, *,
+                         outputs: str = "auto", route: str = "serve",
+                         spec: models.ModelSpec | None = None, **kwargs) -> "FlatLoss":
+        """The mean loss of the SavedModel at `path` over (x, y); see `saved_model_flat_loss`."""
+        return saved_model_flat_loss(path, x, y, outputs=outputs, route=route, spec=spec,
+                                     **kwargs)
 
     # ------------------------------------------------------------------------------ data
 
@@ -206,7 +240,7 @@ class FlatLoss:
         return [tf.reshape(p, s) for p, s in zip(parts, self.shapes)]
 
     def _outputs(self, params, xb):
-        """The model's raw outputs (logits for classification) on a batch at `params`."""
+        """The model's raw outputs on one batch (logits, probabilities or values)."""
         out, _ = self.model.stateless_call(params, self._non_trainable, xb, training=False)
         return out
 
@@ -237,6 +271,14 @@ class FlatLoss:
             outer.watch(theta)
             gv = tf.reduce_sum(self._grad(theta, xb, yb, wb) * tf.stop_gradient(v))
         return outer.gradient(gv, theta)
+
+    def _hvp_block(self, theta, vs, xb, yb, wb):
+        """H vs^T for a block vs of shape (b, n): double backprop of the b projections g . v_j,
+        vectorised over the block by pfor (the forward and first backward are shared)."""
+        with tf.GradientTape() as outer:
+            outer.watch(theta)
+            gv = tf.linalg.matvec(tf.stop_gradient(vs), self._grad(theta, xb, yb, wb))
+        return outer.jacobian(gv, theta, experimental_use_pfor=True)
 
     def _batched_losses(self, thetas, xb, yb, wb):
         return tf.vectorized_map(lambda t: self._loss_of_theta(t, xb, yb, wb), thetas)
@@ -271,6 +313,7 @@ class FlatLoss:
             per_batch = {"loss": self._loss_of_theta, "grad": self._grad,
                          "forward_over_reverse": self._hvp_forward_over_reverse,
                          "double_backprop": self._hvp_double_backprop,
+                         "hvp_block": self._hvp_block,
                          "batched_losses": self._batched_losses}[name]
             self._functions[key] = self._summed(per_batch, jit)
         return self._functions[key]
@@ -293,14 +336,43 @@ class FlatLoss:
     # ------------------------------------------------------------------------------- HVP
 
     def _choose_hvp(self) -> tuple[str, bool]:
+        """The (mode, XLA) of the products: by rule, or measured when hvp_mode == "measure".
+
+        The rule, from measurements on this 2-core CPU (TF 2.21; MNIST 784-256-256-256-10 MLP,
+        5,000 examples, min of 3 interleaved rounds, three runs): double backprop without XLA
+        48 / 97 / 108 ms, forward-over-reverse 65 / 131 / 132 ms, double backprop with XLA
+        61 / 134 / 135 ms, forward-over-reverse with XLA 94 / 153 / 153 ms; measuring and
+        compiling all four cost 4.2-5.8 s before the first product. So: double backprop,
+        XLA only when asked for (`jit_compile=True`); a fixed mode is kept as given.
+        """
+        if self.hvp_mode == "measure":
+            return self._measured_hvp_choice()
+        mode = "double_backprop" if self.hvp_mode == "auto" else self.hvp_mode
+        self.hvp_choice_from = "rule" if self.hvp_mode == "auto" else "hvp_mode"
+        return mode, bool(self.jit_compile)
+
+    def signature(self) -> str:
+        """What the measured HVP choice depends on: route, parameter shapes, dtype, batches,
+        replicas, the TensorFlow version and the CPU count."""
+        return json.dumps([self.route, self.shapes, self.dtype.name, self.batch_size,
+                           self.num_batches, self.replicas, tf.__version__, os.cpu_count(),
+                           self.jit_compile])
+
+    def _measured_hvp_choice(self) -> tuple[str, bool]:
         """Measures forward-over-reverse vs double backprop (and XLA on/off when undecided) at
-        theta0 and keeps the fastest; logs the timings."""
-        modes = (("forward_over_reverse", "double_backprop") if self.hvp_mode == "auto"
-                 else (self.hvp_mode,))
+        theta0 and keeps the fastest; logs the timings. The choice is cached per `signature()`
+        in `hvp_cache_path()`, so a second FlatLoss of the same model does not measure."""
+        cache = hvp_cache_path()
+        key = self.signature()
+        cached = _read_hvp_cache(cache).get(key)
+        if cached:
+            self.hvp_choice_from = f"cache {cache}"
+            self.hvp_timings = dict(cached["timings"])
+            return cached["mode"], bool(cached["jit"])
+        modes = ("forward_over_reverse", "double_backprop") if self.route == "keras" else \
+            ("double_backprop",)
         jits = (False, True) if self.jit_compile is None else (bool(self.jit_compile),)
         candidates = [(m, j) for m in modes for j in jits]
-        if len(candidates) == 1:
-            return candidates[0]
         theta = self._tensor(self.theta0)
         v = self._tensor(np.random.RandomState(0).standard_normal(self.num_params))
         best = {}
@@ -316,9 +388,16 @@ class FlatLoss:
                 best[candidate] = min(best.get(candidate, math.inf), elapsed)
         self.hvp_timings = {f"{m}{' xla' if j else ''}": t for (m, j), t in best.items()}
         choice = min(best, key=best.get)
+        self.hvp_choice_from = "measured"
         logging.info("HVP timings (s): %s; using %s%s", {k: round(t, 5) for k, t in
                                                          self.hvp_timings.items()},
                      choice[0], " with XLA" if choice[1] else "")
+        entries = _read_hvp_cache(cache)
+        entries[key] = {"mode": choice[0], "jit": choice[1], "timings": self.hvp_timings}
+        try:
+            store.write_json(cache, entries)
+        except OSError as e:  # a cache that cannot be written costs a measurement, nothing else
+            logging.warning("HVP choice not cached (%s: %s)", cache, e)
         return choice
 
     def hvp_function(self) -> Callable:
@@ -333,8 +412,37 @@ class FlatLoss:
         self.num_hvps += 1
         return self.hvp_function()(self._tensor(theta), self._tensor(v)).numpy()
 
+    def hvp_block(self, vs, theta=None) -> np.ndarray:
+        """H(theta) V for V of shape (n, b): b products in one pass over the data (numpy in
+        and out, (n, b)); each column equals `hvp` of that column."""
+        vs = np.asarray(vs)
+        if vs.ndim != 2 or vs.shape[0] != self.num_params:
+            raise Hw1Error(f"hvp_block takes an ({self.num_params}, b) block, got {vs.shape}")
+        if vs.shape[1] == 1:
+            return self.hvp(vs[:, 0], theta)[:, None]
+        theta = self.theta0 if theta is None else theta
+        self.num_hvps += vs.shape[1]
+        fn = self._function("hvp_block", False)
+        return fn(self._tensor(theta), self._tensor(vs.T)).numpy().T
+
     def operator(self, theta=None) -> "HessianOperator":
         return HessianOperator(self, self.theta0 if theta is None else theta)
+
+    # PyHessian-style shortcuts at theta0 (the spectrum tools below, on `operator()`)
+
+    def eigenvalues(self, k: int = 1, which: str = "LA", *, tol: float = 1e-4,
+                    seed: int = 0) -> np.ndarray:
+        """The k largest ("LA") or smallest ("SA") eigenvalues (`top_eigenvalues`)."""
+        return top_eigenvalues(self.operator(), k, which, tol=tol, seed=seed)[0]
+
+    def trace(self, probes: int = 30, seed: int = 0) -> "TraceEstimate":
+        """Hutchinson's trace estimate with its standard error (`hutchinson_trace`)."""
+        return hutchinson_trace(self.operator(), probes, seed)
+
+    def density(self, steps: int = 100, probes: int = 1, seed: int = 0,
+                **kwargs) -> tuple[np.ndarray, np.ndarray]:
+        """(grid, spectral density) by stochastic Lanczos quadrature (`slq`, `slq_density`)."""
+        return slq_density(slq(self.operator(), steps, probes, seed), **kwargs)
 
     # ----------------------------------------------------------------------- full Hessian
 
@@ -390,7 +498,7 @@ class FlatLoss:
         routes, norms = [], []
         for i, size in enumerate(self.sizes):
             if blocks[i] is not None:
-                routes.append("tf.hessians")
+                routes.append(self.dense_block_route)
                 norms.append(float(np.max(np.abs(np.linalg.eigvalsh(blocks[i])))))
                 continue
             routes.append("hvp")
@@ -440,6 +548,15 @@ class HessianOperator(scipy.sparse.linalg.LinearOperator):
     def _matvec(self, v):
         self.num_matvecs += 1
         return self.flat_loss.hvp(np.ravel(v), self.theta).astype(np.float64)
+
+    def _matmat(self, vs):
+        """H V, `flat_loss.block_size` columns per pass over the data."""
+        vs = np.asarray(vs)
+        self.num_matvecs += vs.shape[1]
+        b = max(1, self.flat_loss.block_size)
+        chunks = [vs[:, i:i + b] for i in range(0, vs.shape[1], b)]
+        return np.hstack([self.flat_loss.hvp_block(c, self.theta).astype(np.float64)
+                          for c in chunks])
 
     def _rmatvec(self, v):
         return self._matvec(v)  # symmetric
@@ -586,6 +703,27 @@ def block_curvature(op, sizes: list[int], diagonal: DiagonalEstimate, *, tol: fl
     return out
 
 
+def _check_examples(x, y, hvp_mode: str) -> None:
+    if hvp_mode not in HVP_MODES:
+        raise Hw1Error(f"unknown hvp_mode {hvp_mode!r}; choose from {', '.join(HVP_MODES)}")
+    if len(x) == 0 or len(x) != len(y):
+        raise Hw1Error(f"need as many labels as examples, got {len(x)} and {len(y)}")
+
+
+def hvp_cache_path() -> Path:
+    """Where measured HVP choices are cached: $HW1_HVP_CACHE, else .cache/ in the project."""
+    return Path(os.environ.get("HW1_HVP_CACHE") or
+                store.project_root() / ".cache" / "hvp_choices.json")
+
+
+def _read_hvp_cache(path: Path) -> dict:
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent or unreadable: measure again
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
 def matrix_operator(matrix: np.ndarray) -> scipy.sparse.linalg.LinearOperator:
     """A symmetric matrix as an operator (for the spectrum tools' tests and small nets)."""
     matrix = np.asarray(matrix, np.float64)
@@ -595,9 +733,282 @@ def matrix_operator(matrix: np.ndarray) -> scipy.sparse.linalg.LinearOperator:
 # ---------------------------------------------------------------------------- SavedModels
 
 
+class ServeFlatLoss(FlatLoss):
+    """The mean loss through a SavedModel's own serving function, as a function of its trainable
+    variables (flattened in the SavedModel's order); non-trainable variables (BatchNorm's moving
+    statistics) are held fixed. Built by `FlatLoss.from_saved_model`.
+
+    A restored `serve` cannot be re-traced with new parameter tensors, so each product assigns
+    theta to the variables first and differentiates with respect to the variables. Forward-mode
+    does not pass through a restored function (its jvp is None), so the products are double
+    backprop; one device, no XLA. `batched_loss` loops over the parameter vectors.
+    """
+
+    route = "serve"
+    dense_block_route = "hvp columns"
+
+    def __init__(self, loaded, serve: Callable, variables, x, y, *, loss,
+                 batch_size: int = 4096, hvp_mode: str = "auto", strategy=None,
+                 non_trainable: int = 0):
+        _check_examples(x, y, hvp_mode)
+        strategy = strategy or tf.distribute.get_strategy()
+        if strategy.num_replicas_in_sync > 1:
+            raise Hw1Error("the serve route runs on one device; give --strategy=default or "
+                           "--route=keras")
+        if hvp_mode == "forward_over_reverse":
+            raise Hw1Error("forward-mode products do not pass through a restored serve "
+                           "function; use hvp_mode=double_backprop (or auto)")
+        self.model = None
+        self.loaded = loaded  # serve's variables live as long as the loaded object
+        self._serve = serve
+        self.variables = list(variables)
+        self.num_non_trainable = non_trainable
+        self._setup(self.variables, [v.name for v in self.variables], x, y, loss=loss,
+                    batch_size=batch_size, strategy=strategy, hvp_mode=hvp_mode,
+                    jit_compile=False)
+
+    def _outputs(self, params, xb):
+        # `params` are the variables themselves: serve reads them
+        return _single_output(self._serve(xb))
+
+    def _assign(self, theta):
+        return [v.assign(p) for v, p in zip(self.variables, self.unflatten(theta))]
+
+    def _flat(self, parts):
+        return tf.concat([tf.reshape(p, [-1]) for p in parts], 0)
+
+    def _loss_of_theta(self, theta, xb, yb, wb):
+        with tf.control_dependencies(self._assign(theta)):
+            return self._batch_loss(self.variables, xb, yb, wb)
+
+    def _grad(self, theta, xb, yb, wb):
+        with tf.control_dependencies(self._assign(theta)):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(self.variables)
+                loss = self._batch_loss(self.variables, xb, yb, wb)
+            return self._flat(tape.gradient(loss, self.variables,
+                                            unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+    def _outer_gradient(self, theta, project, xb, yb, wb, jacobian=False):
+        with tf.GradientTape(watch_accessed_variables=False) as outer:
+            outer.watch(self.variables)
+            projected = project(self._grad(theta, xb, yb, wb))
+        zero = tf.UnconnectedGradients.ZERO
+        if not jacobian:
+            return self._flat(outer.gradient(projected, self.variables, unconnected_gradients=zero))
+        parts = outer.jacobian(projected, self.variables, unconnected_gradients=zero,
+                               experimental_use_pfor=True)
+        rows = tf.shape(projected)[0]
+        return tf.concat([tf.reshape(p, [rows, -1]) for p in parts], 1)
+
+    def _hvp_double_backprop(self, theta, v, xb, yb, wb):
+        return self._outer_gradient(theta, lambda g: tf.reduce_sum(g * tf.stop_gradient(v)),
+                                    xb, yb, wb)
+
+    def _hvp_forward_over_reverse(self, theta, v, xb, yb, wb):
+        raise Hw1Error("forward-mode products do not pass through a restored serve function")
+
+    def _hvp_block(self, theta, vs, xb, yb, wb):
+        return self._outer_gradient(theta, lambda g: tf.linalg.matvec(tf.stop_gradient(vs), g),
+                                    xb, yb, wb, jacobian=True)
+
+    def batched_loss(self, thetas) -> np.ndarray:
+        """Losses at many parameter vectors (S, n), one after another (serve reads variables,
+        so the samples cannot be vectorised)."""
+        return np.array([self.loss(t) for t in np.asarray(thetas)])
+
+    # A pfor Jacobian of the whole gradient vectorises the second backward over all n outputs
+    # at once (a 3,586-parameter CNN on 1,000 MNIST images needed > 17 GB); restored
+    # convolutions' filter gradients even fall back to a while_loop inside pfor. The serve
+    # route's exact Hessians come from `hvp_block` on identity columns instead, a few at a
+    # time, so memory stays that of one block product.
+    COLUMNS_PER_PASS = 16
+
+    def _columns(self, theta, columns: np.ndarray) -> np.ndarray:
+        """H[:, columns] (float64) from block products of unit vectors."""
+        out = np.zeros((self.num_params, len(columns)))
+        for start in range(0, len(columns), self.COLUMNS_PER_PASS):
+            chunk = columns[start:start + self.COLUMNS_PER_PASS]
+            units = np.zeros((self.num_params, len(chunk)), self.np_dtype)
+            units[chunk, np.arange(len(chunk))] = 1
+            out[:, start:start + len(chunk)] = self.hvp_block(units, theta)
+        return out
+
+    def _function_jacobian(self) -> Callable:
+        def full(theta):
+            h = self._columns(theta.numpy(), np.arange(self.num_params))
+            return tf.constant((h + h.T) / 2)  # symmetric up to float rounding
+
+        return full
+
+    def _function_hessians(self, wanted: tuple[int, ...]) -> Callable:
+        """Diagonal blocks: the rows of each tensor's own columns."""
+        offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+
+        def blocks(theta):
+            out = []
+            for i in wanted:
+                cols = np.arange(offsets[i], offsets[i + 1])
+                b = self._columns(theta.numpy(), cols)[cols]
+                out.append(tf.constant(np.ravel((b + b.T) / 2)))
+            return out
+
+        return blocks
+
+
+def _single_output(out):
+    """serve's result as one tensor (a signature returns a dict of outputs)."""
+    if isinstance(out, dict):
+        if len(out) != 1:
+            raise Hw1Error(f"serve returns {len(out)} outputs ({', '.join(sorted(out))}); the "
+                           "loss needs one")
+        out = next(iter(out.values()))
+    return out
+
+
+def serving_function(loaded, path) -> tuple[Callable, tf.TensorSpec]:
+    """The SavedModel's `serve` (else its `serving_default` signature) and its one input's
+    TensorSpec."""
+    fn = getattr(loaded, "serve", None)
+    if fn is None:
+        fn = getattr(loaded, "signatures", {}).get("serving_default")
+    if fn is None:
+        raise Hw1Error(f"{path}: the SavedModel has no serve function nor a serving_default "
+                       "signature")
+    concrete = list(getattr(fn, "concrete_functions", None) or [fn])
+    args, kwargs = concrete[0].structured_input_signature
+    specs = list(args) + list(kwargs.values())
+    if len(specs) != 1 or not isinstance(specs[0], tf.TensorSpec):
+        raise Hw1Error(f"{path}: serve takes {len(specs)} inputs; the loss needs one tensor")
+    if kwargs and not args:  # a signature is called by keyword
+        name = next(iter(kwargs))
+        signature = fn
+        fn = lambda x: signature(**{name: x})  # noqa: E731
+    return fn, specs[0]
+
+
+def trainable_variables_of(loaded) -> tuple[list, int]:
+    """(trainable variables in the SavedModel's order, how many non-trainable there are).
+    A Keras export lists them; a restored tf.Module does not, so its object graph is walked
+    (each variable once, by the `trainable` flag it was saved with)."""
+    listed = getattr(loaded, "trainable_variables", None)
+    if listed:  # a Keras export (which also tracks copies of each under its layers' paths)
+        return list(listed), len(getattr(loaded, "non_trainable_variables", ()) or ())
+    found = {}
+    for obj in tf.train.TrackableView(loaded).descendants():
+        if isinstance(obj, tf.Variable):
+            found.setdefault(id(obj), obj)
+    trainable = [v for v in found.values() if v.trainable]
+    return trainable, len(found) - len(trainable)
+
+
+def detect_outputs(outputs: np.ndarray, tolerance: float = 1e-3) -> str:
+    """"probabilities" when every row is non-negative and sums to 1 (within `tolerance`),
+    else "logits"."""
+    outputs = np.asarray(outputs, np.float64)
+    if outputs.ndim == 2 and outputs.shape[1] > 1 and outputs.min() >= -1e-6 and \
+            np.max(np.abs(outputs.sum(axis=1) - 1.0)) <= tolerance:
+        return "probabilities"
+    return "logits"
+
+
+def loss_for_outputs(kind: str):
+    """The per-example loss for outputs of `kind`: cross-entropy from logits, cross-entropy of
+    probabilities (Keras clips them to [1e-7, 1 - 1e-7]), or MSE for "regression"."""
+    if kind == "logits":
+        return training.loss_and_metrics(1)[0]
+    if kind == "probabilities":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=False, reduction=None)
+    if kind == "regression":
+        return training.loss_and_metrics(0)[0]
+    raise Hw1Error(f"unknown outputs {kind!r}; choose from {', '.join(OUTPUT_KINDS)}")
+
+
+LOSS_NAMES = {"logits": "cross-entropy of softmax(serve output) (serve returns logits)",
+              "probabilities": "cross-entropy of the serve output (serve returns "
+                               "probabilities; clipped to [1e-7, 1 - 1e-7])",
+              "regression": "mean squared error (real-valued labels)"}
+
+
+def _inputs_for(x: np.ndarray, spec: tf.TensorSpec, path) -> tuple[np.ndarray, str]:
+    """x shaped and typed as serve takes it: reshaped when only the layout differs (784 pixels
+    vs 28x28x1); a note of what was done."""
+    want = spec.shape[1:]
+    note = ""
+    if not want.is_compatible_with(x.shape[1:]):
+        if want.is_fully_defined() and int(np.prod(want)) == int(np.prod(x.shape[1:])):
+            note = f"inputs reshaped from {tuple(x.shape[1:])} to {tuple(want)}"
+            x = x.reshape((len(x),) + tuple(want))
+        else:
+            raise Hw1Error(f"{path}: serve takes inputs of shape {tuple(spec.shape)}, the "
+                           f"examples have shape {(None,) + tuple(x.shape[1:])}")
+    return x.astype(spec.dtype.as_numpy_dtype), note
+
+
+def saved_model_flat_loss(path: str | Path, x: np.ndarray, y: np.ndarray, *,
+                          outputs: str = "auto", route: str = "serve",
+                          spec: models.ModelSpec | None = None, batch_size: int = 4096,
+                          **kwargs) -> FlatLoss:
+    """The mean loss of the SavedModel at `path` over (x, y).
+
+    route "serve": through the SavedModel's own `serve` with its trainable variables as the
+    parameters (`ServeFlatLoss`), for any SavedModel with one input and one output. route
+    "keras": a Keras model from `<path>.keras` (or `spec`) carrying the SavedModel's weights.
+    outputs: "auto" detects logits vs probabilities from serve's outputs on the data
+    (real-valued labels mean regression); "logits" / "probabilities" override.
+    The returned FlatLoss has `.outputs_kind`, `.loss_name` and `.notes` (what was done).
+    Bad input (other input shape, labels beyond the outputs) raises Hw1Error naming it.
+    """
+    if route not in ROUTES:
+        raise Hw1Error(f"unknown route {route!r}; choose from {', '.join(ROUTES)}")
+    if outputs not in OUTPUT_KINDS:
+        raise Hw1Error(f"unknown outputs {outputs!r}; choose from {', '.join(OUTPUT_KINDS)}")
+    loaded = store.load_saved_model(path)
+    serve, spec_in = serving_function(loaded, path)
+    x, note = _inputs_for(np.asarray(x), spec_in, path)
+    y = np.asarray(y)
+    served = np.concatenate([np.asarray(_single_output(serve(tf.constant(x[i:i + batch_size]))))
+                             for i in range(0, len(x), batch_size)])
+    if served.ndim != 2:
+        raise Hw1Error(f"{path}: serve returns shape {served.shape[1:]} per example; the loss "
+                       "needs a vector of outputs")
+    integer_labels = np.issubdtype(y.dtype, np.integer)
+    width = served.shape[1]
+    if integer_labels and (y.min() < 0 or y.max() >= width):
+        raise Hw1Error(f"{path}: labels run from {y.min()} to {y.max()} but serve returns "
+                       f"{width} outputs per example")
+    if not integer_labels and y.reshape(len(y), -1).shape[1] != width:
+        raise Hw1Error(f"{path}: targets have {y.reshape(len(y), -1).shape[1]} values per "
+                       f"example but serve returns {width}")
+    kind = ("regression" if not integer_labels else
+            detect_outputs(served) if outputs == "auto" else outputs)
+    if not integer_labels and outputs != "auto":
+        raise Hw1Error(f"--outputs={outputs} needs integer class labels; these targets are real")
+    loss = loss_for_outputs(kind)
+    trainable, non_trainable = trainable_variables_of(loaded)
+    if not trainable:
+        raise Hw1Error(f"{path}: the SavedModel has no trainable variables")
+    if route == "keras":
+        model = keras_model_for_saved_model(path, spec, x.shape[1:], width, loaded=loaded)
+        flat = FlatLoss(model, x, y, loss=loss, batch_size=batch_size, **kwargs)
+    else:
+        if kwargs.pop("dtype", None) not in (None, "float32"):
+            raise Hw1Error("the serve route computes in the SavedModel's own dtype; use "
+                           "--route=keras for float64")
+        kwargs.pop("jit_compile", None)
+        flat = ServeFlatLoss(loaded, serve, trainable, x, y, loss=loss, batch_size=batch_size,
+                             non_trainable=non_trainable, **kwargs)
+    flat.outputs_kind = kind
+    flat.loss_name = LOSS_NAMES[kind]
+    fixed = (f"{non_trainable} non-trainable variables (e.g. BatchNorm moving statistics) held "
+             "fixed at their saved values" if non_trainable else "no non-trainable variables")
+    flat.notes = [n for n in (note, fixed) if n]
+    return flat
+
+
 def keras_model_for_saved_model(path: str | Path, spec: models.ModelSpec | None = None,
                                 input_shape: tuple[int, ...] | None = None,
-                                outputs: int | None = None) -> keras.Model:
+                                outputs: int | None = None, loaded=None) -> keras.Model:
     """A Keras model carrying the weights of the SavedModel at `path`.
 
     The architecture comes from `<path>.keras` (written by `store.export_model`), else from
@@ -605,7 +1016,7 @@ def keras_model_for_saved_model(path: str | Path, spec: models.ModelSpec | None 
     assigned to it (checked shape by shape), so the weights are the SavedModel's.
     """
     path = Path(path)
-    loaded = store.load_saved_model(path)
+    loaded = store.load_saved_model(path) if loaded is None else loaded
     keras_file = path.with_suffix(".keras")
     if keras_file.is_file():
         model = keras.models.load_model(str(keras_file), compile=False)
@@ -613,9 +1024,8 @@ def keras_model_for_saved_model(path: str | Path, spec: models.ModelSpec | None 
         model = models.build(spec, tuple(input_shape), outputs)
     else:
         raise ModelNotFoundError(f"{path}: no {keras_file.name} beside it and no model spec; "
-                                 "the Hessian tools need the architecture (re-export it with "
-                                 "hw1_tf.store.export_model)")
-    source = list(loaded.trainable_variables)
+                                 "the keras route needs the architecture (use --route=serve)")
+    source = trainable_variables_of(loaded)[0]
     target = model.trainable_variables
     if [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
         raise Hw1Error(f"{path}: SavedModel variables {[tuple(v.shape) for v in source]} do not "
@@ -777,10 +1187,12 @@ def hutchinson_diagonal(op, probes: int = 32, seed: int = 0,
 
 def hutchinson_trace(op, probes: int | np.ndarray = 32, seed: int = 0) -> TraceEstimate:
     """Hutchinson's estimator: mean of v^T H v over Rademacher probes, with its standard error
-    (sample std / sqrt(probes)). `probes` may be the (m, n) probe matrix itself."""
+    (sample std / sqrt(probes)). `probes` may be the (m, n) probe matrix itself. The probes go
+    to the operator as one block (`op.matmat`), which a HessianOperator splits into passes of
+    `block_size` products."""
     n = op.shape[0]
     vs = rademacher(n, probes, seed) if np.isscalar(probes) else np.asarray(probes, np.float64)
-    samples = np.array([v @ op.matvec(v) for v in vs])
+    samples = np.einsum("ij,ji->i", vs, op.matmat(vs.T))
     se = samples.std(ddof=1) / math.sqrt(len(samples)) if len(samples) > 1 else math.nan
     return TraceEstimate(float(samples.mean()), float(se), len(vs), samples)
 
@@ -792,12 +1204,12 @@ def hutchpp_trace(op, matvecs: int = 30, seed: int = 0) -> TraceEstimate:
     n = op.shape[0]
     k = max(1, matvecs // 3)
     rng_s, rng_g = rademacher(n, k, seed), rademacher(n, matvecs - 2 * k, seed + 1)
-    hs = np.column_stack([op.matvec(s) for s in rng_s])
+    hs = op.matmat(rng_s.T)
     q, _ = np.linalg.qr(hs)
-    hq = np.column_stack([op.matvec(c) for c in q.T])
+    hq = op.matmat(q)
     low_rank = float(np.trace(q.T @ hq))
     g = rng_g.T - q @ (q.T @ rng_g.T)  # probes deflated against the sketch
-    samples = np.array([g[:, j] @ op.matvec(g[:, j]) for j in range(g.shape[1])])
+    samples = np.einsum("ij,ij->j", g, op.matmat(g))
     se = samples.std(ddof=1) / math.sqrt(len(samples)) if len(samples) > 1 else math.nan
     return TraceEstimate(low_rank + float(samples.mean()), float(se),
                          2 * k + g.shape[1], samples)
@@ -807,27 +1219,64 @@ def lanczos(op, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """`steps` Lanczos steps with full reorthogonalisation from v0: the tridiagonal's
     eigenvalues (nodes) and the squared first components of its eigenvectors (weights,
     summing to 1). Stops early on an invariant subspace."""
-    n = op.shape[0]
+    return lanczos_runs(op, np.asarray(v0)[:, None], steps)[0]
+
+
+def lanczos_runs(op, starts: np.ndarray, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Independent Lanczos runs (as `lanczos`) from the columns of `starts` (n, p), in
+    lockstep: each step multiplies all still-running vectors as one block (`op.matmat`).
+
+    The basis is kept in the products' own precision (float32 for a float32 FlatLoss: its
+    products are no more accurate, and reorthogonalising 100 float64 vectors of 335k entries
+    read 0.5 GB a step); the second Gram-Schmidt pass runs only when the first removed most
+    of w (Kahan-Parlett "twice is enough": ||w'|| < 0.7 ||w||). numpy's BLAS runs on one
+    thread here: its idle threads spin after each call and slowed TensorFlow's products in
+    between (30 SLQ steps on the MNIST MLP: 3.1 s with the default threads, 2.0 s with one)."""
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        return _lanczos_runs(op, starts, steps)
+
+
+def _lanczos_runs(op, starts: np.ndarray, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    n, p = starts.shape
     steps = min(steps, n)
-    basis = np.zeros((steps, n))
-    alpha, beta = [], []
-    v = v0 / np.linalg.norm(v0)
+    flat = getattr(op, "flat_loss", None)
+    dtype = np.float32 if flat is not None and flat.np_dtype == np.float32 else np.float64
+    basis = np.zeros((p, steps, n), dtype)
+    alphas, betas = [[] for _ in range(p)], [[] for _ in range(p)]
+    v = starts / np.linalg.norm(starts, axis=0)
+    running = list(range(p))
     for j in range(steps):
-        basis[j] = v
-        w = op.matvec(v)
-        a = float(w @ v)
-        alpha.append(a)
-        # full reorthogonalisation, twice (classical Gram-Schmidt needs two passes)
-        for _ in range(2):
-            w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
-        b = float(np.linalg.norm(w))
-        if j == steps - 1 or b < 1e-10 * max(1.0, abs(a)):
+        basis[running, j] = v[:, running].T
+        w_block = op.matmat(v[:, running]) if len(running) > 1 else \
+            op.matvec(v[:, running[0]])[:, None]
+        still = []
+        for col, r in enumerate(running):
+            w = w_block[:, col]
+            a = float(w @ v[:, r])
+            alphas[r].append(a)
+            # full reorthogonalisation (classical Gram-Schmidt, a second pass when needed)
+            w = w.astype(dtype)
+            for _ in range(2):
+                before = np.linalg.norm(w)
+                w = w - basis[r, :j + 1].T @ (basis[r, :j + 1] @ w)
+                if np.linalg.norm(w) >= 0.7 * before:
+                    break
+            b = float(np.linalg.norm(w))
+            if j == steps - 1 or b < 1e-10 * max(1.0, abs(a)):
+                continue
+            betas[r].append(b)
+            v[:, r] = w / b
+            still.append(r)
+        running = still
+        if not running:
             break
-        beta.append(b)
-        v = w / b
-    t = np.diag(alpha) + np.diag(beta[:len(alpha) - 1], 1) + np.diag(beta[:len(alpha) - 1], -1)
-    nodes, vectors = np.linalg.eigh(t)
-    return nodes, vectors[0] ** 2
+    out = []
+    for alpha, beta in zip(alphas, betas):
+        off = beta[:len(alpha) - 1]
+        t = np.diag(alpha) + np.diag(off, 1) + np.diag(off, -1)
+        nodes, vectors = np.linalg.eigh(t)
+        out.append((nodes, vectors[0] ** 2))
+    return out
 
 
 @dataclasses.dataclass
@@ -843,14 +1292,14 @@ class SLQResult:
 
 def slq(op, steps: int = 100, probes: int = 1, seed: int = 0) -> SLQResult:
     """Stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao 2019; PyHessian's density):
-    one Lanczos run per Rademacher probe."""
+    one Lanczos run per Rademacher probe, the probes in lockstep (one block product a step)."""
     n = op.shape[0]
     steps = min(steps, n)
     nodes = np.full((probes, steps), np.nan)
     weights = np.zeros((probes, steps))
     used = 0
-    for p, v in enumerate(rademacher(n, probes, seed)):
-        theta, tau = lanczos(op, v, steps)
+    runs = lanczos_runs(op, rademacher(n, probes, seed).T, steps)
+    for p, (theta, tau) in enumerate(runs):
         nodes[p, :len(theta)], weights[p, :len(theta)] = theta, tau
         used += len(theta)
     return SLQResult(nodes, weights, used)

@@ -132,13 +132,49 @@ def test_hessians_blocks_equal_full_diagonal_blocks(tiny):
     np.testing.assert_allclose(mixed.norms, norms, rtol=1e-8)
 
 
-def test_measured_hvp_choice_equals_full_hessian_products(tiny):
+def test_hvp_choice_by_rule_and_measured_choice_cached(tiny, tmp_path, monkeypatch):
     flat, full, model, x, y = tiny
-    auto = hessian.FlatLoss(model, x, y, batch_size=16, dtype="float64")
     v = np.random.RandomState(5).randn(flat.num_params)
+    auto = hessian.FlatLoss(model, x, y, batch_size=16, dtype="float64")
     np.testing.assert_allclose(auto.hvp(v), full @ v, atol=1e-12)
-    assert set(auto.hvp_timings) == {"forward_over_reverse", "double_backprop",
-                                     "forward_over_reverse xla", "double_backprop xla"}
+    # the rule: no measurement, the same choice every run
+    assert auto._hvp_choice == ("double_backprop", False) and auto.hvp_timings == {}
+    assert auto.hvp_choice_from == "rule"
+    cache = tmp_path / "hvp_choices.json"
+    monkeypatch.setenv("HW1_HVP_CACHE", str(cache))
+    measured = hessian.FlatLoss(model, x, y, batch_size=16, dtype="float64",
+                                hvp_mode="measure")
+    np.testing.assert_allclose(measured.hvp(v), full @ v, atol=1e-12)
+    assert set(measured.hvp_timings) == {"forward_over_reverse", "double_backprop",
+                                         "forward_over_reverse xla", "double_backprop xla"}
+    assert measured.hvp_choice_from == "measured" and cache.is_file()
+    # a second FlatLoss of the same signature reads the choice instead of measuring
+    again = hessian.FlatLoss(model, x, y, batch_size=16, dtype="float64", hvp_mode="measure")
+    np.testing.assert_allclose(again.hvp(v), full @ v, atol=1e-12)
+    assert again._hvp_choice == measured._hvp_choice
+    assert again.hvp_choice_from.startswith("cache")
+    assert list(again._functions) == [again._hvp_choice]  # only the chosen variant was built
+    # another signature (batch size) measures again
+    other = hessian.FlatLoss(model, x, y, batch_size=8, dtype="float64", hvp_mode="measure")
+    other.hvp(v)
+    assert other.hvp_choice_from == "measured"
+
+
+def test_block_products_equal_stacked_products_and_exact_hessian(tiny):
+    flat, full, *_ = tiny
+    vs = np.random.RandomState(6).randn(flat.num_params, 5)
+    block = flat.hvp_block(vs)
+    stacked = np.column_stack([flat.hvp(vs[:, j]) for j in range(5)])
+    np.testing.assert_allclose(block, stacked, atol=1e-12)
+    np.testing.assert_allclose(block, full @ vs, atol=1e-12)
+    # the operator splits a wide block into passes of block_size columns
+    op = flat.operator()
+    flat.block_size = 2
+    np.testing.assert_allclose(op.matmat(vs), full @ vs, atol=1e-12)
+    assert op.num_matvecs == 5
+    flat.block_size = hessian.BLOCK_SIZE
+    with pytest.raises(hessian.Hw1Error, match="block"):
+        flat.hvp_block(vs[:-1])
 
 
 def test_eigsh_top_k_equal_eigvalsh(tiny):
@@ -281,7 +317,7 @@ def test_saved_model_weights_are_the_ones_analysed(tmp_path):
     assert b.loss() == pytest.approx(float(want), rel=1e-6)
     # without the .keras file the spec is needed
     path.with_suffix(".keras").unlink()
-    with pytest.raises(hessian.Hw1Error, match="no net.keras beside it"):
+    with pytest.raises(hessian.Hw1Error, match="no net.keras beside it.*--route=serve"):
         hessian.keras_model_for_saved_model(path)
 
 
@@ -299,7 +335,7 @@ def test_hessian_spectrum_end_to_end_on_a_saved_model(tmp_path):
                                      dataset="digits", num_examples=120, top_k=3, probes=12,
                                      lanczos_steps=15, perturbation_samples=64, verbose=0,
                                      hvp_mode="forward_over_reverse", jit_compile=False,
-                                     dtype="float64", output_dir=str(tmp_path))
+                                     dtype="float64", route="keras", output_dir=str(tmp_path))
     results = framework.run(hessian_spectrum, config)
     run = results["runs"]["digits_tiny"]
     exact = np.asarray(run["eigenvalues"])

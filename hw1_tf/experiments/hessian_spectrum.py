@@ -1,7 +1,10 @@
 """Curvature of a trained model: top eigenvalues (both ends), Hutchinson / Hutch++ trace, the
 spectral density by stochastic Lanczos quadrature, the block-diagonal norm of the slides, and
-both minimal ratios; from any SavedModel the store exported (`--saved_model=PATH`, or
-`--experiment=X --run=NAME`). When the full Hessian fits `max_full_hessian_mb`, its exact
+both minimal ratios; from any SavedModel with a `serve` function (`--saved_model=PATH`: a plain
+`keras.Model.export`, a `tf.Module` saved with `tf.saved_model.save`, or a store export;
+`--experiment=X --run=NAME` for the store's). The loss goes through `serve` itself with its
+trainable variables as the parameters (`--route=keras` rebuilds the Keras model from the
+`.keras` file beside it instead); logits vs probabilities is detected (`--outputs`). When the full Hessian fits `max_full_hessian_mb`, its exact
 eigenvalues are stored too and the eigenvalue minimal ratio is taken from them."""
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ POSITION = 500  # its place in the slides' order (the registry sorts by it)
 
 @dataclasses.dataclass
 class Config(RunConfig, DistributeOptions):
-    saved_model: str | None = option(None, "SavedModel to analyse (a store export).")
+    saved_model: str | None = option(None, "SavedModel to analyse: any with a serve function "
+                                           "(Keras export, tf.Module, a store export).")
+    route: str = option("serve", "How the loss is computed: through the SavedModel's serve "
+                                 "function, or a Keras model from the .keras file beside it.",
+                        choices=hessian.ROUTES)
+    outputs: str = option("auto", "What serve returns (auto: probabilities when every row is "
+                                  "non-negative and sums to 1 on the data, else logits).",
+                          choices=hessian.OUTPUT_KINDS)
     experiment: str | None = option(None, "Experiment whose run to analyse (with --run).")
     run: str | None = option(None, "Run name under saved_models/<experiment>/ (with "
                                    "--experiment).")
@@ -54,11 +64,13 @@ class Config(RunConfig, DistributeOptions):
                                               "sampled minimal ratio.", lower=0.0)
     perturbation_samples: int = option(1000, "Random perturbations of the sampled minimal "
                                              "ratio.", lower=1)
-    hvp_mode: str = option("auto", "Hessian-vector products: measured choice or a fixed "
-                                   "mode.", choices=hessian.HVP_MODES)
+    hvp_mode: str = option("auto", "Hessian-vector products: by rule (auto), measured and "
+                                   "cached per model (measure), or a fixed mode.",
+                           choices=hessian.HVP_MODES)
     dtype: str = option("float32", "Precision of the products.",
                         choices=("float32", "float64"))
-    jit_compile: bool | None = option(None, "XLA for the products (default: measured).")
+    jit_compile: bool | None = option(None, "XLA for the products (default: off by rule, "
+                                            "measured with --hvp_mode=measure).")
     confidence: float = option(0.9, "Level of the traces' Student-t confidence intervals.",
                                lower=0.0, upper=1.0)
     ggn_fisher: bool = option(True, "Also the generalized Gauss-Newton and empirical Fisher "
@@ -144,6 +156,12 @@ def _other_operators(flat: hessian.FlatLoss, config: Config,
     return out
 
 
+# What the serve route cannot give yet: forward-mode products (the GGN's and Fisher's JVPs) do
+# not pass through a restored serve function, and the subsample study rebuilds the Keras model.
+SERVE_LIMIT = ("{what}: not on the serve route (needs the Keras model: --route=keras, where a "
+               ".keras file is beside the SavedModel)")
+
+
 def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
     """Every curvature measure of `flat` at its weights; arrays as numpy. Each eigenvalue
     comes with its Ritz residual, each trace with a `config.confidence` interval."""
@@ -158,7 +176,8 @@ def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
                                 seed=config.seed)
     out.update(top_eigenvalues=top.values, top_residuals=top.residuals,
                bottom_eigenvalues=bottom.values, bottom_residuals=bottom.residuals,
-               eigsh_hvps=top.num_matvecs + bottom.num_matvecs, hvp_timings=flat.hvp_timings)
+               eigsh_hvps=top.num_matvecs + bottom.num_matvecs, hvp_timings=flat.hvp_timings,
+               hvp_choice=list(flat._hvp_choice), hvp_choice_from=flat.hvp_choice_from)
     # one set of probes serves the trace, the diagonal and the per-layer traces
     diagonal = hessian.hutchinson_diagonal(op, config.probes, seed=config.seed,
                                            groups=flat.sizes)
@@ -203,7 +222,9 @@ def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
                          "blocks": layers, "diagonal": diagonal.diagonal,
                          "diagonal_standard_error": diagonal.standard_error}
         seconds["layers"] = time.perf_counter() - mark
-    if config.ggn_fisher:
+    if config.ggn_fisher and flat.route == "serve":
+        out["skipped"] = [SERVE_LIMIT.format(what="the GGN and Fisher operators")]
+    elif config.ggn_fisher:
         mark = time.perf_counter()
         out["operators"] = _other_operators(flat, config, top.vectors)
         seconds["ggn_fisher"] = time.perf_counter() - mark
@@ -298,20 +319,22 @@ def analyse(records: dict, ctx: framework.ExperimentContext) -> framework.Outcom
     x, y = _examples(config, dataset)
     spec = models.ModelSpec(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in record["model"].items()}) if "model" in record else None
-    outputs = int(y.max()) + 1 if np.issubdtype(y.dtype, np.integer) else y.shape[-1]
-    model = hessian.keras_model_for_saved_model(path, spec, x.shape[1:], outputs)
-    flat = hessian.FlatLoss(model, x, y, batch_size=config.batch_size,
-                            dtype=None if config.dtype == "float32" else config.dtype,
-                            strategy=ctx.strategy, hvp_mode=config.hvp_mode,
-                            jit_compile=config.jit_compile)
-    logging.info("%s: %d parameters, loss over %d %s examples", name, flat.num_params, len(x),
-                 dataset)
+    flat = hessian.FlatLoss.from_saved_model(
+        path, x, y, outputs=config.outputs, route=config.route, spec=spec,
+        batch_size=config.batch_size, dtype=None if config.dtype == "float32" else config.dtype,
+        strategy=ctx.strategy, hvp_mode=config.hvp_mode, jit_compile=config.jit_compile)
+    logging.info("%s: %d parameters, loss over %d %s examples through the %s route: %s; %s",
+                 name, flat.num_params, len(x), dataset, flat.route, flat.loss_name,
+                 "; ".join(flat.notes))
     result = curvature(flat, config)
-    if config.subsample_seeds:
+    if config.subsample_seeds and flat.route == "serve":
+        result.setdefault("skipped", []).append(SERVE_LIMIT.format(what="the subsample study"))
+    elif config.subsample_seeds:
         result["subsample"] = subsample_study(flat, x, y, config, result)
         result["timings"]["subsample"] = result["subsample"]["seconds"]
         logging.info("%s: %s", name, result["subsample"]["answer"])
-    result.update(saved_model=str(path), dataset=dataset)
+    result.update(saved_model=str(path), dataset=dataset, route=flat.route,
+                  outputs=flat.outputs_kind, loss_used=flat.loss_name, notes=flat.notes)
     logging.info("%s: top eigenvalues %s, bottom %s, trace %.4g +- %.2g, %d HVPs in %.1f s",
                  name, np.round(result["top_eigenvalues"], 5),
                  np.round(result["bottom_eigenvalues"], 5), result["trace"],
@@ -598,7 +621,10 @@ def report_section(results: dict, ctx) -> str:
         if r["grad_norm"] > 1e-3:  # far from a critical point: curvature only, no verdict
             shape += (f" (but ‖∇L‖ = {markdown.fmt(r['grad_norm'])}: not a critical point, so "
                       "this describes the local curvature, not a minimum or saddle)")
-        comments.append(f"- **{name}**: largest eigenvalue {markdown.fmt(lam_max)}; {shape}. "
+        comments.append(f"- **{name}**: loss {r.get('loss_used', 'cross-entropy')} "
+                        f"({r.get('route', 'keras')} route"
+                        + "".join(f"; {n}" for n in r.get("notes", [])) + "). "
+                        f"Largest eigenvalue {markdown.fmt(lam_max)}; {shape}. "
                         f"{markdown.pct(r['perturbation_ratio'])} of random perturbations of "
                         f"radius {markdown.fmt(results['config']['perturbation_radius'])} raise "
                         f"the loss.")
@@ -626,6 +652,8 @@ def report_section(results: dict, ctx) -> str:
             comments.append(f"  The block-diagonal estimate of ||H||_2 is {markdown.fmt(block)}, "
                             f"{markdown.fmt(block / lam_max)}× the whole model's "
                             f"{markdown.fmt(lam_max)}.")
+        for skipped in r.get("skipped") or ():
+            comments.append(f"  Not computed: {skipped}.")
         details.append(_details(markdown, name, r, ctx, level))
     parts.append(markdown.table(("run", "parameters", "examples", "loss", "‖∇L‖", "λ_max",
                                "λ_min", f"trace (Hutchinson, {level:.0%} CI)",
