@@ -63,6 +63,7 @@ class Ledger:
         self.config = config
         self.paths = paths
         self.several_workers = several_workers
+        self._fresh: set[str] = set()  # backups already discarded by --force in this invocation
 
     # ------------------------------------------------------------------------------ reading
 
@@ -166,9 +167,21 @@ class Ledger:
 
     # ------------------------------------------------------------------------------ backups
 
-    def backup_folder(self, name: str) -> Path:
-        """Where run (or group) `name` keeps its per-epoch backup while it trains."""
+    def _backup_path(self, name: str) -> Path:
         return self.paths.results_dir(self.experiment) / "backup" / name.replace("/", "__")
+
+    def backup_folder(self, name: str) -> Path:
+        """Where run (or group) `name` keeps its per-epoch backup while it trains. With
+        --force a run starts from scratch: a leftover backup of it (an earlier invocation
+        killed mid-run) is discarded the first time this invocation asks for it, not resumed."""
+        folder = self._backup_path(name)
+        if getattr(self.config, "force", False) and name not in self._fresh:
+            self._fresh.add(name)
+            if folder.exists():
+                logging.info("%s/%s: --force: discarding the backup in %s (starting from "
+                             "scratch)", self.experiment, name, folder)
+                shutil.rmtree(folder)
+        return folder
 
     def backup_dir(self, name: str) -> Path | None:
         """`backup_folder`, or None across several workers (each would restore from its own
@@ -177,7 +190,7 @@ class Ledger:
 
     def remove_backup(self, name: str) -> None:
         """Removes the backup `name` (its results are kept now), and backup/ once empty."""
-        folder = self.backup_folder(name)
+        folder = self._backup_path(name)
         shutil.rmtree(folder, ignore_errors=True)
         if folder.parent.is_dir() and not any(folder.parent.iterdir()):
             folder.parent.rmdir()
