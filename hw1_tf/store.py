@@ -94,8 +94,27 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _is_single(dtype: np.dtype) -> bool:
+    """float16/float32: precision JSON needs few digits for."""
+    return np.issubdtype(dtype, np.floating) and dtype.itemsize <= 4
+
+
+def _json_float(value: float | np.floating) -> float | None:
+    """A float as JSON keeps it, by its dtype: float16/float32 values (numpy scalars or arrays of
+    them) as the shortest decimal that reads back as the same float32 (at most 9 digits, usually
+    fewer: compact, and exact once cast back to float32); float64 values (numpy's and Python's
+    floats) as Python's repr, the shortest decimal that reads back as the same float64 (exact).
+    Non-finite values become null."""
+    if not math.isfinite(value):
+        return None
+    if isinstance(value, np.floating) and _is_single(value.dtype):
+        return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+    return float(value)
+
+
 def to_jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays, dataclasses, tuples and Paths to plain JSON types."""
+    """numpy scalars/arrays, dataclasses, tuples and Paths to plain JSON types; floats keep
+    what their dtype holds (`_json_float`)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
@@ -103,13 +122,12 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
+        # a float32 array's items keep their dtype (compact); other arrays as Python values
+        return to_jsonable(list(obj) if _is_single(obj.dtype) else obj.tolist())
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, (np.floating, float)):
-        value = float(obj)
-        # 7 significant digits: float32 precision, and a third of the JSON size of repr()
-        return float(f"{value:.7g}") if math.isfinite(value) else None
+        return _json_float(obj)
     if isinstance(obj, np.bool_):
         return bool(obj)
     if isinstance(obj, Path):
