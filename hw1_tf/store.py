@@ -15,6 +15,7 @@ interrupted run never leaves a half-written file nor destroys the previous one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from hw1_tf.errors import Hw1Error, ModelNotFoundError
+from hw1_tf.errors import Hw1Error, ModelNotFoundError, filesystem_error
 
 
 def project_root() -> Path:
@@ -67,11 +68,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         if isinstance(e, OSError):
-            raise Hw1Error(f"{path}: could not be written ({e.strerror or e}); the previous "
-                           "version, if any, is intact") from None
+            raise filesystem_error(path, e) from None
         raise
     return path
 
@@ -85,8 +86,7 @@ def ensure_writable_dir(folder: str | Path, what: str = "--output_dir") -> Path:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise Hw1Error(f"{folder}: cannot write there ({e.strerror or e}); choose another "
-                       f"{what}") from None
+        raise filesystem_error(folder, e, what) from None
     return folder
 
 
@@ -410,12 +410,15 @@ def export_model(model, path: str | Path, *, keras_file: bool = True) -> Path:
     load a trained model without hw1_tf and evaluate it at other weights.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.WARNING)  # TF logs every exported signature and fingerprint
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         model.export(str(tmp / "model"), format="tf_saved_model", verbose=False)
+        if keras_file:  # both written before either replaces its previous version
+            model.save(str(tmp / "model.keras"))
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -425,12 +428,22 @@ def export_model(model, path: str | Path, *, keras_file: bool = True) -> Path:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         if keras_file:
-            keras_tmp = tmp / "model.keras"
-            model.save(str(keras_tmp))
-            os.replace(keras_tmp, path.with_suffix(".keras"))
+            os.replace(tmp / "model.keras", path.with_suffix(".keras"))
+    except OSError as e:
+        raise filesystem_error(getattr(e, "filename", None) or path, e,
+                               "--saved_models_dir") from None
+    except Exception as e:  # TensorFlow's own file errors while exporting
+        import tensorflow as tf
+
+        if isinstance(e, tf.errors.OpError):
+            raise Hw1Error(f"{path}: the SavedModel could not be written ({e.message}); free "
+                           "some space or choose another --saved_models_dir; files written "
+                           "before are intact") from None
+        raise
     finally:
         logging.set_verbosity(verbosity)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
