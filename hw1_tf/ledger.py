@@ -9,7 +9,9 @@ interrupted, and merge results, so none is lost nor emptied by a rerun.
     results.json untouched), and otherwise merges: results.json keeps the runs of an earlier
     invocation of the same config (`result_key`) that this one did not redo, this invocation's
     runs replace theirs, and dict-valued extras merge key by key (`REMOVE` deletes a key). A
-    results.json of another config is replaced.
+    results.json of another config is replaced. The read-merge-write holds a lock
+    (`store.locked`, flock on results/<exp>/.results.lock), so binaries finishing together into
+    one output folder keep each other's runs.
   * Across several workers nothing is skipped nor restored from a folder of its own (each worker
     must take the chief's decision, and only the chief sees the recorded runs).
 """
@@ -207,14 +209,18 @@ class Ledger:
                                 (extra.get("skipped_datasets") or {}).items() if v is not REMOVE)
             raise Hw1Error(f"{self.experiment}: nothing was produced"
                            f"{f' ({skipped})' if skipped else ''}; {path} left as it was")
-        previous = self.previous() or {"runs": {}}
-        all_runs = {**previous["runs"], **self._finished_runs(), **runs}
-        kept = len(all_runs) - len(runs)
-        if kept:
-            logging.info("%s: %d earlier run(s) of the same config kept in %s", self.experiment,
-                         kept, path)
-        extras = merge_extras({k: v for k, v in previous.items() if k not in _RESULT_META},
-                              extra)
-        store.save_results(self.paths, self.experiment, self.config, all_runs, **extras)
-        shutil.rmtree(self.paths.results_dir(self.experiment) / "finished", ignore_errors=True)
-        return store.load_results(self.paths, self.experiment)
+        # the read-merge-write under one lock: a binary writing the same results.json at the
+        # same moment (another selection of runs, one output folder) waits, then merges ours
+        with store.locked(path.parent):
+            previous = self.previous() or {"runs": {}}
+            all_runs = {**previous["runs"], **self._finished_runs(), **runs}
+            kept = len(all_runs) - len(runs)
+            if kept:
+                logging.info("%s: %d earlier run(s) of the same config kept in %s",
+                             self.experiment, kept, path)
+            extras = merge_extras({k: v for k, v in previous.items() if k not in _RESULT_META},
+                                  extra)
+            store.save_results(self.paths, self.experiment, self.config, all_runs, **extras)
+            shutil.rmtree(self.paths.results_dir(self.experiment) / "finished",
+                          ignore_errors=True)
+            return store.load_results(self.paths, self.experiment)

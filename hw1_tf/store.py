@@ -90,6 +90,28 @@ def ensure_writable_dir(folder: str | Path, what: str = "--output_dir") -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def locked(folder: str | Path, name: str = ".results.lock"):
+    """Holds an exclusive `fcntl.flock` on `<folder>/<name>` inside the block: writers of one
+    results.json (several binaries into one output folder) take turns at their
+    read-merge-write, so none drops another's runs. The lock file stays (empty); the kernel
+    releases the lock when its holder exits, killed or not."""
+    import fcntl
+
+    folder = Path(folder)
+    path = folder / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as e:
+        raise filesystem_error(path, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
