@@ -235,9 +235,10 @@ def save_arrays(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """All arrays of an .npz written by `save_arrays` (one-line error when missing/corrupt)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path}: arrays file missing; rerun the experiment")
+    if not hasattr(path, "read"):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path}: arrays file missing; rerun the experiment")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
@@ -279,19 +280,38 @@ def save_state(path: str | Path, state: Any) -> Path:
     """Writes `state` (dicts, lists, numbers, strings and numpy arrays) as one .npz, atomically
     and exactly: every array keeps its dtype and bits, every float its repr (a training backup
     must resume bit for bit, which results.json's 7 digits would not allow)."""
+    return atomic_write_bytes(path, state_bytes(state))
+
+
+def state_bytes(state: Any) -> bytes:
+    """`state` as the bytes of the .npz `save_state` writes (to send it elsewhere)."""
+    import io
+
     arrays: dict[str, np.ndarray] = {}
     skeleton = _extract_arrays(state, "", arrays, min_size=-1)
     arrays[_STATE_KEY] = np.asarray(json.dumps(
         skeleton, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
-    return save_arrays(path, arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def state_from_bytes(raw: bytes) -> Any:
+    """What `state_bytes` gave."""
+    import io
+
+    return _state_of(load_arrays(io.BytesIO(raw)), "the state received")
+
+
+def _state_of(arrays: dict[str, np.ndarray], where: Any) -> Any:
+    if _STATE_KEY not in arrays:
+        raise Hw1Error(f"{where}: not a saved state; delete it")
+    return _restore_arrays(json.loads(str(arrays.pop(_STATE_KEY))), arrays)
 
 
 def load_state(path: str | Path) -> Any:
     """What `save_state` wrote at `path` (one-line Hw1Error when missing or unreadable)."""
-    arrays = load_arrays(path)
-    if _STATE_KEY not in arrays:
-        raise Hw1Error(f"{path}: not a saved state; delete it")
-    return _restore_arrays(json.loads(str(arrays.pop(_STATE_KEY))), arrays)
+    return _state_of(load_arrays(path), path)
 
 
 class BackupSchedule:
