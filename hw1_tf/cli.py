@@ -83,7 +83,9 @@ def config_from_flags(config_cls: type, flag_values: flags.FlagValues = FLAGS,
             values[field.name] = overrides[field.name]
         else:
             values[field.name] = _coerce(config_cls, field, flag_values[field.name].value)
-    return config_cls(**values)
+    config = config_cls(**values)
+    config_lib.validate(config)  # the tools' configs too (RunConfig's do it on creation)
+    return config
 
 
 def _usage_error(message: str) -> None:
