@@ -134,7 +134,7 @@ PROBES = [
     ("make_figures", "a corrupt results.json",
      lambda d: (corrupt_results(d, "actual_task"), ["--experiments=actual_task"])[1], 1,
      "not valid JSON"),
-    ("make_report", "no results at all", lambda d: ["--profile=nope"], 2, "nope"),
+    ("make_report", "an unknown profile", lambda d: ["--profile=nope"], 2, "nope"),
     ("run_all", "an unknown experiment", lambda d: ["--experiments=nope"], 1, "nope"),
     ("compare_results", "folders without results",
      lambda d: [f"--first={d}/a", f"--second={d}/b", "--experiments=actual_task"], 1,
