@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from hw1_tf import store
-from hw1_tf.errors import Hw1Error, TrainingDivergedError
+from hw1_tf.errors import Hw1Error, TrainingDivergedError, filesystem_error
 
 
 class IterationLog(keras.callbacks.Callback):
@@ -413,11 +413,14 @@ class RunBackup(keras.callbacks.BackupAndRestore):
                              [c.backup_state() for c in self.stateful])
             if self.fingerprint is not None:
                 store.write_json(staging / FINGERPRINT_FILE, self.fingerprint)
+            if current.is_dir():
+                os.replace(current, old)
+            os.replace(staging, current)
+        except OSError as e:  # Keras' weights file (h5py) or the renames: full disk, no permission
+            shutil.rmtree(staging, ignore_errors=True)
+            raise filesystem_error(getattr(e, "filename", None) or staging, e) from None
         finally:
             self._use_folder(current)
-        if current.is_dir():
-            os.replace(current, old)
-        os.replace(staging, current)
         shutil.rmtree(old, ignore_errors=True)
 
 

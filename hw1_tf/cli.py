@@ -21,7 +21,7 @@ from absl import app, flags
 
 from hw1_tf import config as config_lib
 from hw1_tf import console
-from hw1_tf.errors import Hw1Error
+from hw1_tf.errors import Hw1Error, filesystem_error
 
 FLAGS = flags.FLAGS
 
@@ -83,7 +83,9 @@ def config_from_flags(config_cls: type, flag_values: flags.FlagValues = FLAGS,
             values[field.name] = overrides[field.name]
         else:
             values[field.name] = _coerce(config_cls, field, flag_values[field.name].value)
-    return config_cls(**values)
+    config = config_cls(**values)
+    config_lib.validate(config)  # the tools' configs too (RunConfig's do it on creation)
+    return config
 
 
 def _usage_error(message: str) -> None:
@@ -96,6 +98,25 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return FLAGS(argv)
     except flags.Error as e:
         _usage_error(str(e))
+
+
+def guarded(work: Callable[[], Any]) -> Any:
+    """`work()`, its errors as one line on stderr and SystemExit: a usage or config error exit
+    2, an Hw1Error or any filesystem error (OSError: permission, full disk ...) exit 1, an
+    interrupt exit 130."""
+    try:
+        return work()
+    except (app.UsageError, config_lib.ConfigError) as e:
+        _usage_error(str(e))
+    except Hw1Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # one the write sites did not name (they raise FileSystemError)
+        print(f"error: {filesystem_error(e.filename or 'a file', e)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted; files already written are intact", file=sys.stderr)
+        sys.exit(130)
 
 
 def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1,
@@ -114,21 +135,44 @@ def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1
             arguments(argv[1:])
         elif len(argv) > 1:
             _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-        try:
+
+        def start_and_work():
             if tensorflow:
                 console.start_tensorflow(logical_cpus(),
                                          multi_worker=strategy() == "multi_worker")
             work()
-        except (app.UsageError, config_lib.ConfigError) as e:
-            _usage_error(str(e))
-        except Hw1Error as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            print("error: interrupted; files already written are intact", file=sys.stderr)
-            sys.exit(130)
+
+        guarded(start_and_work)
 
     app.run(_main, flags_parser=_parse_flags)
+
+
+def invoke(config_cls: type, work: Callable[[Any], Any], argv: list[str]) -> int:
+    """What a binary does with the flags `argv`, in this process (for tests and probes): its
+    own flags (a fresh FlagValues, so binaries can follow each other), the config, `work`, and
+    the exit code the binary would end with (0 on success), its errors printed as one line."""
+    flag_values = flags.FlagValues()
+    define_flags(config_cls, flag_values)
+    try:
+        try:
+            rest = flag_values([sys.argv[0] if sys.argv else "hw1_tf", *argv])
+        except flags.Error as e:
+            _usage_error(str(e))
+        if len(rest) > 1:
+            _usage_error(f"unexpected arguments: {' '.join(rest[1:])}")
+        guarded(lambda: work(config_from_flags(config_cls, flag_values)))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def invoke_experiment(name: str, argv: list[str]) -> int:
+    """`bin/run_<name> argv` in this process: its exit code (see `invoke`)."""
+    from hw1_tf import experiments, framework
+
+    experiment = experiments.get(name)
+    return invoke(experiment.Config, lambda config: framework.execute(
+        experiment, framework.ExperimentContext(name, config)), argv)
 
 
 def run_command(config_cls: type, work: Callable[[Any], Any],

@@ -29,15 +29,16 @@ class ConfigError(Hw1Error):
 
 def option(default: Any, help: str, *, choices: tuple | None = None,
            lower: float | None = None, upper: float | None = None,
-           process: bool = False) -> Any:
+           increasing: bool = False, process: bool = False) -> Any:
     """A config field with its flag's help text and validation.
 
     `choices`: allowed values (each item, for a tuple field); `lower`/`upper`: inclusive bounds
-    (each item, for a tuple field); `process`: applied by the binary before TensorFlow starts
+    (each item, for a tuple field); `increasing`: a tuple field's items must rise strictly (a
+    range given as first,last); `process`: applied by the binary before TensorFlow starts
     (e.g. logical devices), still recorded in the config.
     """
     meta = {"help": help, "choices": choices, "lower": lower, "upper": upper,
-            "process": process}
+            "increasing": increasing, "process": process}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for a list-valued option (dataclass defaults are shared)")
     return dataclasses.field(default=default, metadata=meta)
@@ -72,6 +73,9 @@ def validate(config: Any) -> None:
         if value is None:
             continue
         items = value if isinstance(value, tuple) else (value,)
+        if meta.get("increasing") and any(b <= a for a, b in zip(items, items[1:])):
+            raise ConfigError(f"--{field.name}={','.join(map(str, items))}: the values must "
+                              "increase (a range is given first,last)")
         for item in items:
             if meta.get("choices") is not None and item not in meta["choices"]:
                 raise ConfigError(f"--{field.name}: {item!r} is not one of "

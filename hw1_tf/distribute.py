@@ -116,3 +116,30 @@ def execution_settings(strategy, jit_compile: bool,
                      strategy.num_replicas_in_sync)
         return False, 1
     return jit_compile, steps_per_execution
+
+
+def broadcast_from_chief(strategy, data: bytes | None) -> bytes:
+    """The chief's `data`, on every worker of `strategy` (what the others pass is ignored):
+    how the workers take one decision from what only the chief has on its disk (a finished
+    run's record, a backup to resume). Two all-reduces (SUM) in which only the chief's values
+    are non-zero: the length, then the bytes as float32 (CPU collectives segfault on int64). Every worker must call it at the same
+    point of its program, as every collective."""
+    import numpy as np
+    import tensorflow as tf
+
+    chief = is_chief()
+    payload = np.frombuffer(data or b"", np.uint8) if chief else np.zeros(0, np.uint8)
+
+    def all_reduce(values: np.ndarray) -> np.ndarray:
+        local = strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(values, tf.float32))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, local, axis=None).numpy()
+
+    # float32 sums of one non-zero term: exact for bytes, and for lengths below 2**24
+    length = int(all_reduce(np.asarray([payload.size if chief else 0], np.float32))[0])
+    if length >= 2 ** 24:
+        raise Hw1Error(f"{length} bytes to share between workers: more than 16 MB")
+    buffer = np.zeros(max(length, 1), np.float32)
+    if chief:
+        buffer[:length] = payload
+    return all_reduce(buffer)[:length].astype(np.uint8).tobytes()

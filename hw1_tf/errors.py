@@ -20,3 +20,28 @@ class ModelNotFoundError(Hw1Error):
 
 class TrainingDivergedError(Hw1Error):
     """The loss became NaN or infinite."""
+
+
+class FileSystemError(Hw1Error):
+    """A file or folder could not be created, written or moved (permission, read-only or full
+    file system, missing parent, a special file system)."""
+
+
+def filesystem_error(path, error: OSError, choose: str = "--output_dir") -> FileSystemError:
+    """The one line of an OSError met while writing `path`: what happened and what to do
+    (`choose` names the flag that picks another place)."""
+    import errno
+
+    code = getattr(error, "errno", None)
+    reason = getattr(error, "strerror", None) or str(error)
+    if code == errno.ENOSPC or code == errno.EDQUOT:
+        todo = f"free some space there or choose another {choose}"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        todo = f"make it writable or choose another {choose}"
+    elif code in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST):
+        todo = (f"choose a {choose} whose parent folders exist and are folders (no file or "
+                "broken link in the way)")
+    else:
+        todo = f"choose another {choose} (on an ordinary disk)"
+    return FileSystemError(f"{path}: could not be written ({reason}); {todo}; files written "
+                           "before are intact")

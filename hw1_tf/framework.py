@@ -86,7 +86,9 @@ class ExperimentContext:
         self.name = name
         self.config = config
         self.paths = paths or _paths_from(config)
-        self.ledger = Ledger(name, config, self.paths, several_workers=self._several_workers())
+        self.ledger = Ledger(name, config, self.paths, several_workers=self._several_workers(),
+                             share=lambda data: distribute.broadcast_from_chief(self.strategy,
+                                                                                data))
         self.progress = Progress(name)
         self._shared: dict[str, Any] = {}
         self.training_seconds: float | None = None  # the plan's wall time, for analyse
@@ -112,8 +114,9 @@ class ExperimentContext:
         first use and loaded once for every run of the plan."""
         return self.shared("splits", lambda: fetch.load_splits(self.config))
 
-    def backup_dir(self, name: str) -> Path | None:
-        """Where run (or group) `name` backs up while it trains (None across several workers)."""
+    def backup_dir(self, name: str) -> Path:
+        """Where run (or group) `name` backs up while it trains (across several workers: each
+        its own folder, filled first with the chief's backup)."""
         return self.ledger.backup_dir(name)
 
     def train_model(self, run_name: str, spec, splits, settings, **kwargs):

@@ -13,20 +13,26 @@ interrupted, and merge results, so none is lost nor emptied by a rerun.
     results.json untouched), and otherwise merges: results.json keeps the runs of an earlier
     invocation of the same config (`result_key`) that this one did not redo, this invocation's
     runs replace theirs, and dict-valued extras merge key by key (`REMOVE` deletes a key). A
-    results.json of another config is replaced.
-  * Across several workers nothing is skipped nor restored from a folder of its own (each worker
-    must take the chief's decision, and only the chief sees the recorded runs).
+    results.json of another config is replaced. The read-merge-write holds a lock
+    (`store.locked`, flock on results/<exp>/.results.lock), so binaries finishing together into
+    one output folder keep each other's runs.
+  * Across several workers (`share`: the chief's bytes on every worker) every worker takes the
+    chief's decision, since only the chief's folder holds the recorded runs and backups: a run
+    finished for the config is skipped by all (the chief's record sent to each), and a backup is
+    resumed by all (the chief's backup folder sent to each before its engine restores it).
 """
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from absl import logging
 
-from hw1_tf import store
+from hw1_tf import distribute, store
 from hw1_tf.errors import Hw1Error, ModelNotFoundError
 
 # Config fields that change how a run executes or where it writes, not its numbers.
@@ -62,11 +68,18 @@ class Ledger:
     """The finished runs, backups and results of one experiment under one config."""
 
     def __init__(self, experiment: str, config: Any, paths: store.Paths, *,
-                 several_workers: bool = False):
+                 several_workers: bool = False,
+                 share: Callable[[bytes | None], bytes] | None = None):
+        """`share(data)`: across several workers, the chief's `data` on every worker (a
+        collective: every worker calls it at the same point; distribute.broadcast_from_chief)."""
+        if several_workers and share is None:
+            raise ValueError("several workers need `share` (the chief's bytes on each worker)")
         self.experiment = experiment
         self.config = config
         self.paths = paths
         self.several_workers = several_workers
+        self.share = share
+        self._fresh: set[str] = set()  # backups already discarded by --force in this invocation
 
     # ------------------------------------------------------------------------------ reading
 
@@ -102,16 +115,21 @@ class Ledger:
         return runs
 
     def finished(self, run_name: str):
-        """The record of `run_name` if it already finished for the same config, else None."""
+        """The record of `run_name` if it already finished for the same config, else None
+        (across several workers: the chief's answer, on every worker)."""
         runs = self._finished_runs()
         if run_name not in runs:
             runs = (self.previous() or {}).get("runs", {})
-        return runs.get(run_name)
+        record = runs.get(run_name)
+        if not self.several_workers:
+            return record
+        shared = self.share(store.state_bytes([record]) if record is not None else b"")
+        return store.state_from_bytes(shared)[0] if shared else None
 
     @property
     def may_skip(self) -> bool:
-        """Whether finished runs may be skipped: not with --force, nor across several workers."""
-        return not getattr(self.config, "force", False) and not self.several_workers
+        """Whether finished runs may be skipped: not with --force."""
+        return not getattr(self.config, "force", False)
 
     # ------------------------------------------------------------------------ runs done once
 
@@ -197,18 +215,37 @@ class Ledger:
 
     # ------------------------------------------------------------------------------ backups
 
-    def backup_folder(self, name: str) -> Path:
-        """Where run (or group) `name` keeps its per-epoch backup while it trains."""
+    def _backup_path(self, name: str) -> Path:
         return self.paths.results_dir(self.experiment) / "backup" / name.replace("/", "__")
 
-    def backup_dir(self, name: str) -> Path | None:
-        """`backup_folder`, or None across several workers (each would restore from its own
-        folder)."""
-        return None if self.several_workers else self.backup_folder(name)
+    def backup_folder(self, name: str) -> Path:
+        """Where run (or group) `name` keeps its per-epoch backup while it trains. With
+        --force a run starts from scratch: a leftover backup of it (an earlier invocation
+        killed mid-run) is discarded the first time this invocation asks for it, not resumed."""
+        folder = self._backup_path(name)
+        if getattr(self.config, "force", False) and name not in self._fresh:
+            self._fresh.add(name)
+            if folder.exists():
+                logging.info("%s/%s: --force: discarding the backup in %s (starting from "
+                             "scratch)", self.experiment, name, folder)
+                shutil.rmtree(folder)
+        return folder
+
+    def backup_dir(self, name: str) -> Path:
+        """`backup_folder`; across several workers filled first with the chief's backup, so
+        every worker resumes from the same epoch (or all start afresh)."""
+        folder = self.backup_folder(name)
+        if self.several_workers:
+            shared = self.share(_pack(folder) if folder.is_dir() else b"")
+            if not distribute.is_chief():  # the others compute into a scratch folder
+                shutil.rmtree(folder, ignore_errors=True)
+                if shared:
+                    _unpack(shared, folder)
+        return folder
 
     def remove_backup(self, name: str) -> None:
         """Removes the backup `name` (its results are kept now), and backup/ once empty."""
-        folder = self.backup_folder(name)
+        folder = self._backup_path(name)
         shutil.rmtree(folder, ignore_errors=True)
         if folder.parent.is_dir() and not any(folder.parent.iterdir()):
             folder.parent.rmdir()
@@ -225,17 +262,35 @@ class Ledger:
                                 (extra.get("skipped_datasets") or {}).items() if v is not REMOVE)
             raise Hw1Error(f"{self.experiment}: nothing was produced"
                            f"{f' ({skipped})' if skipped else ''}; {path} left as it was")
-        previous = self.previous() or {"runs": {}}
-        all_runs = {**previous["runs"], **self._finished_runs(), **runs}
-        kept = len(all_runs) - len(runs)
-        if kept:
-            logging.info("%s: %d earlier run(s) of the same config kept in %s", self.experiment,
-                         kept, path)
-        extras = merge_extras({k: v for k, v in previous.items() if k not in _RESULT_META},
-                              extra)
-        store.save_results(self.paths, self.experiment, self.config, all_runs, **extras)
-        shutil.rmtree(self.paths.results_dir(self.experiment) / "finished", ignore_errors=True)
-        return store.load_results(self.paths, self.experiment)
+        # the read-merge-write under one lock: a binary writing the same results.json at the
+        # same moment (another selection of runs, one output folder) waits, then merges ours
+        with store.locked(path.parent):
+            previous = self.previous() or {"runs": {}}
+            all_runs = {**previous["runs"], **self._finished_runs(), **runs}
+            kept = len(all_runs) - len(runs)
+            if kept:
+                logging.info("%s: %d earlier run(s) of the same config kept in %s",
+                             self.experiment, kept, path)
+            extras = merge_extras({k: v for k, v in previous.items() if k not in _RESULT_META},
+                                  extra)
+            store.save_results(self.paths, self.experiment, self.config, all_runs, **extras)
+            shutil.rmtree(self.paths.results_dir(self.experiment) / "finished",
+                          ignore_errors=True)
+            return store.load_results(self.paths, self.experiment)
+
+
+def _pack(folder: Path) -> bytes:
+    """The files under `folder` as the bytes of an uncompressed tar."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(folder, arcname=".")
+    return buf.getvalue()
+
+
+def _unpack(raw: bytes, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        tar.extractall(folder, filter="data")
 
 
 # ------------------------------------------------------------------ the whole study (run_all)

@@ -15,6 +15,7 @@ interrupted run never leaves a half-written file nor destroys the previous one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from hw1_tf.errors import Hw1Error, ModelNotFoundError
+from hw1_tf.errors import Hw1Error, ModelNotFoundError, filesystem_error
 
 
 def project_root() -> Path:
@@ -68,11 +69,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         if isinstance(e, OSError):
-            raise Hw1Error(f"{path}: could not be written ({e.strerror or e}); the previous "
-                           "version, if any, is intact") from None
+            raise filesystem_error(path, e) from None
         raise
     return path
 
@@ -86,17 +87,57 @@ def ensure_writable_dir(folder: str | Path, what: str = "--output_dir") -> Path:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise Hw1Error(f"{folder}: cannot write there ({e.strerror or e}); choose another "
-                       f"{what}") from None
+        raise filesystem_error(folder, e, what) from None
     return folder
+
+
+@contextlib.contextmanager
+def locked(folder: str | Path, name: str = ".results.lock"):
+    """Holds an exclusive `fcntl.flock` on `<folder>/<name>` inside the block: writers of one
+    results.json (several binaries into one output folder) take turns at their
+    read-merge-write, so none drops another's runs. The lock file stays (empty); the kernel
+    releases the lock when its holder exits, killed or not."""
+    import fcntl
+
+    folder = Path(folder)
+    path = folder / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as e:
+        raise filesystem_error(path, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _is_single(dtype: np.dtype) -> bool:
+    """float16/float32: precision JSON needs few digits for."""
+    return np.issubdtype(dtype, np.floating) and dtype.itemsize <= 4
+
+
+def _json_float(value: float | np.floating) -> float | None:
+    """A float as JSON keeps it, by its dtype: float16/float32 values (numpy scalars or arrays of
+    them) as the shortest decimal that reads back as the same float32 (at most 9 digits, usually
+    fewer: compact, and exact once cast back to float32); float64 values (numpy's and Python's
+    floats) as Python's repr, the shortest decimal that reads back as the same float64 (exact).
+    Non-finite values become null."""
+    if not math.isfinite(value):
+        return None
+    if isinstance(value, np.floating) and _is_single(value.dtype):
+        return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+    return float(value)
+
+
 def to_jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays, dataclasses, tuples and Paths to plain JSON types."""
+    """numpy scalars/arrays, dataclasses, tuples and Paths to plain JSON types; floats keep
+    what their dtype holds (`_json_float`)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
@@ -104,13 +145,12 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
+        # a float32 array's items keep their dtype (compact); other arrays as Python values
+        return to_jsonable(list(obj) if _is_single(obj.dtype) else obj.tolist())
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, (np.floating, float)):
-        value = float(obj)
-        # 7 significant digits: float32 precision, and a third of the JSON size of repr()
-        return float(f"{value:.7g}") if math.isfinite(value) else None
+        return _json_float(obj)
     if isinstance(obj, np.bool_):
         return bool(obj)
     if isinstance(obj, Path):
@@ -196,9 +236,10 @@ def save_arrays(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """All arrays of an .npz written by `save_arrays` (one-line error when missing/corrupt)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path}: arrays file missing; rerun the experiment")
+    if not hasattr(path, "read"):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path}: arrays file missing; rerun the experiment")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
@@ -240,19 +281,38 @@ def save_state(path: str | Path, state: Any) -> Path:
     """Writes `state` (dicts, lists, numbers, strings and numpy arrays) as one .npz, atomically
     and exactly: every array keeps its dtype and bits, every float its repr (a training backup
     must resume bit for bit, which results.json's 7 digits would not allow)."""
+    return atomic_write_bytes(path, state_bytes(state))
+
+
+def state_bytes(state: Any) -> bytes:
+    """`state` as the bytes of the .npz `save_state` writes (to send it elsewhere)."""
+    import io
+
     arrays: dict[str, np.ndarray] = {}
     skeleton = _extract_arrays(state, "", arrays, min_size=-1)
     arrays[_STATE_KEY] = np.asarray(json.dumps(
         skeleton, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
-    return save_arrays(path, arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def state_from_bytes(raw: bytes) -> Any:
+    """What `state_bytes` gave."""
+    import io
+
+    return _state_of(load_arrays(io.BytesIO(raw)), "the state received")
+
+
+def _state_of(arrays: dict[str, np.ndarray], where: Any) -> Any:
+    if _STATE_KEY not in arrays:
+        raise Hw1Error(f"{where}: not a saved state; delete it")
+    return _restore_arrays(json.loads(str(arrays.pop(_STATE_KEY))), arrays)
 
 
 def load_state(path: str | Path) -> Any:
     """What `save_state` wrote at `path` (one-line Hw1Error when missing or unreadable)."""
-    arrays = load_arrays(path)
-    if _STATE_KEY not in arrays:
-        raise Hw1Error(f"{path}: not a saved state; delete it")
-    return _restore_arrays(json.loads(str(arrays.pop(_STATE_KEY))), arrays)
+    return _state_of(load_arrays(path), path)
 
 
 class BackupSchedule:
@@ -401,12 +461,15 @@ def export_model(model, path: str | Path, *, keras_file: bool = True) -> Path:
     load a trained model without hw1_tf and evaluate it at other weights.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.WARNING)  # TF logs every exported signature and fingerprint
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         model.export(str(tmp / "model"), format="tf_saved_model", verbose=False)
+        if keras_file:  # both written before either replaces its previous version
+            model.save(str(tmp / "model.keras"))
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -416,12 +479,22 @@ def export_model(model, path: str | Path, *, keras_file: bool = True) -> Path:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         if keras_file:
-            keras_tmp = tmp / "model.keras"
-            model.save(str(keras_tmp))
-            os.replace(keras_tmp, path.with_suffix(".keras"))
+            os.replace(tmp / "model.keras", path.with_suffix(".keras"))
+    except OSError as e:
+        raise filesystem_error(getattr(e, "filename", None) or path, e,
+                               "--saved_models_dir") from None
+    except Exception as e:  # TensorFlow's own file errors while exporting
+        import tensorflow as tf
+
+        if isinstance(e, tf.errors.OpError):
+            raise Hw1Error(f"{path}: the SavedModel could not be written ({e.message}); free "
+                           "some space or choose another --saved_models_dir; files written "
+                           "before are intact") from None
+        raise
     finally:
         logging.set_verbosity(verbosity)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

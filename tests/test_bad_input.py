@@ -74,7 +74,7 @@ PROBES = {
         1, "3 images but train-labels-idx1-ubyte has 5 labels"),
     "unwritable output dir": (
         "run_simulate_function", lambda d: [*TINY_SIM, f"--output_dir={d / 'blocker' / 'x'}"],
-        1, "cannot write there"),
+        1, "could not be written (Not a directory)"),
     "NaN loss": ("run_simulate_function", lambda d: [*TINY_SIM, "--optimizer=sgd",
                                                       "--learning_rate=1e30"], 1,
                  "the loss became"),

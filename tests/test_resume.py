@@ -3,6 +3,7 @@ an epoch and started again with the same flags ends exactly where an uninterrupt
 finished runs are skipped (--force reruns them); a rerun never empties results.json."""
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -217,3 +218,39 @@ def test_store_files_get_the_umask_mode(tmp_path):
         assert store.write_json(tmp_path / "s.json", {}).stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_force_discards_a_stale_backup_instead_of_resuming_it(tmp_path, monkeypatch):
+    """--force means from scratch: a leftover backup of an unfinished run of the same config is
+    discarded, not resumed. The backup's history is tampered with after the crash, so a resume
+    would show (the control without --force resumes it and carries the marker)."""
+    from hw1_tf import trainer
+
+    kw = dict(datasets=("digits",), models=("dnn_shallow",), target_params=500, epochs=3,
+              batch_size=64, steps_per_execution=1, verbose=0, save_models=False,
+              tensorboard=False)
+    train = training.train
+    monkeypatch.setattr(trainer.training, "train", lambda *a, callbacks=(), **k: train(
+        *a, callbacks=[*callbacks, _Crash(1)], **k))
+    with pytest.raises(KeyboardInterrupt):
+        framework.run(actual_task, actual_task.Config(output_dir=str(tmp_path / "a"), **kw))
+    monkeypatch.setattr(trainer.training, "train", train)
+    backup = tmp_path / "a/results/actual_task/backup/digits_dnn_shallow/current"
+    state = store.load_state(backup / "run_state.npz")
+    assert state[0]["epoch_end_iteration"] == [23]  # one epoch of 23 batches backed up
+    state[0]["loss"] = [-1.0] * len(state[0]["loss"])  # the marker of a resumed backup
+    store.save_state(backup / "run_state.npz", state)
+    stale = tmp_path / "stale"
+    shutil.copytree(tmp_path / "a", stale)
+
+    def loss(out, **extra):
+        results = framework.run(actual_task, actual_task.Config(output_dir=str(out), **kw,
+                                                                **extra))
+        return np.asarray(results["runs"]["digits_dnn_shallow"]["history"]["iteration"]["loss"])
+
+    forced, resumed, fresh = loss(tmp_path / "a", force=True), loss(stale), loss(tmp_path / "b")
+    assert len(fresh) == 69 and np.all(fresh > 0)
+    np.testing.assert_array_equal(forced, fresh)  # from scratch: its own first epoch
+    assert np.all(resumed[:23] == -1.0)  # without --force the same backup is resumed
+    np.testing.assert_array_equal(resumed[23:], fresh[23:])
+    assert not (tmp_path / "a/results/actual_task/backup").exists()

@@ -76,7 +76,7 @@ def test_final_checkpoint_reproduces_test_accuracy(tiny_run):
     model = FullyConnectedNet((64,), 64, 10, normalization="batchnorm", dropout=0.1)
     model.set_weights(checkpoint_weights(load_checkpoint(ckpt), "best"))
     solver = Solver(model, arrays, compile="eager", verbose=False)
-    # (results.json keeps 7 significant digits)
+    # (results.json keeps a float32 accuracy to its shortest float32 decimal)
     assert solver.check_accuracy(arrays["X_test"], arrays["y_test"]) == pytest.approx(
         results["test_accuracy"], abs=1e-6)
 

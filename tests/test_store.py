@@ -65,3 +65,33 @@ def test_export_replaces_existing_model(tmp_path):
 def test_missing_saved_model_is_clear(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no SavedModel"):
         store.load_saved_model(tmp_path / "nothing")
+
+
+def test_float64_is_stored_exactly_and_float32_compactly_whatever_the_length(tmp_path):
+    """The critical-point study's end points are float64: with 10 runs (the quick profile) the
+    losses stay in results.json, with 100 they go to the .npz; both must come back bit for bit.
+    float32 quantities stay compact: the shortest decimal that reads back as the same float32."""
+    from hw1_tf import ledger
+
+    rng = np.random.RandomState(0)
+    paths = store.Paths.create(tmp_path)
+    for runs in (10, 100):
+        loss = np.exp(rng.uniform(-30, 0, runs))  # float64 end-point losses, 1e-13 .. 1
+        grad_norm = [float(g) for g in rng.uniform(1e-9, 1e-3, runs)]  # Python floats: float64
+        history = rng.randn(runs).astype(np.float32)
+        config = {"runs": runs, "tolerance": 1e-6, "learning_rate": 1 / 3}
+        ledger.Ledger("m", config, paths).write(
+            {"r": {"loss": history}},
+            end_points={"loss": loss, "grad_norm": grad_norm, "best": loss.min()})
+        back = store.load_results(paths, "m")
+        end = back["end_points"]
+        assert np.asarray(end["loss"]).dtype == np.float64
+        np.testing.assert_array_equal(end["loss"], loss)  # exact, in the JSON or the .npz
+        assert end["grad_norm"] == grad_norm and end["best"] == loss.min()
+        assert back["config"]["learning_rate"] == 1 / 3
+        np.testing.assert_array_equal(np.asarray(back["runs"]["r"]["loss"], np.float32), history)
+    text = (tmp_path / "results/m/results.json").read_text()
+    small = store.to_jsonable(history[:10])
+    assert all(len(repr(v).lstrip("-").replace(".", "").lstrip("0").split("e")[0]) <= 9
+               for v in small)  # float32: at most 9 significant digits
+    assert "arrays_file" in json.loads(text)  # the 100-run arrays went to the .npz

@@ -47,7 +47,7 @@ class Config(TaskConfig):
                                lower=1.0)
     interpolation_range: tuple[float, float] = option(
         (-0.5, 1.5), "alpha range of the initial-to-trained line (1 - alpha) theta_0 + alpha "
-        "theta.")
+        "theta.", increasing=True)
     save_models: bool = option(False, "Export the trained net as a SavedModel.")
 
 
