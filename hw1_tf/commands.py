@@ -7,7 +7,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import importlib.metadata
 import json
+import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -168,7 +171,8 @@ def run_all(config: RunAllConfig) -> None:
                           else f"python -m hw1_tf {name}", f"--flagfile={flag}",
                           *map(shlex.quote, extra)])
         entry = dict(profile=config.profile, fingerprint=fingerprint, command=shown,
-                     last_done_seconds=(log.read().get(name) or {}).get("last_done_seconds"))
+                     last_done_seconds=(log.read().get(name) or {}).get("last_done_seconds"),
+                     machine=machine())
         log.record(name, status="running", started=_now(), **entry)
         started = time.perf_counter()
         code = subprocess.run([sys.executable, "-m", "hw1_tf", name, f"--flagfile={flag}",
@@ -204,6 +208,44 @@ def study_table(outcomes: dict[str, tuple[str, float | None]], total: float) -> 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+VERSIONED = ("tensorflow", "keras", "numpy", "scipy", "matplotlib", "hw1_tf")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    """What an experiment's wall time was measured on (run_all records it per experiment and
+    REPORT.md's appendix prints it): CPU, cores, memory, OS, Python and library versions. Read
+    without importing TensorFlow (run_all starts without it)."""
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
+            "system": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(),
+            "versions": {p: _version(p) for p in VERSIONED}}
 
 
 @dataclasses.dataclass

@@ -186,7 +186,50 @@ def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | Non
         markdown.table(("section", "results written (UTC)", "by the command"), sources),
         "",
     ]
-    return "\n".join(header + sections), failed
+    names = names or experiments.names()
+    appendix = timing_appendix({n: experiments.get(n).TITLE for n in names}, study.read())
+    return "\n".join(header + sections + appendix), failed
+
+
+def _machine_text(machine: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in (machine.get("versions") or {}).items())
+    memory = machine.get("memory_gib")
+    return (f"{machine.get('cpu', 'n/a')}, {machine.get('cores', 'n/a')} cores, "
+            f"{'n/a' if memory is None else f'{memory:g} GiB'}, {machine.get('system', 'n/a')},"
+            f" Python {machine.get('python', 'n/a')}; {versions}")
+
+
+def timing_appendix(titles: dict[str, str], entries: dict[str, dict[str, Any]]) -> list[str]:
+    """The appendix: each experiment's wall time, status and command as `bin/run_all` recorded
+    them (results/run_all.json), the total, and the machine and library versions they were
+    measured on. An experiment run by hand, not by run_all, is listed as not timed."""
+    rows, total, machines = [], 0.0, {}
+    for name, title in titles.items():
+        entry = entries.get(name) or {}
+        seconds = entry.get("seconds")
+        if entry.get("status") in ("done", "failed") and seconds is not None:
+            total += float(seconds)
+            machine = entry.get("machine")
+            if machine:
+                machines.setdefault(_machine_text(machine), []).append(name)
+            rows.append((title, entry["status"], markdown.duration(seconds),
+                         entry.get("profile", "n/a"), entry.get("finished", "n/a"),
+                         f"`{entry.get('command', 'n/a')}`"))
+        else:
+            rows.append((title, entry.get("status", "not run by bin/run_all"), "n/a",
+                         entry.get("profile", "n/a"), "n/a", "n/a"))
+    lines = ["## Appendix: how long each experiment took", "",
+             "As `bin/run_all` recorded each experiment's last run (`results/run_all.json`): "
+             "wall time from start to exit, including TensorFlow's start and the figures. "
+             f"Together: {markdown.duration(total)}.", "",
+             markdown.table(("experiment", "status", "wall time", "profile",
+                             "finished (UTC)", "command"), rows), ""]
+    if machines:
+        lines += ["Measured on:", ""]
+        lines += [f"- {text}" + ("" if len(machines) == 1 else f" ({', '.join(names)})")
+                  for text, names in machines.items()]
+        lines.append("")
+    return lines
 
 
 HTML_NAME = "REPORT.html"

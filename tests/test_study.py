@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hw1_tf import commands, experiments, store
+from hw1_tf import commands, experiments, markdown, report_writer, store
 from hw1_tf.errors import Hw1Error
 from hw1_tf.ledger import StudyLog
 
@@ -126,6 +126,14 @@ def test_a_failing_experiment_stops_no_other_and_is_marked_in_the_report(toys, t
     assert (f"`python -m hw1_tf toy_fail --flagfile={toys}/flags/quick/toy_fail.flags "
             f"--output_dir={out}` reproduces it") in failed
     assert "This experiment failed" not in report.split("## Toy toy_a", 1)[1].split("\n## ")[0]
+    # the appendix prints each experiment's recorded time, command and machine
+    entries = json.loads((out / "results" / "run_all.json").read_text())["experiments"]
+    appendix = report.split("## Appendix: how long each experiment took", 1)[1]
+    for name, status in (("toy_a", "done"), ("toy_fail", "failed")):
+        row = next(line for line in appendix.splitlines() if line.startswith(f"| Toy {name} "))
+        assert f"| {status} | {markdown.duration(entries[name]['seconds'])} | quick |" in row
+        assert entries[name]["command"] in row
+    assert f"{os.cpu_count()} cores" in appendix and "tensorflow " in appendix
     # the rerun skips what is done and retries what failed
     with pytest.raises(Hw1Error, match="toy_fail"):
         commands.run_all(config)
@@ -193,3 +201,22 @@ def test_the_eta_comes_from_an_earlier_run_else_from_this_one():
     mixed = commands.StudyProgress({"a": 20.0, "b": None, "c": 40.0})
     assert mixed.eta() == "ETA 1 min 30 s (1 of 3 not timed before: guessed)"
     assert progress.line(2, 3, "b").startswith("run_all [2/3] b: ")
+
+
+def test_the_appendix_follows_the_recorded_times():
+    titles = {"a": "Toy a", "b": "Toy b", "c": "Toy c"}
+    machine = {"cpu": "CPU X", "cores": 2, "memory_gib": 24.0, "system": "Linux 6",
+               "python": "3.11.7", "versions": {"tensorflow": "2.21.0"}}
+    entries = {"a": {"status": "done", "seconds": 75.0, "profile": "full", "command": "bin/run_a",
+                     "finished": "2026-12-06T03:00:00+00:00", "machine": machine},
+               "b": {"status": "failed", "seconds": 5.0, "profile": "full", "command": "bin/run_b",
+                     "finished": "2026-12-06T03:01:00+00:00", "machine": machine}}
+    text = "\n".join(report_writer.timing_appendix(titles, entries))
+    assert "| Toy a | done | 1 min 15 s | full |" in text
+    assert "| Toy b | failed | 5.0 s | full |" in text
+    assert "| Toy c | not run by bin/run_all | n/a |" in text
+    assert "Together: 1 min 20 s." in text
+    assert "- CPU X, 2 cores, 24 GiB, Linux 6, Python 3.11.7; tensorflow 2.21.0" in text
+    entries["a"]["seconds"] = 3725.0
+    text = "\n".join(report_writer.timing_appendix(titles, entries))
+    assert "| Toy a | done | 1 h 02 min | full |" in text and "Together: 1 h 02 min." in text
