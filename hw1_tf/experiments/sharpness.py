@@ -15,7 +15,7 @@ import numpy as np
 from hw1_tf import framework, markdown, measures, models
 from hw1_tf.config import ImageTrainConfig, StopOptions, option
 from hw1_tf.experiments import approaches
-from hw1_tf.figures import FigureSet, finish_axes, plt
+from hw1_tf.figures import FigureSet, finish_axes, log_x_if_wide, plt
 from hw1_tf.records import RunRecord
 
 EXPERIMENT = "sharpness"
@@ -89,6 +89,10 @@ def _at_rate(runs: list[RunRecord], lr: float) -> list[RunRecord]:
     return sorted((r for r in runs if r.learning_rate == lr), key=lambda r: r.batch_size)
 
 
+def _batch_axis(ax) -> str:
+    return "batch size" + (" (log scale)" if ax.get_xscale() == "log" else "")
+
+
 def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
     """Each sharpness and the training/test loss against batch size, one series per learning
     rate; and each sharpness against the generalization gap."""
@@ -100,8 +104,8 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
             rs = _at_rate(runs, lr)
             ax.plot([r.batch_size for r in rs], [getattr(r, key) for r in rs], "-o",
                     color=f"C{i}", label=f"lr {lr:g}")
-        ax.set_xscale("log")
-        finish_axes(ax, title, "batch size (log scale)", "sharpness", log_y=True)
+        log_x_if_wide(ax, [r.batch_size for r in runs])  # a tick at each batch size
+        finish_axes(ax, title, _batch_axis(ax), "sharpness", log_y=True)
     ax = axes.flat[3]
     for i, lr in enumerate(rates):
         rs = _at_rate(runs, lr)
@@ -109,8 +113,8 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         ax.plot(bs, [r.train_loss for r in rs], "-o", color=f"C{i}",
                 label=f"train, lr {lr:g}")
         ax.plot(bs, [r.test_loss for r in rs], "--s", color=f"C{i}", label=f"test, lr {lr:g}")
-    ax.set_xscale("log")
-    finish_axes(ax, "training (solid) and test (dashed) loss", "batch size (log scale)",
+    log_x_if_wide(ax, [r.batch_size for r in runs])
+    finish_axes(ax, "training (solid) and test (dashed) loss", _batch_axis(ax),
                 "cross-entropy loss",
                 values=[getattr(r, k) for r in runs for k in ("train_loss", "test_loss")])
     fig.suptitle(f"HW1-3 bonus: sharpness of {len(runs)} training approaches")

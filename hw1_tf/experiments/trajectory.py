@@ -139,12 +139,16 @@ def figures(results: dict[str, Any], figures_dir: Path) -> FigureSet:
         ax.set_xlabel(f"PC 1 ({100 * ev[0]:.1f}% of variance)")
         ax.set_ylabel(f"PC 2 ({100 * ev[1]:.1f}% of variance)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, loc="best")
+    # the runs are the same in both panels: one legend for the figure, below them
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.02),
+               ncol=min(3, len(labels)), fontsize=9, frameon=False)
     fig.suptitle(f"HW1-2 weight trajectories of {len(runs)} runs on {results['task']}: PCA of "
                  f"weights every {results['config']['snapshot_every']} epochs, "
                  f"points annotated with training {metric}")
     out = FigureSet(figures_dir)
-    out.save(fig, "trajectory")
+    fig.tight_layout(rect=(0, 0, 1, 0.95), w_pad=3)
+    out.save(fig, "trajectory", tight=False)  # the bounding box takes in the legend below
     return out
 
 
