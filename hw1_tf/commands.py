@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -174,15 +175,16 @@ def run_all(config: RunAllConfig) -> None:
                      last_done_seconds=(log.read().get(name) or {}).get("last_done_seconds"),
                      machine=machine())
         log.record(name, status="running", started=_now(), **entry)
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), _children_cpu()
         code = subprocess.run([sys.executable, "-m", "hw1_tf", name, f"--flagfile={flag}",
                                *extra], cwd=root).returncode
         seconds = round(time.perf_counter() - started, 1)
+        cpu_seconds = round(_children_cpu() - cpu_before, 1)
         status = "done" if code == 0 else "failed"
         if code == 0:
             entry["last_done_seconds"] = seconds
-        log.record(name, status=status, returncode=code, seconds=seconds, finished=_now(),
-                   created=log.created(name), **entry)
+        log.record(name, status=status, returncode=code, seconds=seconds,
+                   cpu_seconds=cpu_seconds, finished=_now(), created=log.created(name), **entry)
         outcomes[name] = (status if code == 0 else f"failed (exit status {code})", seconds)
         progress.finished(name, seconds)
     failed = [n for n, (status, _) in outcomes.items() if status.startswith("failed")]
@@ -204,6 +206,14 @@ def study_table(outcomes: dict[str, tuple[str, float | None]], total: float) -> 
                  f"{sum(s.startswith('failed') for s, _ in outcomes.values())} failed",
                  markdown.duration(total)))
     return markdown.table(("experiment", "status", "wall time"), rows)
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process' finished children: an experiment's CPU time
+    is the difference around it. Unlike wall time it hardly changes when other work shares the
+    machine, so on a loaded machine CPU seconds / cores estimates the idle wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _now() -> str:

@@ -203,27 +203,30 @@ def timing_appendix(titles: dict[str, str], entries: dict[str, dict[str, Any]]) 
     """The appendix: each experiment's wall time, status and command as `bin/run_all` recorded
     them (results/run_all.json), the total, and the machine and library versions they were
     measured on. An experiment run by hand, not by run_all, is listed as not timed."""
-    rows, total, machines = [], 0.0, {}
+    rows, total, cpu_total, machines = [], 0.0, 0.0, {}
     for name, title in titles.items():
         entry = entries.get(name) or {}
-        seconds = entry.get("seconds")
+        seconds, cpu = entry.get("seconds"), entry.get("cpu_seconds")
         if entry.get("status") in ("done", "failed") and seconds is not None:
             total += float(seconds)
+            cpu_total += float(cpu or 0.0)
             machine = entry.get("machine")
             if machine:
                 machines.setdefault(_machine_text(machine), []).append(name)
             rows.append((title, entry["status"], markdown.duration(seconds),
-                         entry.get("profile", "n/a"), entry.get("finished", "n/a"),
-                         f"`{entry.get('command', 'n/a')}`"))
+                         markdown.duration(cpu), entry.get("profile", "n/a"),
+                         entry.get("finished", "n/a"), f"`{entry.get('command', 'n/a')}`"))
         else:
-            rows.append((title, entry.get("status", "not run by bin/run_all"), "n/a",
+            rows.append((title, entry.get("status", "not run by bin/run_all"), "n/a", "n/a",
                          entry.get("profile", "n/a"), "n/a", "n/a"))
     lines = ["## Appendix: how long each experiment took", "",
              "As `bin/run_all` recorded each experiment's last run (`results/run_all.json`): "
-             "wall time from start to exit, including TensorFlow's start and the figures. "
-             f"Together: {markdown.duration(total)}.", "",
-             markdown.table(("experiment", "status", "wall time", "profile",
-                             "finished (UTC)", "command"), rows), ""]
+             "wall time from start to exit, including TensorFlow's start and the figures, and "
+             "the CPU time (user + system) of its process, which other work on the machine "
+             "hardly changes. "
+             f"Together: {markdown.duration(total)} wall, {markdown.duration(cpu_total)} CPU.",
+             "", markdown.table(("experiment", "status", "wall time", "CPU time", "profile",
+                                 "finished (UTC)", "command"), rows), ""]
     if machines:
         lines += ["Measured on:", ""]
         lines += [f"- {text}" + ("" if len(machines) == 1 else f" ({', '.join(names)})")

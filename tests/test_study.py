@@ -131,7 +131,9 @@ def test_a_failing_experiment_stops_no_other_and_is_marked_in_the_report(toys, t
     appendix = report.split("## Appendix: how long each experiment took", 1)[1]
     for name, status in (("toy_a", "done"), ("toy_fail", "failed")):
         row = next(line for line in appendix.splitlines() if line.startswith(f"| Toy {name} "))
-        assert f"| {status} | {markdown.duration(entries[name]['seconds'])} | quick |" in row
+        assert (f"| {status} | {markdown.duration(entries[name]['seconds'])} | "
+                f"{markdown.duration(entries[name]['cpu_seconds'])} | quick |") in row
+        assert 0 < entries[name]["cpu_seconds"]
         assert entries[name]["command"] in row
     assert f"{os.cpu_count()} cores" in appendix and "tensorflow " in appendix
     # the rerun skips what is done and retries what failed
@@ -207,16 +209,18 @@ def test_the_appendix_follows_the_recorded_times():
     titles = {"a": "Toy a", "b": "Toy b", "c": "Toy c"}
     machine = {"cpu": "CPU X", "cores": 2, "memory_gib": 24.0, "system": "Linux 6",
                "python": "3.11.7", "versions": {"tensorflow": "2.21.0"}}
-    entries = {"a": {"status": "done", "seconds": 75.0, "profile": "full", "command": "bin/run_a",
+    entries = {"a": {"status": "done", "seconds": 75.0, "cpu_seconds": 140.0, "profile": "full",
+                     "command": "bin/run_a",
                      "finished": "2026-12-06T03:00:00+00:00", "machine": machine},
                "b": {"status": "failed", "seconds": 5.0, "profile": "full", "command": "bin/run_b",
                      "finished": "2026-12-06T03:01:00+00:00", "machine": machine}}
     text = "\n".join(report_writer.timing_appendix(titles, entries))
-    assert "| Toy a | done | 1 min 15 s | full |" in text
-    assert "| Toy b | failed | 5.0 s | full |" in text
-    assert "| Toy c | not run by bin/run_all | n/a |" in text
-    assert "Together: 1 min 20 s." in text
+    assert "| Toy a | done | 1 min 15 s | 2 min 20 s | full |" in text
+    assert "| Toy b | failed | 5.0 s | n/a | full |" in text
+    assert "| Toy c | not run by bin/run_all | n/a | n/a |" in text
+    assert "Together: 1 min 20 s wall, 2 min 20 s CPU." in text
     assert "- CPU X, 2 cores, 24 GiB, Linux 6, Python 3.11.7; tensorflow 2.21.0" in text
     entries["a"]["seconds"] = 3725.0
     text = "\n".join(report_writer.timing_appendix(titles, entries))
-    assert "| Toy a | done | 1 h 02 min | full |" in text and "Together: 1 h 02 min." in text
+    assert "| Toy a | done | 1 h 02 min | 2 min 20 s | full |" in text
+    assert "Together: 1 h 02 min wall" in text
