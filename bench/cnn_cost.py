@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT = ("cur:21,21,42,42:1,3",  # conv(c)-conv(c)-pool-conv(2c)-conv(2c)-pool (the old cnn_deep)
-           "p1:28,28,56,56:0,1,2,3",  # conv-pool after each of four convs
+           "p3:27,27,54,54:0,1,2",  # conv-pool x3, conv: 3x3 maps into the dense (cnn_deep now)
+           "p1:28,28,56,56:0,1,2,3",  # conv-pool after each of four convs (1x1 maps)
            "pf:27,27,54,54:0,2,3",  # conv(c)-pool-conv(c)-conv(2c)-pool-conv(2c)-pool
            "shallow:25:0")  # cnn_shallow, for scale
 

@@ -27,8 +27,8 @@ class ModelSpec:
     filters: tuple[int, ...] = ()
     activation: str = "relu"
     kernel_size: int = 3
-    pool_every: int = 1  # cnn: max-pool after every `pool_every` conv layers (while the map
-    #                      is at least 2x2: a pool never empties it)
+    pool_every: int = 1  # cnn: max-pool after every `pool_every` conv layers (a pool never
+    #                      takes the map below 2x2)
     batch_norm: bool = False  # BatchNormalization between each hidden Dense and its activation
 
     def describe(self) -> str:
@@ -48,7 +48,7 @@ def build(spec: ModelSpec, input_shape: tuple[int, ...], outputs: int) -> keras.
         for i, f in enumerate(spec.filters):
             layers.append(keras.layers.Conv2D(f, spec.kernel_size, padding="same",
                                               activation=spec.activation))
-            if (i + 1) % spec.pool_every == 0 and side >= 2:
+            if (i + 1) % spec.pool_every == 0 and side // 2 >= 2:
                 layers.append(keras.layers.MaxPooling2D())
                 side //= 2
     elif spec.kind != "dense":
@@ -119,8 +119,9 @@ def family_spec(family: str, target: int, input_shape: tuple[int, ...],
     """The member of `family` whose parameter count is closest to `target`.
 
     dnn_shallow: 1 hidden layer; dnn_deep: 4 hidden layers; cnn_shallow: conv(c)-pool-dense;
-    cnn_deep: conv(c)-pool-conv(c)-pool-conv(2c)-pool-conv(2c)-pool-dense (MNIST: 28x28 down
-    to 1x1; a pool that would empty a smaller map is left out). Dense widths come from
+    cnn_deep: conv(c)-pool-conv(c)-pool-conv(2c)-pool-conv(2c)-pool-dense, a pool that would
+    take the map below 2x2 left out (MNIST: 28, 14, 7, 3; the last conv's 3x3 maps feed the
+    dense layer). Dense widths come from
     `solve_dense_widths`; the conv width c from a search over integers.
     """
     if family in ("dnn_shallow", "dnn_deep"):
