@@ -363,6 +363,14 @@ def kendall_tau(measure: Sequence[float], gap: Sequence[float]) -> float:
 # ------------------------------------------------------------------- everything at once
 
 
+# what `sharpness_measures` returns (a record holding them all was measured by it)
+SHARPNESS_KEYS = ("analysis_loss", "block_hessian_norm", "hessian_norm", "hessian_top_eigenvalue",
+                  "hessian_bottom_eigenvalue", "block_to_whole_ratio", "sharpness_slides",
+                  "sharpness_whole", "sharpness_keskar", "keskar_first_order", "gradient_norm",
+                  "keskar_evaluations", "block_seconds", "whole_seconds", "whole_matvecs",
+                  "keskar_seconds")
+
+
 def sharpness_measures(network: keras.Model, x: np.ndarray, y: np.ndarray, *,
                        epsilon: float = SLIDES_EPSILON,
                        keskar_epsilon: float = KESKAR_EPSILON, keskar_maxiter: int = 10,

@@ -27,7 +27,8 @@ class ModelSpec:
     filters: tuple[int, ...] = ()
     activation: str = "relu"
     kernel_size: int = 3
-    pool_every: int = 1  # cnn: max-pool after every `pool_every` conv layers
+    pool_every: int = 1  # cnn: max-pool after every `pool_every` conv layers (a pool never
+    #                      takes the map below 2x2)
     batch_norm: bool = False  # BatchNormalization between each hidden Dense and its activation
 
     def describe(self) -> str:
@@ -43,11 +44,13 @@ def build(spec: ModelSpec, input_shape: tuple[int, ...], outputs: int) -> keras.
     if spec.kind == "cnn":
         if len(input_shape) != 3:
             raise Hw1Error(f"model {spec.name}: a cnn needs image input, got shape {input_shape}")
+        side = min(input_shape[:2])  # "same" convolutions keep it, each pool halves it
         for i, f in enumerate(spec.filters):
             layers.append(keras.layers.Conv2D(f, spec.kernel_size, padding="same",
                                               activation=spec.activation))
-            if (i + 1) % spec.pool_every == 0:
+            if (i + 1) % spec.pool_every == 0 and side // 2 >= 2:
                 layers.append(keras.layers.MaxPooling2D())
+                side //= 2
     elif spec.kind != "dense":
         raise Hw1Error(f"model {spec.name}: unknown kind {spec.kind!r} (dense or cnn)")
     if len(input_shape) > 1:
@@ -105,7 +108,10 @@ FAMILIES = ("dnn_shallow", "dnn_deep", "cnn_shallow", "cnn_deep")
 def _cnn_spec(family: str, width: int) -> ModelSpec:
     if family == "cnn_shallow":
         return ModelSpec(family, "cnn", filters=(width,), pool_every=1)
-    return ModelSpec(family, "cnn", filters=(width, width, 2 * width, 2 * width), pool_every=2)
+    # a pool after every conv: at the same size and depth, conv(c)-conv(c)-pool-conv(2c)-
+    # conv(2c)-pool ran two convolutions at full resolution and cost 3x the CPU time per
+    # epoch (bench/cnn_cost.py, docs/speed.md)
+    return ModelSpec(family, "cnn", filters=(width, width, 2 * width, 2 * width), pool_every=1)
 
 
 def family_spec(family: str, target: int, input_shape: tuple[int, ...],
@@ -113,7 +119,9 @@ def family_spec(family: str, target: int, input_shape: tuple[int, ...],
     """The member of `family` whose parameter count is closest to `target`.
 
     dnn_shallow: 1 hidden layer; dnn_deep: 4 hidden layers; cnn_shallow: conv(c)-pool-dense;
-    cnn_deep: conv(c)-conv(c)-pool-conv(2c)-conv(2c)-pool-dense. Dense widths come from
+    cnn_deep: conv(c)-pool-conv(c)-pool-conv(2c)-pool-conv(2c)-pool-dense, a pool that would
+    take the map below 2x2 left out (MNIST: 28, 14, 7, 3; the last conv's 3x3 maps feed the
+    dense layer). Dense widths come from
     `solve_dense_widths`; the conv width c from a search over integers.
     """
     if family in ("dnn_shallow", "dnn_deep"):

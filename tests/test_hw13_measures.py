@@ -1,6 +1,7 @@
 """Generalization measures against finite differences, closed forms, enumeration and numpy.
 Tiny nets, seconds each."""
 
+import dataclasses
 import itertools
 import math
 
@@ -275,16 +276,48 @@ def test_measures_end_to_end_ranks_the_sensitivity_models(tmp_path):
         tau = results["kendall_tau_by_source"][source]["path_norm"]["loss_gap"]
         assert tau == pytest.approx(measures.kendall_tau([r["path_norm"] for r in members],
                                                          [r["loss_gap"] for r in members]))
+    from hw1_tf import store
     # the stored test losses are the SavedModels' own: equal to each source's final numbers
     by_run = {(r["source"], r["run"]): r for r in runs}
     for source, done in (("sensitivity", trained), ("sharpness", sharp)):
         for name, run in done["runs"].items():
             np.testing.assert_allclose(by_run[source, name]["test_loss"], run["test_loss"],
                                        rtol=1e-5)
-    from hw1_tf import store
+    # the sharpness models' three definitions are the sharpness run's own (same settings and
+    # examples): read, not measured again; the sensitivity models' are measured
+    for name, run in sharp["runs"].items():
+        row = by_run["sharpness", name]
+        assert row["sharpness_reused"]
+        for key in measures.SHARPNESS_KEYS:
+            assert row[key] == run[key]
+    assert not any(r["sharpness_reused"] for r in runs if r["source"] == "sensitivity")
+    # ... and equal to measuring them afresh on the SavedModel (float32 products: rtol 1e-3)
+    from hw1_tf import fetch
+    from hw1_tf.experiments import approaches
+    name, run = next(iter(sharp["runs"].items()))
+    splits = fetch.load_dataset("digits", None, seed=0)
+    x, y = approaches.analysis_subset(splits, 40, 0)
+    fresh = measures.sharpness_measures(hessian.keras_model_for_saved_model(run["saved_model"]),
+                                        x, y, keskar_maxiter=2, keskar_restarts=1)
+    assert set(fresh) == set(measures.SHARPNESS_KEYS)
+    for key in ("analysis_loss", "sharpness_slides", "sharpness_whole", "sharpness_keskar"):
+        assert fresh[key] == pytest.approx(run[key], rel=1e-3), key
+    # any differing setting, or a record without them, and they are measured again
+    source_config = store.read_results(store.Paths.create(tmp_path).results_json(
+        "sharpness"))["config"]
+    assert measures_exp.stored_sharpness(run, source_config, config) is not None
+    for change in (dict(keskar_maxiter=3), dict(epsilon=1e-3), dict(analysis_examples=41),
+                   dict(seed=1)):
+        other = dataclasses.replace(config, **change)
+        assert measures_exp.stored_sharpness(run, source_config, other) is None, change
+    assert measures_exp.stored_sharpness({**run, "sharpness_keskar": None}, source_config,
+                                         config) is None
+    assert measures_exp.stored_sharpness(run, {**source_config, "eigen_tolerance": 1e-6},
+                                         config) is None
     text = measures_exp.report_section(results, markdown.Context(store.Paths.create(tmp_path),
                                                                "measures"))
     assert "Within each source" in text and "trained to training loss 0.5" in text
+    assert "3 sharpness models are the sharpness run's own" in text
 
 
 def test_sharpness_measures_under_mirrored_strategy_equal_one_device(monkeypatch):

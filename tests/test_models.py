@@ -26,3 +26,18 @@ def test_cnn_on_vector_input_is_a_clear_error():
 
     with pytest.raises(Hw1Error, match="image input"):
         models.build(models.ModelSpec("c", "cnn", filters=(4,)), (10,), 2)
+
+
+@pytest.mark.parametrize("shape, pools, side", [((28, 28, 1), 3, 3), ((8, 8, 1), 2, 2),
+                                               ((32, 32, 3), 4, 2)])
+def test_deep_cnn_pools_after_every_conv_but_never_below_two_by_two(shape, pools, side):
+    import keras
+
+    spec = models.family_spec("cnn_deep", 50000, shape, 10)
+    built = models.build(spec, shape, 10)
+    kinds = [type(layer).__name__ for layer in built.layers]
+    assert kinds.count("Conv2D") == 4 and kinds.count("MaxPooling2D") == pools
+    assert kinds[:2] == ["Conv2D", "MaxPooling2D"]  # the first pool right after the first conv
+    flat = next(layer for layer in built.layers if isinstance(layer, keras.layers.Flatten))
+    assert flat.input.shape[1:3] == (side, side)
+    assert abs(built.count_params() - 50000) <= 0.05 * 50000

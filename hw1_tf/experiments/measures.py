@@ -7,6 +7,7 @@ minus training error) of the final weights."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,30 @@ def _models(config: Config, paths: store.Paths):
             yield source, name, record, results.get("config", {}), Path(saved)
 
 
+# the settings of `measures.sharpness_measures` besides the model; with the same analysis
+# examples (count and seed) they decide its values
+SHARPNESS_SETTINGS = ("epsilon", "keskar_epsilon", "keskar_maxiter", "keskar_restarts",
+                      "max_block_mb", "analysis_examples", "seed")
+
+
+def stored_sharpness(record: dict, source_config: dict, config: Config) -> dict | None:
+    """The three sharpness definitions (`measures.SHARPNESS_KEYS`) that `record` already holds
+    when its source computed them with this config's settings on the same examples (the
+    sharpness experiment does, on the same seeded subset: `approaches.analysis_subset`), else
+    None: measuring them again would give the same numbers for ~10 s per model."""
+    default_tolerance = inspect.signature(measures.sharpness_measures).parameters[
+        "eigen_tolerance"].default
+    same = all(source_config.get(k) == getattr(config, k) for k in SHARPNESS_SETTINGS) and \
+        source_config.get("eigen_tolerance", default_tolerance) == default_tolerance
+    if not same or any(record.get(k) is None for k in measures.SHARPNESS_KEYS):
+        return None
+    return {k: record[k] for k in measures.SHARPNESS_KEYS}
+
+
 def measure_model(network, splits: data.Splits, record: dict, config: Config,
-                  strategy=None) -> dict:
-    """Every measure of one classifier, and its exact generalization gaps."""
+                  strategy=None, stored: dict | None = None) -> dict:
+    """Every measure of one classifier, and its exact generalization gaps; the sharpness
+    definitions are `stored`'s when given (`stored_sharpness`)."""
     final = {"train": measures.evaluate(network, splits.x_train, splits.y_train),
              "test": measures.evaluate(network, splits.x_test, splits.y_test)}
     x, y = approaches.analysis_subset(splits, config.analysis_examples, config.seed)
@@ -104,7 +126,8 @@ def measure_model(network, splits: data.Splits, record: dict, config: Config,
     out["path_norm"] = measures.path_norm(network)
     out.update(measures.margin_measures(network, x, y, config.margin_percentile))
     fl = hessian.FlatLoss(network, x, y, jit_compile=False, strategy=strategy)
-    out.update(measures.sharpness_measures(
+    out["sharpness_reused"] = stored is not None
+    out.update(stored if stored is not None else measures.sharpness_measures(
         network, x, y, epsilon=config.epsilon, keskar_epsilon=config.keskar_epsilon,
         keskar_maxiter=config.keskar_maxiter, keskar_restarts=config.keskar_restarts,
         max_block_mb=config.max_block_mb, seed=config.seed, flat_loss=fl))
@@ -144,7 +167,8 @@ def analyse(records: dict, ctx: framework.ExperimentContext) -> framework.Outcom
             logging.warning("measures: %s/%s skipped: %s", source, name, e)
             continue
         start = time.perf_counter()
-        values = measure_model(network, splits_cache[key], record, config, ctx.strategy)
+        values = measure_model(network, splits_cache[key], record, config, ctx.strategy,
+                               stored=stored_sharpness(record, source_config, config))
         values.update({"source": source, "run": name, "dataset": dataset,
                        "description": record.get("description", ""),
                        "loss_target": source_config.get("stop_loss_below"),
@@ -237,6 +261,12 @@ def report_section(results: dict, ctx: markdown.Context) -> str:
                   if t == t]
         out.append(f"- Against {label}: best {markdown.join(top)}; worst "
                    f"{markdown.join(bottom)}.")
+    reused = [r for r in runs.values() if r.get("sharpness_reused")]
+    if reused:
+        out.append(f"- The three sharpness definitions of the {len(reused)} "
+                   f"{markdown.join(sorted({r['source'] for r in reused}))} models are the "
+                   f"{markdown.join(sorted({r['source'] for r in reused}))} run's own (computed "
+                   "there with the same settings on the same examples), not measured again.")
     n = len(runs)
     out.append(f"- With {n} models a single swapped pair moves tau by "
                f"{markdown.fmt(2 / (n * (n - 1) / 2), 2)}, so differences below that are noise.")
