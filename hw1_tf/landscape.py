@@ -416,8 +416,10 @@ class Endpoint:
                 if self.variables[i].dtype.is_floating]
 
 
-def _parse_layers(names: Sequence[str], path: Path) -> list[Layer]:
-    """Groups variables by layer (the name's folder) in order of first appearance."""
+def _parse_layers(names: Sequence[str], path: Path,
+                  shapes: Sequence[tuple[int, ...]] | None = None) -> list[Layer]:
+    """Groups variables by layer (the name's folder) in order of first appearance; with their
+    `shapes`, checks that they chain as a dense net's."""
     groups: dict[str, dict[str, int]] = {}
     for i, name in enumerate(names):
         prefix, _, role = name.rpartition("/")
@@ -434,6 +436,16 @@ def _parse_layers(names: Sequence[str], path: Path) -> list[Layer]:
                 "(Dense, optionally with BatchNormalization) can be interpolated")
     if not layers or layers[-1].kind != "dense":
         raise IncompatibleModelsError(f"{path}: not a dense net ending in a Dense layer")
+    if shapes is not None:  # kernels 2-D and chained (a convolution has kernel and bias too)
+        width = None
+        for prefix, layer in zip(groups, layers):
+            kernel = shapes[layer.index["kernel" if layer.kind == "dense" else "gamma"]]
+            rows = kernel[0] if layer.kind == "dense" else kernel[-1]
+            if (layer.kind == "dense" and len(kernel) != 2) or width not in (None, rows):
+                raise IncompatibleModelsError(
+                    f"{path}: layer {prefix or '?'} has a {layer.kind} variable of shape "
+                    f"{tuple(kernel)}, not a dense net's layer after a width of {width}")
+            width = kernel[-1]
     return layers
 
 
@@ -451,7 +463,7 @@ def load_endpoint(path: str | Path, dense_only: bool = True) -> Endpoint:
         raise IncompatibleModelsError(f"{path}: the SavedModel has no trainable variables")
     names = [v.name.split(":")[0] for v in variables]
     try:
-        layers, why = _parse_layers(names, path), None
+        layers, why = _parse_layers(names, path, [tuple(v.shape) for v in variables]), None
     except IncompatibleModelsError as e:
         if dense_only:
             raise
