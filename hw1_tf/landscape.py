@@ -37,15 +37,19 @@ are all-reduced.
 BatchNorm: the moving averages stored with each endpoint describe that endpoint's activations,
 not those of a point in between, so by default the statistics are recomputed at every α from
 training inputs (population mean and variance, two passes per BatchNorm layer, in the layers'
-order). With recomputation off, the moving averages are interpolated like every other variable.
+order). With recomputation off, the moving means are interpolated like every other variable and
+the moving variances geometrically (below).
 
 Any two SavedModels (`load_endpoint(path, dense_only=False)`, `evaluate_line_serve`): when the
 dense reading does not apply (a CNN, a tf.Module, a net ending in softmax), the line is evaluated
 through the first model's own `serve`, one α at a time: θ(α) is assigned to its variables and
 every split goes through `serve` batch by batch. `serve` runs in inference mode and shows no
 layer's inputs, so BatchNorm statistics cannot be recomputed there: the non-trainable float
-variables (moving mean and variance) are interpolated linearly like the weights; integer state
-(Keras' dropout seed counters) stays the first model's.
+variables are interpolated like the weights, but for BatchNorm's moving variances, interpolated
+geometrically (v₁^(1−α)·v₂^α), on both paths: linearly they turn negative beyond the endpoints
+once the two models' variances differ enough (a CNN trained at batch 64 vs 1024 did, from
+α = −0.1 on) and the loss with them is NaN. Integer state (Keras' dropout seed counters) stays
+the first model's.
 """
 
 from __future__ import annotations
@@ -441,10 +445,14 @@ def _parse_layers(names: Sequence[str], path: Path,
         for prefix, layer in zip(groups, layers):
             kernel = shapes[layer.index["kernel" if layer.kind == "dense" else "gamma"]]
             rows = kernel[0] if layer.kind == "dense" else kernel[-1]
-            if (layer.kind == "dense" and len(kernel) != 2) or width not in (None, rows):
+            if layer.kind == "dense" and len(kernel) != 2:
                 raise IncompatibleModelsError(
-                    f"{path}: layer {prefix or '?'} has a {layer.kind} variable of shape "
-                    f"{tuple(kernel)}, not a dense net's layer after a width of {width}")
+                    f"{path}: layer {prefix or '?'} has a kernel of shape {tuple(kernel)}: not "
+                    "a Dense layer, so not a dense net")
+            if width not in (None, rows):
+                raise IncompatibleModelsError(
+                    f"{path}: layer {prefix or '?'} takes {rows} inputs after a layer of "
+                    f"{width} outputs: not a dense net")
             width = kernel[-1]
     return layers
 
@@ -529,14 +537,34 @@ def forward(layers: Sequence[Layer], weights: Sequence[tf.Tensor], x: tf.Tensor,
 
 
 def interpolate(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
-                alphas: Sequence[float]) -> list[tf.Tensor]:
-    """θ(α) = (1 − α)θ₁ + αθ₂ for every α, stacked: one (K, ...) tensor per variable."""
+                alphas: Sequence[float], geometric: Sequence[int] = ()) -> list[tf.Tensor]:
+    """θ(α) = (1 − α)θ₁ + αθ₂ for every α, stacked: one (K, ...) tensor per variable; the
+    variables at positions `geometric` (BatchNorm moving variances, see `variance_positions`)
+    as θ₁^(1−α)·θ₂^α instead."""
     a = np.asarray(alphas, np.float32)
     out = []
-    for t1, t2 in zip(first, second):
+    for i, (t1, t2) in enumerate(zip(first, second)):
         shape = (-1,) + (1,) * t1.ndim
-        out.append(tf.constant((1 - a.reshape(shape)) * t1[None] + a.reshape(shape) * t2[None]))
+        if i in geometric:
+            logs = [np.log(np.maximum(t, np.finfo(np.float32).tiny)) for t in (t1, t2)]
+            out.append(tf.constant(np.exp((1 - a.reshape(shape)) * logs[0][None]
+                                          + a.reshape(shape) * logs[1][None]).astype(t1.dtype)))
+        else:
+            out.append(tf.constant((1 - a.reshape(shape)) * t1[None]
+                                   + a.reshape(shape) * t2[None]))
     return out
+
+
+def variance_positions(endpoint: Endpoint) -> list[int]:
+    """Positions of BatchNorm moving variances among the endpoint's variables: interpolated
+    geometrically, so they equal each model's own at α = 0 and 1 and stay positive at every α
+    (linearly they turn negative beyond the endpoints when the two differ enough, and the loss
+    with them is NaN)."""
+    return [i for i in endpoint.state if endpoint.names[i].endswith("moving_variance")]
+
+
+BATCH_NORM_INTERPOLATED = ("moving means interpolated linearly, moving variances geometrically "
+                           "(v₁^(1−α)·v₂^α: each model's own at α = 0 and 1, positive at every α)")
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
@@ -646,7 +674,7 @@ def evaluate_line(first: Endpoint, second: Endpoint, alphas: Sequence[float],
     out = {name: {"loss": [], "accuracy": []} for name in data}
     for start in range(0, len(alphas), alphas_per_pass):
         chunk = alphas[start:start + alphas_per_pass]
-        weights = interpolate(first.arrays, second.arrays, chunk)
+        weights = interpolate(first.arrays, second.arrays, chunk, variance_positions(first))
         stats = (batch_norm_statistics(first.layers, weights, _flat(batch_norm_x),
                                        strategy=strategy, batch_size=batch_size,
                                        activation=activation, jit_compile=jit_compile)
@@ -716,11 +744,12 @@ def outputs_kind(endpoint: Endpoint, x: np.ndarray, y: np.ndarray, outputs: str 
 
 def interpolated_state(first: Endpoint, second: Endpoint, alpha: float) -> list[np.ndarray]:
     """Every variable of θ(α) for the serve path: the trainable ones and the non-trainable float
-    ones (BatchNorm moving statistics) at (1 − α)·A + α·B; other state (integer seed
-    counters) stays A's."""
+    ones (BatchNorm moving statistics) as `interpolate` has them; other state (integer seed
+    counters) stays the first model's."""
     mixed = set(range(first.num_trainable)) | set(first.state)
-    return [((1 - alpha) * a + alpha * b).astype(a.dtype) if i in mixed else a
-            for i, (a, b) in enumerate(zip(first.arrays, second.arrays))]
+    between = interpolate(first.arrays, second.arrays, [alpha], variance_positions(first))
+    return [w[0].numpy().astype(a.dtype) if i in mixed else a
+            for i, (a, w) in enumerate(zip(first.arrays, between))]
 
 
 def evaluate_line_serve(first: Endpoint, second: Endpoint, alphas: Sequence[float],

@@ -36,16 +36,31 @@ def _dense(batch_norm: bool):
                              keras.layers.Dense(10)])
 
 
-def _fit_and_export(build, seed, digits, path):
-    """`build()` trained a little (BatchNorm statistics move off 0 and 1) and exported with
-    plain `model.export`: the Keras model, the path."""
+def _fit_and_export(build, seed, digits, path, variance_scale=1.0):
+    """`build()` trained a little (BatchNorm statistics move off 0 and 1), its moving variances
+    times `variance_scale`, exported with plain `model.export`: the Keras model, the path."""
     keras.utils.set_random_seed(seed)
     model = build()
     model.compile(keras.optimizers.Adam(0.01),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(digits.x_train[:400], digits.y_train[:400], epochs=2, batch_size=32, verbose=0)
+    for w in model.weights:
+        if w.path.endswith("moving_variance"):
+            w.assign(w.numpy() * variance_scale)
     model.export(str(path), verbose=0)
     return model, str(path)
+
+
+def _between(model_a, model_b, alpha):
+    """Keras' own weights of θ(α): moving variances geometric (positive at every α), every
+    other weight linear."""
+    out = []
+    for w, a, b in zip(model_a.weights, model_a.get_weights(), model_b.get_weights()):
+        if w.path.endswith("moving_variance"):
+            out.append(np.exp((1 - alpha) * np.log(a) + alpha * np.log(b)))
+        else:
+            out.append((1 - alpha) * a + alpha * b)
+    return out
 
 
 def _ce_of_logits(logits, y):
@@ -65,7 +80,9 @@ def _run(tmp_path, paths, **kw):
 @pytest.fixture(scope="module")
 def cnns(tmp_path_factory, digits):
     tmp = tmp_path_factory.mktemp("cnn")
-    pair = [_fit_and_export(_cnn, seed, digits, tmp / f"cnn_{seed}") for seed in (1, 2)]
+    # B's variances 20x A's: linearly extrapolated to α = -0.5 they would be negative
+    pair = [_fit_and_export(_cnn, seed, digits, tmp / f"cnn_{seed}", scale)
+            for seed, scale in ((1, 1.0), (2, 20.0))]
     return tmp, pair, _run(tmp, [p for _, p in pair])
 
 
@@ -74,7 +91,8 @@ def test_cnn_pair_takes_the_serve_path_and_matches_the_keras_models(cnns, digits
     (line,) = results["lines"].values()
     assert line["path"] == "serve" and line["outputs"] == "logits"
     assert "conv2d" in line["why_not_dense"]
-    assert "interpolated linearly" in line["batch_norm"] and "2 non-trainable" in line["batch_norm"]
+    assert "moving variances geometrically" in line["batch_norm"]
+    assert "2 non-trainable" in line["batch_norm"] and "cannot be recomputed" in line["batch_norm"]
     alphas = np.asarray(line["alphas"])
     for split, x, y in (("train", digits.x_train, digits.y_train),
                         ("test", digits.x_test, digits.y_test)):
@@ -87,17 +105,21 @@ def test_cnn_pair_takes_the_serve_path_and_matches_the_keras_models(cnns, digits
             np.testing.assert_allclose(results["runs"][label]["own"][f"{split}_loss"], loss,
                                        rtol=1e-5)
         # interior and outside points: a fresh Keras CNN carrying θ(α) (BatchNorm moving
-        # statistics interpolated like the weights, as the results say)
+        # statistics interpolated as the results say)
         for i in (0, 2, 4):
             alpha = alphas[i]
             between = _cnn()
-            between.set_weights([(1 - alpha) * a + alpha * b for a, b in
-                                 zip(model_a.get_weights(), model_b.get_weights())])
+            between.set_weights(_between(model_a, model_b, alpha))
             loss, acc = _ce_of_logits(between.predict(x, verbose=0), y)
             np.testing.assert_allclose(line[f"{split}_loss"][i], loss, rtol=1e-5)
             np.testing.assert_allclose(line[f"{split}_accuracy"][i], acc, atol=1e-6)
-    # not a flat line: the two models differ and the interior point is neither endpoint
+    # not a flat line, and finite where linear variances would have been negative
     assert len(set(np.round(line["train_loss"], 5))) == len(alphas)
+    assert np.isfinite(line["train_loss"]).all() and np.isfinite(line["test_loss"]).all()
+    linear = _cnn()  # what linear variances would have given there
+    linear.set_weights([1.5 * a - 0.5 * b for a, b in zip(model_a.get_weights(),
+                                                           model_b.get_weights())])
+    assert np.isnan(_ce_of_logits(linear.predict(digits.x_test, verbose=0), digits.y_test)[0])
 
 
 def test_cnn_results_report_and_figure_name_the_path(cnns):
@@ -109,7 +131,7 @@ def test_cnn_results_report_and_figure_name_the_path(cnns):
     assert (paths.figures_dir("flatness") / "cnn_1__cnn_2.png").is_file()
     section = flatness.report_section(typed_runs(store.load_results(paths, "flatness")),
                                       markdown.Context(paths, "flatness"))
-    assert "serve path" in section and "interpolated linearly" in section
+    assert "serve path" in section and "moving variances geometrically" in section
     assert "cnn_1" in section and "cnn_2" in section
     card = flatness.scorecard(typed_runs(results))["flatness.test_loss"]
     assert "serve path" in card.note and "cnn_1" in card.ours
@@ -123,8 +145,8 @@ def test_dense_pair_takes_the_dense_path_which_agrees_with_the_serve_path(tmp_pa
     results = _run(tmp_path, [p for _, p in pair], recompute_batch_norm=False)
     (line,) = results["lines"].values()
     assert line["path"] == "dense" and line["why_not_dense"] is None
-    assert line["batch_norm"] == ("moving statistics interpolated linearly between the two "
-                                  "models" if batch_norm else "none (no BatchNorm layers)")
+    assert line["batch_norm"] == (landscape.BATCH_NORM_INTERPOLATED if batch_norm
+                                  else "none (no BatchNorm layers)")
     first, second = (landscape.load_endpoint(p, dense_only=False) for _, p in pair)
     split = {"train": (digits.x_train, digits.y_train), "test": (digits.x_test, digits.y_test)}
     served = landscape.evaluate_line_serve(first, second, line["alphas"], split)

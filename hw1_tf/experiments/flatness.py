@@ -12,8 +12,9 @@ any with a one-input `serve` taking the dataset's images (a Keras export, CNNs i
 tf.Module). Their variables must match in shapes. The dense path (many α per pass, BatchNorm
 statistics recomputed) runs when the variables read as a dense net that reproduces `serve`;
 otherwise the serve path evaluates one α at a time through A's `serve` with θ(α) assigned, the
-BatchNorm moving statistics interpolated linearly. Each line records which path ran and what
-happened to the BatchNorm statistics.
+BatchNorm moving means interpolated linearly and the variances geometrically (they cannot be
+recomputed through `serve`). Each line records which path ran and what happened to the
+BatchNorm statistics.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class Config(StopOptions, ImageTrainConfig):
                                   "replicas).", lower=1)
     recompute_batch_norm: bool = option(True, "Recompute BatchNorm statistics at every "
                                         "interpolated point (else interpolate the moving "
-                                        "averages too).")
+                                        "means linearly, the variances geometrically; the "
+                                        "serve path always does that).")
     batch_norm_examples: int = option(10000, "Training examples the recomputed BatchNorm "
                                       "statistics are taken over.", lower=1)
     retrain: bool = option(False, "Train even when a SavedModel of a run is already there.")
@@ -228,8 +230,8 @@ def _line(ctx, first: landscape.Endpoint, second: landscape.Endpoint, alphas, sp
         recomputed = bool(config.recompute_batch_norm and first.has_batch_norm)
         examples = min(config.batch_norm_examples, len(splits.x_train))
         batch_norm = (f"recomputed on {examples} training examples at each α" if recomputed
-                      else "moving statistics interpolated linearly between the two models"
-                      if first.has_batch_norm else "none (no BatchNorm layers)")
+                      else landscape.BATCH_NORM_INTERPOLATED if first.has_batch_norm
+                      else "none (no BatchNorm layers)")
     else:
         if ctx.strategy.num_replicas_in_sync > 1:
             logging.info("the serve path runs on one device (--strategy is not used there)")
@@ -239,9 +241,9 @@ def _line(ctx, first: landscape.Endpoint, second: landscape.Endpoint, alphas, sp
             batch_size=config.eval_batch_size,
             progress=lambda done, total: progress.step(done, total, "alphas"))
         recomputed = False
-        batch_norm = (f"moving statistics ({len(first.state)} non-trainable float variables) "
-                      "interpolated linearly between the two models; serve runs in inference "
-                      "mode, so they cannot be recomputed there" if first.has_batch_norm
+        batch_norm = (f"{landscape.BATCH_NORM_INTERPOLATED} ({len(first.state)} non-trainable "
+                      "float variables); serve runs in inference mode, so they cannot be "
+                      "recomputed there" if first.has_batch_norm
                       else f"none (no BatchNorm statistics; {len(first.state)} non-trainable "
                       "float variables interpolated)" if first.state
                       else "none (no non-trainable variables)")
