@@ -398,7 +398,7 @@ class Endpoint:
     path: Path
     names: list[str]  # variable names, trainable first then non-trainable (the SavedModel's order)
     arrays: list[np.ndarray]
-    layers: list[Layer] | None  # the dense reading; None when it does not apply (see `why`)
+    layers: list[Layer] | None  # the dense reading; None when it does not apply (`why_not_dense`)
     loaded: Any  # the tf.saved_model.load object (its `serve` and variables)
     variables: list[tf.Variable]  # as `names`
     num_trainable: int

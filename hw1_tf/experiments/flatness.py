@@ -301,7 +301,7 @@ def model_labels(paths: list[Path]) -> list[str]:
         labels = [re.sub(r"[^A-Za-z0-9._-]", "_", "_".join(p.parts[-depth:])) for p in paths]
         if len(set(labels)) == len(labels):
             return labels
-    return [f"{i + 1}:{p.name}" for i, p in enumerate(paths)]  # one path given twice
+    return [f"{p.name}_{i + 1}" for i, p in enumerate(paths)]  # one path given twice
 
 
 def analyse_saved_models(ctx: framework.ExperimentContext) -> framework.Outcome:
