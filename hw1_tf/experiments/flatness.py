@@ -313,8 +313,9 @@ def analyse_saved_models(ctx: framework.ExperimentContext) -> framework.Outcome:
     paths = [Path(p) for p in config.saved_models]
     first, second = (landscape.load_endpoint(p, dense_only=False) for p in paths)
     landscape.check_compatible(first, second)
-    probe_x, labels = splits.x_train[:256], np.concatenate([splits.y_train, splits.y_test])
-    kinds = [landscape.outputs_kind(e, probe_x, labels, config.outputs) for e in (first, second)]
+    probe_x, classes = splits.x_train[:256], np.concatenate([splits.y_train, splits.y_test])
+    kinds = [landscape.outputs_kind(e, probe_x, classes, config.outputs)
+             for e in (first, second)]
     if kinds[0] != kinds[1]:
         raise landscape.IncompatibleModelsError(
             f"{second.path}: serve returns {kinds[1]}, {first.path}'s {kinds[0]}; give "
