@@ -84,10 +84,7 @@ class Config(StopOptions, ImageTrainConfig):
         if self.alpha_max <= self.alpha_min:
             raise ConfigError(f"--alpha_max={self.alpha_max} must be above --alpha_min="
                               f"{self.alpha_min}")
-        if self.saved_models:
-            if len(self.saved_models) != 2:
-                raise ConfigError(f"--saved_models takes two paths A,B; got "
-                                  f"{len(self.saved_models)}")
+        if self.saved_models:  # nothing to train; their count is checked by plan()
             return
         if len(approaches(self)) < 2:
             raise ConfigError("flatness needs two training approaches: give two "
@@ -161,8 +158,11 @@ def plan(ctx: framework.ExperimentContext) -> list[framework.Run]:
     SavedModel to reuse is checked against the configured model before anything is trained."""
     config = ctx.config
     _activation(config.activation)
-    if config.saved_models:
-        return []  # the user's SavedModels: nothing to train
+    if config.saved_models:  # the user's SavedModels: nothing to train
+        if len(config.saved_models) != 2:
+            raise ConfigError(f"--saved_models takes two paths A,B; got "
+                              f"{len(config.saved_models)}")
+        return []
     expected = _expected_shapes(config, ctx.splits())
     runs = []
     for batch_size, learning_rate in approaches(config):
