@@ -887,19 +887,25 @@ def serving_function(loaded, path) -> tuple[Callable, tf.TensorSpec]:
     return fn, specs[0]
 
 
-def trainable_variables_of(loaded) -> tuple[list, int]:
-    """(trainable variables in the SavedModel's order, how many non-trainable there are).
-    A Keras export lists them; a restored tf.Module does not, so its object graph is walked
-    (each variable once, by the `trainable` flag it was saved with)."""
+def saved_variables(loaded) -> tuple[list, list]:
+    """(trainable, non-trainable variables), each in the SavedModel's order. A Keras export
+    lists them; a restored tf.Module does not, so its object graph is walked (each variable
+    once, by the `trainable` flag it was saved with)."""
     listed = getattr(loaded, "trainable_variables", None)
     if listed:  # a Keras export (which also tracks copies of each under its layers' paths)
-        return list(listed), len(getattr(loaded, "non_trainable_variables", ()) or ())
+        return list(listed), list(getattr(loaded, "non_trainable_variables", ()) or ())
     found = {}
     for obj in tf.train.TrackableView(loaded).descendants():
         if isinstance(obj, tf.Variable):
             found.setdefault(id(obj), obj)
-    trainable = [v for v in found.values() if v.trainable]
-    return trainable, len(found) - len(trainable)
+    return ([v for v in found.values() if v.trainable],
+            [v for v in found.values() if not v.trainable])
+
+
+def trainable_variables_of(loaded) -> tuple[list, int]:
+    """(trainable variables in the SavedModel's order, how many non-trainable there are)."""
+    trainable, non_trainable = saved_variables(loaded)
+    return trainable, len(non_trainable)
 
 
 def detect_outputs(outputs: np.ndarray, tolerance: float = 1e-3) -> str:
@@ -928,6 +934,26 @@ LOSS_NAMES = {"logits": "cross-entropy of softmax(serve output) (serve returns l
               "probabilities": "cross-entropy of the serve output (serve returns "
                                "probabilities; clipped to [1e-7, 1 - 1e-7])",
               "regression": "mean squared error (real-valued labels)"}
+
+
+def outputs_kind(served: np.ndarray, y: np.ndarray, outputs: str, path) -> str:
+    """What serve's outputs `served` are ("logits", "probabilities" or "regression"), detected
+    when `outputs` is "auto"; one error naming `path` when they do not fit the labels `y`."""
+    if served.ndim != 2:
+        raise Hw1Error(f"{path}: serve returns shape {served.shape[1:]} per example; the loss "
+                       "needs a vector of outputs")
+    integer_labels = np.issubdtype(y.dtype, np.integer)
+    width = served.shape[1]
+    if integer_labels and (y.min() < 0 or y.max() >= width):
+        raise Hw1Error(f"{path}: labels run from {y.min()} to {y.max()} but serve returns "
+                       f"{width} outputs per example")
+    if not integer_labels and y.reshape(len(y), -1).shape[1] != width:
+        raise Hw1Error(f"{path}: targets have {y.reshape(len(y), -1).shape[1]} values per "
+                       f"example but serve returns {width}")
+    if not integer_labels and outputs != "auto":
+        raise Hw1Error(f"--outputs={outputs} needs integer class labels; these targets are real")
+    return ("regression" if not integer_labels else
+            detect_outputs(served) if outputs == "auto" else outputs)
 
 
 def _inputs_for(x: np.ndarray, spec: tf.TensorSpec, path) -> tuple[np.ndarray, str]:
@@ -969,21 +995,8 @@ def saved_model_flat_loss(path: str | Path, x: np.ndarray, y: np.ndarray, *,
     y = np.asarray(y)
     served = np.concatenate([np.asarray(_single_output(serve(tf.constant(x[i:i + batch_size]))))
                              for i in range(0, len(x), batch_size)])
-    if served.ndim != 2:
-        raise Hw1Error(f"{path}: serve returns shape {served.shape[1:]} per example; the loss "
-                       "needs a vector of outputs")
-    integer_labels = np.issubdtype(y.dtype, np.integer)
+    kind = outputs_kind(served, y, outputs, path)
     width = served.shape[1]
-    if integer_labels and (y.min() < 0 or y.max() >= width):
-        raise Hw1Error(f"{path}: labels run from {y.min()} to {y.max()} but serve returns "
-                       f"{width} outputs per example")
-    if not integer_labels and y.reshape(len(y), -1).shape[1] != width:
-        raise Hw1Error(f"{path}: targets have {y.reshape(len(y), -1).shape[1]} values per "
-                       f"example but serve returns {width}")
-    kind = ("regression" if not integer_labels else
-            detect_outputs(served) if outputs == "auto" else outputs)
-    if not integer_labels and outputs != "auto":
-        raise Hw1Error(f"--outputs={outputs} needs integer class labels; these targets are real")
     loss = loss_for_outputs(kind)
     trainable, non_trainable = trainable_variables_of(loaded)
     if not trainable:

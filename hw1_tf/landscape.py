@@ -37,20 +37,32 @@ are all-reduced.
 BatchNorm: the moving averages stored with each endpoint describe that endpoint's activations,
 not those of a point in between, so by default the statistics are recomputed at every α from
 training inputs (population mean and variance, two passes per BatchNorm layer, in the layers'
-order). With recomputation off, the moving averages are interpolated like every other variable.
+order). With recomputation off, the moving means are interpolated like every other variable and
+the moving variances geometrically (below).
+
+Any two SavedModels (`load_endpoint(path, dense_only=False)`, `evaluate_line_serve`): when the
+dense reading does not apply (a CNN, a tf.Module, a net ending in softmax), the line is evaluated
+through the first model's own `serve`, one α at a time: θ(α) is assigned to its variables and
+every split goes through `serve` batch by batch. `serve` runs in inference mode and shows no
+layer's inputs, so BatchNorm statistics cannot be recomputed there: the non-trainable float
+variables are interpolated like the weights, but for BatchNorm's moving variances, interpolated
+geometrically (v₁^(1−α)·v₂^α), on both paths: linearly they turn negative beyond the endpoints
+once the two models' variances differ enough (a CNN trained at batch 64 vs 1024 did, from
+α = −0.1 on) and the loss with them is NaN. Integer state (Keras' dropout seed counters) stays
+the first model's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from hw1_tf import population, store
+from hw1_tf import hessian, population, store
 from hw1_tf.errors import Hw1Error
 
 
@@ -386,20 +398,32 @@ class Endpoint:
     path: Path
     names: list[str]  # variable names, trainable first then non-trainable (the SavedModel's order)
     arrays: list[np.ndarray]
-    layers: list[Layer]
+    layers: list[Layer] | None  # the dense reading; None when it does not apply (`why_not_dense`)
     loaded: Any  # the tf.saved_model.load object (its `serve` and variables)
-
-    @property
-    def variables(self) -> list[tf.Variable]:
-        return list(self.loaded.trainable_variables) + list(self.loaded.non_trainable_variables)
+    variables: list[tf.Variable]  # as `names`
+    num_trainable: int
+    serve: Callable  # its serve function (or serving_default signature): one tensor in
+    input_spec: tf.TensorSpec
+    why_not_dense: str | None = None  # why its variables do not read as a dense net
 
     @property
     def has_batch_norm(self) -> bool:
-        return any(layer.kind == "batch_norm" for layer in self.layers)
+        if self.layers is not None:
+            return any(layer.kind == "batch_norm" for layer in self.layers)
+        return any(name.endswith(("moving_mean", "moving_variance")) for name in self.names)
+
+    @property
+    def state(self) -> list[int]:
+        """Positions of the non-trainable float variables (BatchNorm moving statistics, and
+        whatever other float state a model keeps)."""
+        return [i for i in range(self.num_trainable, len(self.variables))
+                if self.variables[i].dtype.is_floating]
 
 
-def _parse_layers(names: Sequence[str], path: Path) -> list[Layer]:
-    """Groups variables by layer (the name's folder) in order of first appearance."""
+def _parse_layers(names: Sequence[str], path: Path,
+                  shapes: Sequence[tuple[int, ...]] | None = None) -> list[Layer]:
+    """Groups variables by layer (the name's folder) in order of first appearance; with their
+    `shapes`, checks that they chain as a dense net's."""
     groups: dict[str, dict[str, int]] = {}
     for i, name in enumerate(names):
         prefix, _, role = name.rpartition("/")
@@ -416,31 +440,64 @@ def _parse_layers(names: Sequence[str], path: Path) -> list[Layer]:
                 "(Dense, optionally with BatchNormalization) can be interpolated")
     if not layers or layers[-1].kind != "dense":
         raise IncompatibleModelsError(f"{path}: not a dense net ending in a Dense layer")
+    if shapes is not None:  # kernels 2-D and chained (a convolution has kernel and bias too)
+        width = None
+        for prefix, layer in zip(groups, layers):
+            kernel = shapes[layer.index["kernel" if layer.kind == "dense" else "gamma"]]
+            rows = kernel[0] if layer.kind == "dense" else kernel[-1]
+            if layer.kind == "dense" and len(kernel) != 2:
+                raise IncompatibleModelsError(
+                    f"{path}: layer {prefix or '?'} has a kernel of shape {tuple(kernel)}: not "
+                    "a Dense layer, so not a dense net")
+            if width not in (None, rows):
+                raise IncompatibleModelsError(
+                    f"{path}: layer {prefix or '?'} takes {rows} inputs after a layer of "
+                    f"{width} outputs: not a dense net")
+            width = kernel[-1]
     return layers
 
 
-def load_endpoint(path: str | Path) -> Endpoint:
-    """Loads a SavedModel (one-line error when missing or unreadable) and reads its variables."""
+def load_endpoint(path: str | Path, dense_only: bool = True) -> Endpoint:
+    """Loads a SavedModel (one-line error when missing or unreadable) and reads its variables:
+    as a dense net (an error when they are not one), or with `dense_only=False` any SavedModel
+    with one-input `serve` (a Keras export, CNNs included; a tf.Module), `layers` None when the
+    dense reading does not apply."""
     path = Path(path)
     loaded = store.load_saved_model(path)
-    variables = list(loaded.trainable_variables) + list(loaded.non_trainable_variables)
+    serve, spec = hessian.serving_function(loaded, path)
+    trainable, non_trainable = hessian.saved_variables(loaded)
+    variables = trainable + non_trainable
+    if not trainable:
+        raise IncompatibleModelsError(f"{path}: the SavedModel has no trainable variables")
     names = [v.name.split(":")[0] for v in variables]
-    return Endpoint(path, names, [v.numpy() for v in variables], _parse_layers(names, path),
-                    loaded)
+    try:
+        layers, why = _parse_layers(names, path, [tuple(v.shape) for v in variables]), None
+    except IncompatibleModelsError as e:
+        if dense_only:
+            raise
+        layers, why = None, str(e)
+    return Endpoint(path, names, [v.numpy() for v in variables], layers, loaded, variables,
+                    len(trainable), serve, spec, why)
 
 
 def check_compatible(first: Endpoint, second: Endpoint) -> None:
-    """Same number of variables with the same shapes, position by position, else one error
-    naming both paths."""
-    if len(first.arrays) != len(second.arrays):
+    """Same number of variables with the same shapes and dtypes, position by position, and
+    serve taking the same input, else one error naming both paths."""
+    if (len(first.arrays), first.num_trainable) != (len(second.arrays), second.num_trainable):
         raise IncompatibleModelsError(
-            f"{second.path}: {len(second.arrays)} variables, but {first.path} has "
-            f"{len(first.arrays)}; interpolation needs one architecture")
+            f"{second.path}: {len(second.arrays)} variables ({second.num_trainable} trainable), "
+            f"but {first.path} has {len(first.arrays)} ({first.num_trainable}); interpolation "
+            "needs one architecture")
     for name, a, b in zip(second.names, first.arrays, second.arrays):
-        if a.shape != b.shape:
+        if a.shape != b.shape or a.dtype != b.dtype:
             raise IncompatibleModelsError(
-                f"{second.path}: variable {name} has shape {b.shape}, {a.shape} in "
+                f"{second.path}: variable {name} is {b.dtype} {b.shape}, {a.dtype} {a.shape} in "
                 f"{first.path}; interpolation needs one architecture")
+    ins = [(tuple(e.input_spec.shape), e.input_spec.dtype.name) for e in (first, second)]
+    if ins[0] != ins[1]:  # the spec's name is the exporter's tensor name: not compared
+        raise IncompatibleModelsError(
+            f"{second.path}: serve takes {ins[1][1]} inputs of shape {ins[1][0]}, "
+            f"{ins[0][1]} {ins[0][0]} in {first.path}; interpolation needs one architecture")
 
 
 def forward(layers: Sequence[Layer], weights: Sequence[tf.Tensor], x: tf.Tensor,
@@ -480,14 +537,34 @@ def forward(layers: Sequence[Layer], weights: Sequence[tf.Tensor], x: tf.Tensor,
 
 
 def interpolate(first: Sequence[np.ndarray], second: Sequence[np.ndarray],
-                alphas: Sequence[float]) -> list[tf.Tensor]:
-    """θ(α) = (1 − α)θ₁ + αθ₂ for every α, stacked: one (K, ...) tensor per variable."""
+                alphas: Sequence[float], geometric: Sequence[int] = ()) -> list[tf.Tensor]:
+    """θ(α) = (1 − α)θ₁ + αθ₂ for every α, stacked: one (K, ...) tensor per variable; the
+    variables at positions `geometric` (BatchNorm moving variances, see `variance_positions`)
+    as θ₁^(1−α)·θ₂^α instead."""
     a = np.asarray(alphas, np.float32)
     out = []
-    for t1, t2 in zip(first, second):
+    for i, (t1, t2) in enumerate(zip(first, second)):
         shape = (-1,) + (1,) * t1.ndim
-        out.append(tf.constant((1 - a.reshape(shape)) * t1[None] + a.reshape(shape) * t2[None]))
+        if i in geometric:
+            logs = [np.log(np.maximum(t, np.finfo(np.float32).tiny)) for t in (t1, t2)]
+            out.append(tf.constant(np.exp((1 - a.reshape(shape)) * logs[0][None]
+                                          + a.reshape(shape) * logs[1][None]).astype(t1.dtype)))
+        else:
+            out.append(tf.constant((1 - a.reshape(shape)) * t1[None]
+                                   + a.reshape(shape) * t2[None]))
     return out
+
+
+def variance_positions(endpoint: Endpoint) -> list[int]:
+    """Positions of BatchNorm moving variances among the endpoint's variables: interpolated
+    geometrically, so they equal each model's own at α = 0 and 1 and stay positive at every α
+    (linearly they turn negative beyond the endpoints when the two differ enough, and the loss
+    with them is NaN)."""
+    return [i for i in endpoint.state if endpoint.names[i].endswith("moving_variance")]
+
+
+BATCH_NORM_INTERPOLATED = ("moving means interpolated linearly, moving variances geometrically "
+                           "(v₁^(1−α)·v₂^α: each model's own at α = 0 and 1, positive at every α)")
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
@@ -597,7 +674,7 @@ def evaluate_line(first: Endpoint, second: Endpoint, alphas: Sequence[float],
     out = {name: {"loss": [], "accuracy": []} for name in data}
     for start in range(0, len(alphas), alphas_per_pass):
         chunk = alphas[start:start + alphas_per_pass]
-        weights = interpolate(first.arrays, second.arrays, chunk)
+        weights = interpolate(first.arrays, second.arrays, chunk, variance_positions(first))
         stats = (batch_norm_statistics(first.layers, weights, _flat(batch_norm_x),
                                        strategy=strategy, batch_size=batch_size,
                                        activation=activation, jit_compile=jit_compile)
@@ -616,38 +693,97 @@ def evaluate_line(first: Endpoint, second: Endpoint, alphas: Sequence[float],
 def serve_predictions(endpoint: Endpoint, x: np.ndarray,
                       weights: Sequence[np.ndarray] | None = None,
                       batch_size: int = 1024) -> np.ndarray:
-    """Logits of the loaded SavedModel's own `serve` signature, batch by batch, at its weights
-    or with `weights` assigned to its variables for the call (restored afterwards)."""
+    """Outputs of the loaded SavedModel's own `serve`, batch by batch (x shaped as serve takes
+    it), at its weights or with `weights` assigned to its variables for the call (restored
+    afterwards)."""
     variables = endpoint.variables
-    x = np.asarray(x, np.float32)
+    x, _ = hessian._inputs_for(np.asarray(x), endpoint.input_spec, endpoint.path)
     try:
         if weights is not None:
             for v, w in zip(variables, weights):
                 v.assign(np.asarray(w, v.dtype.as_numpy_dtype))
-        return np.concatenate([endpoint.loaded.serve(tf.constant(x[i:i + batch_size])).numpy()
-                               for i in range(0, len(x), batch_size)])
+        return np.concatenate([
+            np.asarray(hessian._single_output(endpoint.serve(tf.constant(x[i:i + batch_size]))))
+            for i in range(0, len(x), batch_size)])
     finally:
         if weights is not None:
             for v, w in zip(variables, endpoint.arrays):
                 v.assign(w)
 
 
+def mean_loss_and_accuracy(outputs: np.ndarray, y: np.ndarray,
+                           kind: str = "logits") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of serve's `outputs` ("logits" or "probabilities", see
+    hessian.loss_for_outputs) for the labels y."""
+    y = np.asarray(y, np.int32)
+    if kind == "logits":
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=outputs).numpy()
+    else:
+        ce = np.asarray(hessian.loss_for_outputs(kind)(y, outputs))
+    return float(ce.mean()), float((np.asarray(outputs).argmax(-1) == y).mean())
+
+
 def evaluate_serve(endpoint: Endpoint, x: np.ndarray, y: np.ndarray,
                    weights: Sequence[np.ndarray] | None = None,
-                   batch_size: int = 1024) -> tuple[float, float]:
+                   batch_size: int = 1024, kind: str = "logits") -> tuple[float, float]:
     """(mean cross-entropy, accuracy) through the SavedModel's own `serve` (see
     `serve_predictions`): one α at a time, the reference the vectorised curve is checked
     against."""
-    logits = serve_predictions(endpoint, x, weights, batch_size)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=np.asarray(y, np.int32),
-                                                        logits=logits).numpy()
-    return float(ce.mean()), float((logits.argmax(-1) == y).mean())
+    return mean_loss_and_accuracy(serve_predictions(endpoint, x, weights, batch_size), y, kind)
+
+
+def outputs_kind(endpoint: Endpoint, x: np.ndarray, y: np.ndarray, outputs: str = "auto") -> str:
+    """"logits" or "probabilities": what serve returns on x (detected when `outputs` is
+    "auto"); one error naming the SavedModel when its input or outputs do not fit (x, y)."""
+    kind = hessian.outputs_kind(serve_predictions(endpoint, x), np.asarray(y), outputs,
+                                endpoint.path)
+    if kind == "regression":
+        raise IncompatibleModelsError(f"{endpoint.path}: the labels are not class indices")
+    return kind
+
+
+def interpolated_state(first: Endpoint, second: Endpoint, alpha: float) -> list[np.ndarray]:
+    """Every variable of θ(α) for the serve path: the trainable ones and the non-trainable float
+    ones (BatchNorm moving statistics) as `interpolate` has them; other state (integer seed
+    counters) stays the first model's."""
+    mixed = set(range(first.num_trainable)) | set(first.state)
+    between = interpolate(first.arrays, second.arrays, [alpha], variance_positions(first))
+    return [w[0].numpy().astype(a.dtype) if i in mixed else a
+            for i, (a, w) in enumerate(zip(first.arrays, between))]
+
+
+def evaluate_line_serve(first: Endpoint, second: Endpoint, alphas: Sequence[float],
+                        data: dict[str, tuple[np.ndarray, np.ndarray]], *, kind: str = "logits",
+                        batch_size: int = 1024,
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """`evaluate_line` for any two compatible SavedModels, through `serve`: for each α the
+    variables of `interpolated_state` are assigned to the first model's variables and every
+    split is evaluated batch by batch (restored afterwards). One α at a time, one device."""
+    check_compatible(first, second)
+    out = {name: {"loss": [], "accuracy": []} for name in data}
+    try:
+        for i, alpha in enumerate(np.asarray(alphas, np.float64)):
+            for v, w in zip(first.variables, interpolated_state(first, second, alpha)):
+                v.assign(w)
+            for name, (x, y) in data.items():
+                outputs = serve_predictions(first, x, batch_size=batch_size)
+                loss, accuracy = mean_loss_and_accuracy(outputs, y, kind)
+                out[name]["loss"].append(loss)
+                out[name]["accuracy"].append(accuracy)
+            if progress is not None:
+                progress(i + 1, len(alphas))
+    finally:
+        for v, w in zip(first.variables, first.arrays):
+            v.assign(w)
+    return {name: {k: np.asarray(v, np.float32) for k, v in d.items()} for name, d in out.items()}
 
 
 def check_reading(endpoint: Endpoint, x: np.ndarray, activation=tf.nn.relu,
                   tolerance: float = 1e-3) -> None:
     """Raises when reading the variables as a dense net does not reproduce `serve` on x (e.g. an
     activation other than the one assumed): the interpolation would measure another model."""
+    if endpoint.layers is None:
+        raise IncompatibleModelsError(endpoint.why_not_dense)
     ours = forward(endpoint.layers, [tf.constant(a[None]) for a in endpoint.arrays],
                    tf.constant(_flat(x)), activation=activation)[0].numpy()
     theirs = serve_predictions(endpoint, np.asarray(x, np.float32))

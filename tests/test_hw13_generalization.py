@@ -123,7 +123,10 @@ def test_vectorised_line_equals_one_alpha_at_a_time_through_serve(bn_pair):
                                      batch_size=100, alphas_per_pass=2,
                                      recompute_batch_norm=False, jit_compile=False)
     for i, alpha in enumerate(alphas):
-        theta = [(1 - alpha) * a + alpha * b for a, b in zip(first.arrays, second.arrays)]
+        # moving variances geometric (positive beyond the endpoints), all else linear
+        theta = [np.exp((1 - alpha) * np.log(a) + alpha * np.log(b))
+                 if name.endswith("moving_variance") else (1 - alpha) * a + alpha * b
+                 for name, a, b in zip(first.names, first.arrays, second.arrays)]
         loss, acc = landscape.evaluate_serve(first, splits.x_test, splits.y_test, theta)
         np.testing.assert_allclose(curves["test"]["loss"][i], loss, rtol=1e-4)
         # argmax may flip only where serve's two top logits (nearly) tie
