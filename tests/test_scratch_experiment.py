@@ -1,6 +1,8 @@
 """The scratch experiment end to end on sklearn digits (seconds), its CIFAR-10 fallback, its
 figures from results.json alone, its config checks and bin/run_scratch."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -142,7 +144,14 @@ def test_bin_run_scratch_end_to_end_and_one_line_errors(tmp_path):
     assert results["config"]["normalization"] is None
     assert (tmp_path / "figures" / "scratch" / "update_rules.png").is_file()
 
-    proc = _run_bin(["--dataset=digits", "--update_rules=sgd,adam",
-                     "--rule_learning_rates=0.1"], tmp_path)
-    assert proc.returncode == 2  # inconsistent flags: a usage error
-    assert proc.stderr.strip().splitlines()[-1].startswith("usage error: 2 update_rules but 1")
+    # inconsistent flags: a usage error (the binary's flags, config and exit code, in this
+    # process: hw1_tf.cli.invoke)
+    from hw1_tf import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.invoke_experiment("scratch", ["--dataset=digits", "--update_rules=sgd,adam",
+                                                 "--rule_learning_rates=0.1",
+                                                 f"--output_dir={tmp_path}"])
+    assert code == 2
+    assert err.getvalue().strip().splitlines()[-1].startswith("usage error: 2 update_rules but 1")
