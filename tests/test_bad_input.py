@@ -19,9 +19,9 @@ from probing import check_probe, idx_bytes, mnist_folder, one_line
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SIM = ["--functions=sinc", "--depths=1", "--target_params=40", "--n_train=32",
             "--n_test=20", "--epochs=2", "--batch_size=16", "--nosave_models",
-            "--notensorboard"]
+            "--notensorboard", "--nojit_compile"]  # XLA compiles cost more than these runs
 TINY_TASK = ["--models=dnn_shallow", "--target_params=500", "--epochs=1", "--nosave_models",
-             "--notensorboard"]
+             "--notensorboard", "--nojit_compile"]
 
 
 def _idx_probe(folder, **files):
@@ -149,7 +149,8 @@ def test_batch_larger_than_the_dataset_is_one_full_batch_step(tmp_path, monkeypa
     monkeypatch.setattr(training.logging, "warning", lambda msg, *a: warnings.append(msg % a))
     results = framework.run(simulate_function, simulate_function.Config(
         functions=("sinc",), depths=(1,), target_params=40, n_train=32, n_test=20, epochs=3,
-        batch_size=1000, save_models=False, tensorboard=False, output_dir=str(tmp_path)))
+        batch_size=1000, save_models=False, tensorboard=False, jit_compile=False,
+        output_dir=str(tmp_path)))
     history = results["runs"]["sinc_dnn_d1"]["history"]
     assert history["epoch_end_iteration"] == [1, 2, 3]  # one step of all 32 examples each
     assert any("exceeds the 32 training examples" in w for w in warnings), warnings

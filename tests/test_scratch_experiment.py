@@ -24,7 +24,8 @@ TINY = dict(dataset="cifar10", fallback_dataset="digits", val_size=200, overfit_
             search_weight_scales=(1e-3, 1e-1), search_learning_rates=(1e-2, 1e-1),
             update_rules=("sgd", "adam"), rule_learning_rates=(1e-2, 1e-3),
             rules_train_size=400, rules_hidden_dims=(30, 30), rules_epochs=2,
-            rules_batch_size=50, hidden_dims=(64,), epochs=3, batch_size=64, print_every=10)
+            rules_batch_size=50, hidden_dims=(64,), epochs=3, batch_size=64, print_every=10,
+            jit_compile=False)  # XLA: tests/test_scratch.py and the binary below
 
 
 @pytest.fixture(scope="module")
