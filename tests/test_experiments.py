@@ -1,4 +1,6 @@
-"""HW1-1 experiments end to end on tiny settings: results.json, SavedModels, figures."""
+"""HW1-1 experiments end to end on tiny settings: results.json, SavedModels, figures. No XLA:
+compiling costs more than these few steps (the XLA path: tests/test_training.py, the binaries
+in tests/test_cli.py and tests/test_resume.py)."""
 
 import json
 
@@ -12,7 +14,7 @@ from hw1_tf.experiments import actual_task, simulate_function
 def test_simulate_function_end_to_end(tmp_path):
     config = simulate_function.Config(functions=("sinc", "sign"), depths=(1, 3), target_params=120,
                                       n_train=64, n_test=50, epochs=3, batch_size=32,
-                                      restarts=2, steps_per_execution=4,
+                                      restarts=2, steps_per_execution=4, jit_compile=False,
                                       output_dir=str(tmp_path))
     results = framework.run(simulate_function, config)
     on_disk = json.loads((tmp_path / "results/simulate_function/results.json").read_text())
@@ -41,7 +43,7 @@ def test_simulate_function_end_to_end(tmp_path):
 
 def test_actual_task_digits_and_figures_redraw(tmp_path):
     config = actual_task.Config(datasets=("digits",), models=("dnn_shallow", "cnn_deep"),
-                                target_params=3000, epochs=2, batch_size=64,
+                                target_params=3000, epochs=2, batch_size=64, jit_compile=False,
                                 output_dir=str(tmp_path), verbose=0, save_models=False)
     results = framework.run(actual_task, config)
     assert set(results["runs"]) == {"digits_dnn_shallow", "digits_cnn_deep"}
@@ -61,6 +63,7 @@ def test_actual_task_digits_and_figures_redraw(tmp_path):
 def test_actual_task_convergence_rule_stops_each_run_where_its_history_says(tmp_path):
     config = actual_task.Config(datasets=("digits",), models=("dnn_shallow", "dnn_deep"),
                                 target_params=3000, epochs=40, batch_size=64, patience=2,
+                                jit_compile=False,
                                 output_dir=str(tmp_path), verbose=0, save_models=False,
                                 tensorboard=False)
     results = framework.run(actual_task, config)
@@ -85,7 +88,7 @@ def test_actual_task_skips_unavailable_and_runs_cifar10_from_tfds(tmp_path):
     import tensorflow_datasets as tfds
 
     config = actual_task.Config(datasets=("fashion_mnist", "cifar10"), models=("cnn_shallow",),
-                                target_params=2000, epochs=1, batch_size=8,
+                                target_params=2000, epochs=1, batch_size=8, jit_compile=False,
                                 data_dir=str(tmp_path / "empty"), output_dir=str(tmp_path),
                                 verbose=0, save_models=False, allow_download=False,
                                 optional_datasets=("fashion_mnist",))

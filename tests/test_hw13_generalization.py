@@ -210,20 +210,21 @@ def test_flatness_config_rejects_a_backwards_range():
         flatness.Config(batch_sizes=(64,))
 
 
-def test_run_flatness_binary_missing_model_is_one_line_exit_1(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bin" / "run_flatness"), "--dataset=digits",
-         "--notrain_missing", f"--output_dir={tmp_path}"], env=env, capture_output=True,
-        text=True, timeout=300)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and lines[-1].startswith("error: ") and "saved_models/flatness/"\
-        in lines[-1], proc.stderr[-800:]
+def test_run_flatness_binary_missing_model_is_one_line_exit_1(tmp_path, capsys):
+    """bin/run_flatness's flags, config and exit code, run in this process (hw1_tf.cli.invoke;
+    the real binary's process: tests/test_cli.py)."""
+    from hw1_tf import cli
+
+    code = cli.invoke_experiment("flatness", ["--dataset=digits", "--notrain_missing",
+                                              f"--output_dir={tmp_path}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and lines[-1].startswith("error: ") and "saved_models/flatness/" \
+        in lines[-1], lines[-5:]
+    assert "Traceback" not in "\n".join(lines)
     assert not (tmp_path / "results").exists()
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bin" / "run_flatness"), "--alpha_min=2", "--alpha_max=-1",
-         f"--output_dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "alpha_max" in proc.stderr
+    code = cli.invoke_experiment("flatness", ["--alpha_min=2", "--alpha_max=-1",
+                                              f"--output_dir={tmp_path}"])
+    assert code == 2 and "alpha_max" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- corruptions

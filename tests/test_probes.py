@@ -5,8 +5,8 @@ a non-zero exit, and the output folder as it was (an earlier results.json untouc
 half-written files added; only the ledger's record of a run that trained to its end before the
 error, in results/<exp>/finished/, may be new).
 
-The binaries run in this process (`hw1_tf.cli.invoke`: their own flags, config, work and exit
-code), so the table costs no TensorFlow start-up per row.
+The binaries run in this process (tests/probing.py, through `hw1_tf.cli.invoke`: their own
+flags, config, work and exit code), so the table costs no TensorFlow start-up per row.
 
     PYTHONPATH=. HW1_DATA_DIR=<data> .venv/bin/python tests/test_probes.py
 
@@ -15,8 +15,6 @@ prints the table of docs/reliability.md (input, exit code, what it printed) from
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 from pathlib import Path
 
@@ -27,37 +25,17 @@ if __name__ == "__main__":  # the table: TensorFlow's devices as the test suite 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import conftest  # noqa: F401
 
-from hw1_tf import cli, commands
+from probing import check_probe, idx_bytes, mnist_folder, one_line, run_probe
 
-BEFORE = b'{"experiment": "x", "runs": {"kept": 1}}\n'
 TINY_SIM = ["--functions=sinc", "--depths=1", "--target_params=40", "--n_train=32",
             "--n_test=20", "--epochs=2", "--batch_size=16", "--nosave_models",
             "--notensorboard", "--verbose=0"]
 TINY_TASK = ["--datasets=digits", "--models=dnn_shallow", "--target_params=500", "--epochs=1",
              "--batch_size=64", "--nosave_models", "--notensorboard", "--verbose=0"]
-TOOLS = {"fetch_data": (commands.FetchConfig, commands.fetch_data),
-         "make_figures": (commands.FiguresConfig, commands.make_figures),
-         "make_report": (commands.ReportConfig, commands.make_report),
-         "run_all": (commands.RunAllConfig, commands.run_all),
-         "compare_results": (commands.CompareConfig, commands.compare_results),
-         "make_binaries": (commands.BinariesConfig, commands.make_binaries)}
-
-
-def _idx(array):
-    array = np.asarray(array, np.uint8)
-    return bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big")
-                                                   for d in array.shape) + array.tobytes()
 
 
 def truncated_mnist(d: Path) -> str:
-    folder = d / "data" / "mnist"
-    folder.mkdir(parents=True)
-    for name, raw in {"train-images-idx3-ubyte": _idx(np.zeros((3, 28, 28)))[:-50],
-                      "train-labels-idx1-ubyte": _idx(np.zeros(3)),
-                      "t10k-images-idx3-ubyte": _idx(np.zeros((2, 28, 28))),
-                      "t10k-labels-idx1-ubyte": _idx(np.zeros(2))}.items():
-        (folder / name).write_bytes(raw)
-    return str(d / "data")
+    return mnist_folder(d / "data", train_images=idx_bytes(np.zeros((3, 28, 28)))[:-50])
 
 
 def saved_model(d: Path, inputs: int, outputs: int) -> str:
@@ -148,52 +126,9 @@ PROBES = [
 IDS = [f"{binary}: {what}" for binary, what, *_ in PROBES]
 
 
-def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
-
-
-def run_probe(probe, folder: Path) -> tuple[int, str, str, dict, dict]:
-    """(exit code, stderr, argv shown, files before, files after) of one probe in `folder`."""
-    binary, _, args, _, _ = probe
-    folder.mkdir(parents=True)
-    experiment = binary[4:] if binary.startswith("run_") and binary != "run_all" else None
-    results = folder / "results" / (experiment or "actual_task") / "results.json"
-    results.parent.mkdir(parents=True)
-    results.write_bytes(BEFORE)
-    argv = args(folder)
-    if not any(a.startswith(("--output_dir", "--first", "extra")) for a in argv) and \
-            binary not in ("fetch_data", "make_binaries"):
-        argv.append(f"--output_dir={folder}")
-    before = _snapshot(folder)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        if experiment:
-            code = cli.invoke_experiment(experiment, argv)
-        else:
-            code = cli.invoke(*TOOLS[binary], argv)
-    shown = " ".join(a.replace(str(folder), "<dir>") for a in argv
-                     if not a.startswith("--output_dir"))
-    return code, err.getvalue(), shown, before, _snapshot(folder)
-
-
-def one_line(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith(("error:", "usage error:"))]
-
-
 @pytest.mark.parametrize("probe", PROBES, ids=IDS)
 def test_probe_is_one_line_nonzero_exit_nothing_written_or_lost(probe, tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # no npm nor apt-get: nothing is fetched
-    code, stderr, shown, before, after = run_probe(probe, tmp_path / "probe")
-    lines = one_line(stderr)
-    print(f"\n{probe[0]} {shown}: exit {code}: {lines}")
-    assert "Traceback" not in stderr, stderr[-3000:]
-    assert code == probe[3], stderr[-3000:]
-    assert len(lines) == 1 and probe[4] in lines[0], stderr[-3000:]
-    assert {k: after.get(k) for k in before} == before  # nothing lost
-    # nothing written, but the records of runs that trained to their end before the error
-    # (the ledger keeps each at once: results/<exp>/finished/, merged by the next write)
-    assert all("/finished/" in k for k in set(after) - set(before)), set(after) - set(before)
+    check_probe(probe, tmp_path, monkeypatch)
 
 
 def markdown_table() -> str:

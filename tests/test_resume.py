@@ -148,7 +148,7 @@ def test_a_backup_of_another_run_is_discarded_not_restored(tmp_path):
 def _sim(tmp_path, **kw):
     base = dict(functions=("sinc",), depths=(1,), target_params=40, n_train=32, n_test=20,
                 epochs=2, batch_size=16, steps_per_execution=2, save_models=False,
-                tensorboard=False, output_dir=str(tmp_path))
+                tensorboard=False, jit_compile=False, output_dir=str(tmp_path))
     return simulate_function.Config(**{**base, **kw})
 
 
@@ -177,7 +177,8 @@ def test_finished_runs_are_skipped_force_reruns_and_other_selections_merge(tmp_p
 def test_a_run_that_produced_nothing_errors_and_keeps_the_old_results(tmp_path):
     config = actual_task.Config(datasets=("digits",), models=("dnn_shallow",),
                                 target_params=500, epochs=1, batch_size=64, verbose=0,
-                                save_models=False, tensorboard=False, output_dir=str(tmp_path))
+                                save_models=False, tensorboard=False, jit_compile=False,
+                                output_dir=str(tmp_path))
     framework.run(actual_task, config)
     path = tmp_path / "results/actual_task/results.json"
     before = path.read_bytes()
@@ -195,7 +196,7 @@ def test_a_run_that_produced_nothing_errors_and_keeps_the_old_results(tmp_path):
 def test_optional_skip_is_recorded_and_cleared_once_produced(tmp_path, monkeypatch):
     kw = dict(datasets=("digits", "mnist"), optional_datasets=("mnist",), models=("dnn_shallow",),
               target_params=500, epochs=1, batch_size=64, verbose=0, save_models=False,
-              tensorboard=False, output_dir=str(tmp_path), allow_download=False,
+              tensorboard=False, jit_compile=False, output_dir=str(tmp_path), allow_download=False,
               data_dir=str(tmp_path / "none"))
     results = framework.run(actual_task, actual_task.Config(**kw))
     assert list(results["skipped_datasets"]) == ["mnist"] and list(results["runs"]) == [
@@ -228,7 +229,7 @@ def test_force_discards_a_stale_backup_instead_of_resuming_it(tmp_path, monkeypa
 
     kw = dict(datasets=("digits",), models=("dnn_shallow",), target_params=500, epochs=3,
               batch_size=64, steps_per_execution=1, verbose=0, save_models=False,
-              tensorboard=False)
+              tensorboard=False, jit_compile=False)  # XLA compiles cost more than these runs
     train = training.train
     monkeypatch.setattr(trainer.training, "train", lambda *a, callbacks=(), **k: train(
         *a, callbacks=[*callbacks, _Crash(1)], **k))

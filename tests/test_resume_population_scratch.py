@@ -253,9 +253,9 @@ def _weights(path):
 
 
 def test_population_experiment_killed_mid_epoch_resumes_exactly(tmp_path):
-    # one population: two functions x two restarts, 200 one-step executions per epoch
+    # one population: two functions x two restarts, 100 one-step executions per epoch
     epochs = 4
-    flags = ["--functions=sinc,sign", "--depths=2", "--target_params=60", "--n_train=800",
+    flags = ["--functions=sinc,sign", "--depths=2", "--target_params=60", "--n_train=400",
              "--n_test=50", "--restarts=2", f"--epochs={epochs}", "--batch_size=4",
              "--steps_per_execution=1", "--learning_rate=0.003", "--save_models",
              "--verbose=2"]
@@ -268,7 +268,7 @@ def test_population_experiment_killed_mid_epoch_resumes_exactly(tmp_path):
     assert set(a) == set(b) and len(a) == 4
     for name in b:
         ha, hb = a[name]["history"], b[name]["history"]
-        assert len(ha["iteration"]["loss"]) == epochs * 200
+        assert len(ha["iteration"]["loss"]) == epochs * 100
         assert ha["epoch_end_iteration"] == hb["epoch_end_iteration"]
         for key in ("loss", "grad_norm", "objective"):
             np.testing.assert_allclose(ha["iteration"][key], hb["iteration"][key], rtol=1e-6,
@@ -286,7 +286,7 @@ def test_population_experiment_killed_mid_epoch_resumes_exactly(tmp_path):
 def test_trajectory_killed_mid_epoch_resumes_with_all_its_snapshots(tmp_path):
     epochs = 4
     flags = ["--task=function", "--function=sinc", "--function_depth=2",
-             "--function_params=60", "--n_train=800", "--runs=2", "--snapshot_every=1",
+             "--function_params=60", "--n_train=400", "--runs=2", "--snapshot_every=1",
              "--eval_size=200", f"--epochs={epochs}", "--batch_size=4",
              "--steps_per_execution=1", "--learning_rate=0.003", "--verbose=2"]
     killed, reference, _, epoch = _kill_mid_epoch_and_rerun(
@@ -309,7 +309,8 @@ def test_trajectory_killed_mid_epoch_resumes_with_all_its_snapshots(tmp_path):
 
 def test_scratch_killed_mid_epoch_resumes_and_skips_finished_runs(tmp_path):
     epochs = 4
-    flags = ["--dataset=digits", "--nojit_compile", "--fallback_dataset=digits", "--val_size=200",
+    flags = ["--dataset=digits", "--train_size=600", "--nojit_compile",
+             "--fallback_dataset=digits", "--val_size=200",
              "--overfit_samples=50", "--overfit_hidden_dims=20", "--overfit_epochs=2",
              "--search_hidden_dims=20", "--search_weight_scales=0.1",
              "--search_learning_rates=0.1", "--update_rules=sgd", "--rule_learning_rates=0.01",

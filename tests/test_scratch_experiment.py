@@ -1,6 +1,8 @@
 """The scratch experiment end to end on sklearn digits (seconds), its CIFAR-10 fallback, its
 figures from results.json alone, its config checks and bin/run_scratch."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -22,7 +24,8 @@ TINY = dict(dataset="cifar10", fallback_dataset="digits", val_size=200, overfit_
             search_weight_scales=(1e-3, 1e-1), search_learning_rates=(1e-2, 1e-1),
             update_rules=("sgd", "adam"), rule_learning_rates=(1e-2, 1e-3),
             rules_train_size=400, rules_hidden_dims=(30, 30), rules_epochs=2,
-            rules_batch_size=50, hidden_dims=(64,), epochs=3, batch_size=64, print_every=10)
+            rules_batch_size=50, hidden_dims=(64,), epochs=3, batch_size=64, print_every=10,
+            jit_compile=False)  # XLA: tests/test_scratch.py and the binary below
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +145,14 @@ def test_bin_run_scratch_end_to_end_and_one_line_errors(tmp_path):
     assert results["config"]["normalization"] is None
     assert (tmp_path / "figures" / "scratch" / "update_rules.png").is_file()
 
-    proc = _run_bin(["--dataset=digits", "--update_rules=sgd,adam",
-                     "--rule_learning_rates=0.1"], tmp_path)
-    assert proc.returncode == 2  # inconsistent flags: a usage error
-    assert proc.stderr.strip().splitlines()[-1].startswith("usage error: 2 update_rules but 1")
+    # inconsistent flags: a usage error (the binary's flags, config and exit code, in this
+    # process: hw1_tf.cli.invoke)
+    from hw1_tf import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.invoke_experiment("scratch", ["--dataset=digits", "--update_rules=sgd,adam",
+                                                 "--rule_learning_rates=0.1",
+                                                 f"--output_dir={tmp_path}"])
+    assert code == 2
+    assert err.getvalue().strip().splitlines()[-1].startswith("usage error: 2 update_rules but 1")
