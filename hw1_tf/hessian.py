@@ -342,11 +342,13 @@ class FlatLoss:
                          "hvp_block": self._hvp_block,
                          "batched_losses": self._batched_losses}[name]
             # a block's width varies (30 probes in blocks of 8 end with 6; a Lanczos block
-            # shrinks as runs stop): one trace with the width unknown serves them all (a second
-            # trace cost 1.3 CPU seconds on the MNIST MLP, a third of a 30-probe trace)
-            signature = [tf.TensorSpec((self.num_params,), self.dtype),
-                         tf.TensorSpec((None, self.num_params), self.dtype)] \
-                if name == "hvp_block" else None
+            # shrinks as runs stop; perturbation samples come in chunks and a remainder): one
+            # trace with the width unknown serves them all (a second trace cost 1.3 CPU
+            # seconds on the MNIST MLP, a third of a 30-probe trace)
+            signature = {"hvp_block": [tf.TensorSpec((self.num_params,), self.dtype),
+                                       tf.TensorSpec((None, self.num_params), self.dtype)],
+                         "batched_losses": [tf.TensorSpec((None, self.num_params),
+                                                          self.dtype)]}.get(name)
             self._functions[key] = self._summed(per_batch, jit, signature)
         return self._functions[key]
 
@@ -928,10 +930,12 @@ class ServeFlatLoss(FlatLoss):
         return self._outer_gradient(theta, lambda g: tf.linalg.matvec(tf.stop_gradient(vs), g),
                                     xb, yb, wb, jacobian=True)
 
-    def batched_loss(self, thetas) -> np.ndarray:
-        """Losses at many parameter vectors (S, n), one after another (serve reads variables,
-        so the samples cannot be vectorised)."""
-        return np.array([self.loss(t) for t in np.asarray(thetas)])
+    def _batched_losses(self, thetas, xb, yb, wb):
+        """Losses at the rows of thetas on one batch, inside one graph: serve reads the
+        variables, so the samples cannot be vectorised, but a sequential map (assign, then
+        evaluate, one sample an iteration) replaces one Python call per sample."""
+        return tf.map_fn(lambda t: self._loss_of_theta(t, xb, yb, wb), thetas,
+                         fn_output_signature=self.dtype, parallel_iterations=1)
 
     # A pfor Jacobian of the whole gradient vectorises the second backward over all n outputs
     # at once (a 3,586-parameter CNN on 1,000 MNIST images needed > 17 GB); restored

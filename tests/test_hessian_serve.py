@@ -303,3 +303,24 @@ def test_subsample_study_serve_route_equals_keras_route(tmp_path):
     assert sub.route == "serve" and sub.num_examples == 10
     want = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y[idx], model(x[idx]))
     assert sub.loss() == pytest.approx(float(want), rel=1e-6)
+
+
+def test_serve_route_batched_loss_and_perturbation_ratio_equal_the_loop(module_model):
+    """batched_loss through serve runs the samples in one graph (assign, evaluate, in turn);
+    it equals one loss() call per sample, and so does the sampled minimal ratio."""
+    path, module = module_model
+    x, y = _images(n=50)
+    flat = hessian.FlatLoss.from_saved_model(path, x, y, batch_size=20)
+    thetas = flat.theta0 + hessian.sphere_samples(flat.num_params, 37, 0.05, seed=1)
+    loop = np.array([flat.loss(t) for t in thetas])
+    np.testing.assert_allclose(flat.batched_loss(thetas), loop, rtol=1e-14)
+    assert len(np.unique(loop)) == 37
+    # back at theta0 after the samples: the module's own output (independent of FlatLoss)
+    probs = module.serve(tf.constant(x)).numpy()
+    assert flat.loss() == pytest.approx(-np.mean(np.log(probs[np.arange(50), y])), rel=1e-12)
+    looped = hessian.perturbation_ratio(lambda ts: np.array([flat.loss(t) for t in ts]),
+                                        flat.theta0, 0.05, samples=40, seed=2, chunk=16)
+    vectorised = hessian.perturbation_ratio(flat.batched_loss, flat.theta0, 0.05, samples=40,
+                                            seed=2, chunk=16)
+    assert vectorised == looped and 0 < looped < 1
+    assert flat._function("batched_losses").experimental_get_tracing_count() == 1
