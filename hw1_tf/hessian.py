@@ -29,9 +29,9 @@ exports): the loss goes through `serve` itself, its trainable variables are the 
 (`ServeFlatLoss`), non-trainable ones (BatchNorm statistics) stay fixed, and whether `serve`
 returns logits or probabilities is detected on the data (or given). Everything through serve is
 reverse mode (forward mode does not pass through a restored function): the GGN's and Fisher's
-JVPs are double VJPs. `route="keras"` keeps the
-older route: a Keras model from the `.keras` file that `store.export_model` writes beside the
-SavedModel (or a `models.ModelSpec`), carrying the SavedModel's trainable variables.
+JVPs are double VJPs. `route="keras"` keeps the older route: a Keras model from the `.keras`
+file that `store.export_model` writes beside the SavedModel (or a `models.ModelSpec`), carrying
+the SavedModel's trainable variables.
 """
 
 from __future__ import annotations
