@@ -28,7 +28,8 @@ of four variants vs the rule vs a cached measured choice). `--extras` adds the 7
 comparison with PyHessian, the block-diagonal route, the exact Hessian of a 593-parameter net
 and HVP time against the parameter count (figures/bench/hvp_scaling.png).
 
-  pip install -e .[bench]       # torch==2.13.0 (CPU wheel), the three anchors; see setup.cfg
+  pip install torch==2.13.0     # the CPU wheel; then the bench extra's other pins by name
+                                # with --no-deps (setup.cfg explains why)
   python bench/hessian.py [--rounds=2] [--first_call] [--extras]
 """
 

@@ -27,9 +27,11 @@ SavedModels: `FlatLoss.from_saved_model(path, x, y)` takes any SavedModel with a
 function (plain `keras.Model.export`, `tf.saved_model.save` of a `tf.Module`, the store's own
 exports): the loss goes through `serve` itself, its trainable variables are the parameters
 (`ServeFlatLoss`), non-trainable ones (BatchNorm statistics) stay fixed, and whether `serve`
-returns logits or probabilities is detected on the data (or given). `route="keras"` keeps the
-older route: a Keras model from the `.keras` file that `store.export_model` writes beside the
-SavedModel (or a `models.ModelSpec`), carrying the SavedModel's trainable variables.
+returns logits or probabilities is detected on the data (or given). Everything through serve is
+reverse mode (forward mode does not pass through a restored function): the GGN's and Fisher's
+JVPs are double VJPs. `route="keras"` keeps the older route: a Keras model from the `.keras`
+file that `store.export_model` writes beside the SavedModel (or a `models.ModelSpec`), carrying
+the SavedModel's trainable variables.
 """
 
 from __future__ import annotations
@@ -187,6 +189,8 @@ class FlatLoss:
             loss = training.loss_and_metrics(1 if integer_labels else 0)[0]
         self.loss_object = loss
         self.num_examples = len(x)
+        self._examples = (x, y)  # for `subset` (references, no copy)
+        self.requested_batch_size = batch_size
         self.batch_size = int(min(batch_size, -(-len(x) // self.replicas)))
         self._data = self._shard(np.asarray(x), np.asarray(y))
         self.hvp_mode = hvp_mode
@@ -206,6 +210,16 @@ class FlatLoss:
         """The mean loss of the SavedModel at `path` over (x, y); see `saved_model_flat_loss`."""
         return saved_model_flat_loss(path, x, y, outputs=outputs, route=route, spec=spec,
                                      **kwargs)
+
+    def subset(self, indices, *, hvp_mode: str | None = None) -> "FlatLoss":
+        """The same loss at the same theta0 over the examples `indices` only (a FlatLoss of the
+        same route, model, loss, batch size and strategy; XLA off)."""
+        x, y = (np.asarray(a)[np.asarray(indices)] for a in self._examples)
+        sub = FlatLoss(self.model, x, y, loss=self.loss_object,
+                       batch_size=self.requested_batch_size, strategy=self.strategy,
+                       hvp_mode=hvp_mode or self.hvp_mode, jit_compile=False)
+        sub.theta0 = self.theta0.copy()
+        return sub
 
     # ------------------------------------------------------------------------------ data
 
@@ -261,6 +275,18 @@ class FlatLoss:
             loss = self._loss_of_theta(theta, xb, yb, wb)
         return tape.gradient(loss, theta)
 
+    def _taped(self, theta, xb, head: Callable | None = None):
+        """(target, vjp): target = head(the model's outputs on one batch at theta) (the outputs
+        themselves without a head), and vjp(u) = J^T u as a flat vector, J = d target / d theta
+        (a persistent tape, so vjp can be called more than once)."""
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(theta)
+            outputs = self._outputs(self.unflatten(theta), xb)
+            target = outputs if head is None else head(outputs)
+        return target, lambda u: tape.gradient(
+            target, theta, output_gradients=u,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
     def _hvp_forward_over_reverse(self, theta, v, xb, yb, wb):
         with tf.autodiff.ForwardAccumulator(theta, v) as acc:
             g = self._grad(theta, xb, yb, wb)
@@ -283,8 +309,9 @@ class FlatLoss:
     def _batched_losses(self, thetas, xb, yb, wb):
         return tf.vectorized_map(lambda t: self._loss_of_theta(t, xb, yb, wb), thetas)
 
-    def _summed(self, per_batch: Callable, jit: bool) -> Callable:
-        """tf.function summing `per_batch(*args, xb, yb, wb)` over the batches (and replicas)."""
+    def _summed(self, per_batch: Callable, jit: bool, signature=None) -> Callable:
+        """tf.function summing `per_batch(*args, xb, yb, wb)` over the batches (and replicas);
+        `signature`: the arguments' TensorSpecs (one trace for every shape they allow)."""
 
         def over_batches(args, xs, ys, ws):
             def body(i, acc):
@@ -298,13 +325,14 @@ class FlatLoss:
 
         if self.replicas == 1:
             return tf.function(lambda *args: over_batches(args, *self._data),
-                               jit_compile=bool(jit), reduce_retracing=True)
+                               jit_compile=bool(jit), reduce_retracing=True,
+                               input_signature=signature)
 
         def distributed(*args):
             per_replica = self.strategy.run(over_batches, args=(args,) + tuple(self._data))
             return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-        return tf.function(distributed, reduce_retracing=True)
+        return tf.function(distributed, reduce_retracing=True, input_signature=signature)
 
     def _function(self, name: str, jit: bool | None = None) -> Callable:
         jit = bool(self.jit_compile) if jit is None else jit
@@ -315,7 +343,15 @@ class FlatLoss:
                          "double_backprop": self._hvp_double_backprop,
                          "hvp_block": self._hvp_block,
                          "batched_losses": self._batched_losses}[name]
-            self._functions[key] = self._summed(per_batch, jit)
+            # a block's width varies (30 probes in blocks of 8 end with 6; a Lanczos block
+            # shrinks as runs stop; perturbation samples come in chunks and a remainder): one
+            # trace with the width unknown serves them all (a second trace cost 1.3 CPU
+            # seconds on the MNIST MLP, a third of a 30-probe trace)
+            signature = {"hvp_block": [tf.TensorSpec((self.num_params,), self.dtype),
+                                       tf.TensorSpec((None, self.num_params), self.dtype)],
+                         "batched_losses": [tf.TensorSpec((None, self.num_params),
+                                                          self.dtype)]}.get(name)
+            self._functions[key] = self._summed(per_batch, jit, signature)
         return self._functions[key]
 
     def _tensor(self, value) -> tf.Tensor:
@@ -571,27 +607,69 @@ def _per_example_losses(flat_loss: FlatLoss, outputs, yb):
     return tape.gradient(total, ones)
 
 
+def _output_hessian_product(flat_loss: FlatLoss, outputs, u, yb, wb):
+    """H_out u: the Hessian of the batch's weighted loss in the model's outputs (softmax
+    cross-entropy, cross-entropy of probabilities, MSE: whatever `_loss_from_outputs` computes),
+    times u, per example; forward over reverse on the loss alone (no model inside)."""
+    fixed = tf.stop_gradient(outputs)
+    with tf.autodiff.ForwardAccumulator(fixed, tf.stop_gradient(u)) as acc:
+        with tf.GradientTape() as inner:
+            inner.watch(fixed)
+            loss = flat_loss._loss_from_outputs(fixed, yb, wb)
+        g = inner.gradient(loss, fixed)
+    return acc.jvp(g)
+
+
+def _jvp_by_double_vjp(vjp: Callable, target, v):
+    """J v for J = d target / d theta from reverse mode only: u -> J^T u is linear in u, so
+    J v = d/du <J^T u, v> (a second tape over the VJP; u's value does not matter)."""
+    u = tf.zeros_like(target)
+    with tf.GradientTape() as dual:
+        dual.watch(u)
+        projected = tf.reduce_sum(vjp(u) * tf.stop_gradient(v))
+    return dual.gradient(projected, u, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+PRODUCT_MODES = ("forward", "reverse")
+
+
 class _SummedProductOperator(scipy.sparse.linalg.LinearOperator):
     """A symmetric curvature matrix of a FlatLoss whose product with v is a per-batch function
-    summed over the data by the FlatLoss (float64 scipy operator that counts its products)."""
+    summed over the data by the FlatLoss (float64 scipy operator that counts its products).
+
+    mode "forward": JVPs by forward mode (the Keras route's default); "reverse": JVPs by the
+    double-VJP trick (`_jvp_by_double_vjp`), reverse mode only, which is what passes through a
+    restored `serve` function (the serve route's default)."""
 
     kind = ""
 
-    def __init__(self, flat_loss: FlatLoss, theta=None):
+    def __init__(self, flat_loss: FlatLoss, theta=None, mode: str | None = None):
         super().__init__(np.float64, (flat_loss.num_params, flat_loss.num_params))
+        mode = mode or ("reverse" if flat_loss.route == "serve" else "forward")
+        if mode not in PRODUCT_MODES:
+            raise Hw1Error(f"unknown product mode {mode!r}; choose from "
+                           f"{', '.join(PRODUCT_MODES)}")
+        if mode == "forward" and flat_loss.route == "serve":
+            raise Hw1Error("forward-mode products do not pass through a restored serve "
+                           "function; use mode=reverse")
+        self.mode = mode
         self.flat_loss = flat_loss
         self.theta = np.asarray(flat_loss.theta0 if theta is None else theta, flat_loss.np_dtype)
         self.num_matvecs = 0
         jit = bool(flat_loss.jit_compile)
-        key = (self.kind, jit)
+        key = (self.kind, mode, jit)
         if key not in flat_loss._functions:
-            per_batch = type(self)._product
+            per_batch = type(self)._product if mode == "forward" else type(self)._reverse_product
             flat_loss._functions[key] = flat_loss._summed(
                 lambda theta, v, xb, yb, wb: per_batch(flat_loss, theta, v, xb, yb, wb), jit)
         self._function = flat_loss._functions[key]
 
     @staticmethod
     def _product(flat_loss: FlatLoss, theta, v, xb, yb, wb):
+        raise NotImplementedError
+
+    @staticmethod
+    def _reverse_product(flat_loss: FlatLoss, theta, v, xb, yb, wb):
         raise NotImplementedError
 
     def _matvec(self, v):
@@ -608,7 +686,8 @@ class GGNOperator(_SummedProductOperator):
     """The generalized Gauss-Newton matrix G = sum_i w_i J_i^T H_i J_i (J_i: the Jacobian of
     example i's outputs in theta, H_i: the Hessian of its loss in the outputs), the Hessian
     without the term of the outputs' own curvature; positive semi-definite for a convex loss.
-    Products: a JVP of the outputs, an output-space HVP, a VJP back."""
+    Products: a JVP of the outputs (forward mode, or a double VJP), an output-space HVP, a VJP
+    back."""
 
     kind = "ggn"
 
@@ -619,19 +698,20 @@ class GGNOperator(_SummedProductOperator):
             with tf.autodiff.ForwardAccumulator(theta, v) as acc:
                 outputs = flat_loss._outputs(flat_loss.unflatten(theta), xb)
             jv = acc.jvp(outputs)
-        fixed = tf.stop_gradient(outputs)
-        with tf.autodiff.ForwardAccumulator(fixed, tf.stop_gradient(jv)) as acc:
-            with tf.GradientTape() as inner:
-                inner.watch(fixed)
-                loss = flat_loss._loss_from_outputs(fixed, yb, wb)
-            g = inner.gradient(loss, fixed)
-        return tape.gradient(outputs, theta, output_gradients=tf.stop_gradient(acc.jvp(g)))
+        hjv = _output_hessian_product(flat_loss, outputs, jv, yb, wb)
+        return tape.gradient(outputs, theta, output_gradients=tf.stop_gradient(hjv))
+
+    @staticmethod
+    def _reverse_product(flat_loss, theta, v, xb, yb, wb):
+        outputs, vjp = flat_loss._taped(theta, xb)
+        jv = _jvp_by_double_vjp(vjp, outputs, v)
+        return vjp(tf.stop_gradient(_output_hessian_product(flat_loss, outputs, jv, yb, wb)))
 
 
 class FisherOperator(_SummedProductOperator):
     """The empirical Fisher F = sum_i w_i g_i g_i^T (g_i: example i's loss gradient, w_i = 1/N):
     the mean outer product of per-example gradients. Products: a JVP of the per-example losses
-    (g_i . v) and a VJP with cotangents w_i (g_i . v)."""
+    (g_i . v; forward mode, or a double VJP) and a VJP with cotangents w_i (g_i . v)."""
 
     kind = "fisher"
 
@@ -645,17 +725,28 @@ class FisherOperator(_SummedProductOperator):
             gv = acc.jvp(losses)
         return tape.gradient(losses, theta, output_gradients=tf.stop_gradient(wb * gv))
 
+    @staticmethod
+    def _reverse_product(flat_loss, theta, v, xb, yb, wb):
+        losses, vjp = flat_loss._taped(theta, xb, lambda out: _per_example_losses(
+            flat_loss, out, yb))
+        gv = _jvp_by_double_vjp(vjp, losses, v)
+        return vjp(tf.stop_gradient(wb * gv))
+
 
 CURVATURE_OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator,
                        "fisher": FisherOperator}
 
 
-def curvature_operator(flat_loss: FlatLoss, kind: str, theta=None):
-    """The "hessian", "ggn" or "fisher" operator of `flat_loss` at theta (default: theta0)."""
+def curvature_operator(flat_loss: FlatLoss, kind: str, theta=None, mode: str | None = None):
+    """The "hessian", "ggn" or "fisher" operator of `flat_loss` at theta (default: theta0);
+    `mode`: the GGN's and Fisher's JVPs, "forward" or "reverse" (default: by route)."""
     if kind not in CURVATURE_OPERATORS:
         raise Hw1Error(f"unknown curvature operator {kind!r}; choose from "
                        f"{', '.join(CURVATURE_OPERATORS)}")
-    return CURVATURE_OPERATORS[kind](flat_loss, flat_loss.theta0 if theta is None else theta)
+    theta = flat_loss.theta0 if theta is None else theta
+    if kind == "hessian":
+        return HessianOperator(flat_loss, theta)
+    return CURVATURE_OPERATORS[kind](flat_loss, theta, mode)
 
 
 def restricted_operator(op, lo: int, hi: int) -> scipy.sparse.linalg.LinearOperator:
@@ -740,8 +831,9 @@ class ServeFlatLoss(FlatLoss):
 
     A restored `serve` cannot be re-traced with new parameter tensors, so each product assigns
     theta to the variables first and differentiates with respect to the variables. Forward-mode
-    does not pass through a restored function (its jvp is None), so the products are double
-    backprop; one device, no XLA. `batched_loss` loops over the parameter vectors.
+    does not pass through a restored function (its jvp is None), so the Hessian products are
+    double backprop and the GGN's and Fisher's JVPs are double VJPs (`_jvp_by_double_vjp`);
+    one device, no XLA. `batched_loss` loops over the parameter vectors.
     """
 
     route = "serve"
@@ -767,6 +859,22 @@ class ServeFlatLoss(FlatLoss):
                     batch_size=batch_size, strategy=strategy, hvp_mode=hvp_mode,
                     jit_compile=False)
 
+    def subset(self, indices, *, hvp_mode: str | None = None) -> "ServeFlatLoss":
+        """The same loss through the same serve and variables over the examples `indices`
+        only, at this loss's theta0 (the variables are set back to it first: products leave
+        the last theta they evaluated in them)."""
+        for v, p in zip(self.variables, self.unflatten(tf.constant(self.theta0))):
+            v.assign(p)
+        x, y = (np.asarray(a)[np.asarray(indices)] for a in self._examples)
+        sub = ServeFlatLoss(self.loaded, self._serve, self.variables, x, y,
+                            loss=self.loss_object, batch_size=self.requested_batch_size,
+                            hvp_mode=hvp_mode or self.hvp_mode, strategy=self.strategy,
+                            non_trainable=self.num_non_trainable)
+        for attribute in ("outputs_kind", "loss_name", "notes"):
+            if hasattr(self, attribute):
+                setattr(sub, attribute, getattr(self, attribute))
+        return sub
+
     def _outputs(self, params, xb):
         # `params` are the variables themselves: serve reads them
         return _single_output(self._serve(xb))
@@ -788,6 +896,18 @@ class ServeFlatLoss(FlatLoss):
                 loss = self._batch_loss(self.variables, xb, yb, wb)
             return self._flat(tape.gradient(loss, self.variables,
                                             unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+    def _taped(self, theta, xb, head: Callable | None = None):
+        """As FlatLoss._taped, through serve: theta is assigned to the variables first and the
+        tape watches the variables (what serve reads)."""
+        with tf.control_dependencies(self._assign(theta)):
+            with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+                tape.watch(self.variables)
+                outputs = self._outputs(self.variables, xb)
+                target = outputs if head is None else head(outputs)
+        return target, lambda u: self._flat(tape.gradient(
+            target, self.variables, output_gradients=u,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO))
 
     def _outer_gradient(self, theta, project, xb, yb, wb, jacobian=False):
         with tf.GradientTape(watch_accessed_variables=False) as outer:
@@ -812,10 +932,12 @@ class ServeFlatLoss(FlatLoss):
         return self._outer_gradient(theta, lambda g: tf.linalg.matvec(tf.stop_gradient(vs), g),
                                     xb, yb, wb, jacobian=True)
 
-    def batched_loss(self, thetas) -> np.ndarray:
-        """Losses at many parameter vectors (S, n), one after another (serve reads variables,
-        so the samples cannot be vectorised)."""
-        return np.array([self.loss(t) for t in np.asarray(thetas)])
+    def _batched_losses(self, thetas, xb, yb, wb):
+        """Losses at the rows of thetas on one batch, inside one graph: serve reads the
+        variables, so the samples cannot be vectorised, but a sequential map (assign, then
+        evaluate, one sample an iteration) replaces one Python call per sample."""
+        return tf.map_fn(lambda t: self._loss_of_theta(t, xb, yb, wb), thetas,
+                         fn_output_signature=self.dtype, parallel_iterations=1)
 
     # A pfor Jacobian of the whole gradient vectorises the second backward over all n outputs
     # at once (a 3,586-parameter CNN on 1,000 MNIST images needed > 17 GB); restored
@@ -1123,7 +1245,10 @@ def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def rademacher(n: int, count: int, seed: int) -> np.ndarray:
     """(count, n) Rademacher (+-1) probes, seeded."""
-    return np.random.RandomState(seed).randint(0, 2, size=(count, n)).astype(np.float64) * 2 - 1
+    probes = np.random.RandomState(seed).randint(0, 2, size=(count, n)).astype(np.float64)
+    probes *= 2  # in place: the 30 x 335k probes of the bench are 80 MB a copy
+    probes -= 1
+    return probes
 
 
 @dataclasses.dataclass

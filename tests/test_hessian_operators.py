@@ -96,6 +96,103 @@ def test_operators_under_float32_and_xla_match_float64(classifier):
                                atol=1e-5)
 
 
+# ------------------------------------------------------ the serve route: reverse mode only
+
+
+def _exported(model, path):
+    """A float64 copy of `model` exported by plain Keras (serve only, no .keras beside it)."""
+    hessian.as_float64_model(model).export(str(path), verbose=0)
+    return path
+
+
+def test_serve_route_ggn_and_fisher_by_double_vjp_equal_the_exact_matrices(classifier,
+                                                                           tmp_path):
+    flat, _, ggn, fisher = classifier
+    rng = np.random.RandomState(1)
+    x = rng.randn(40, 4).astype(np.float32)
+    y = rng.randint(0, 3, 40).astype(np.int32)
+    serve = hessian.FlatLoss.from_saved_model(_exported(_tiny_net(), tmp_path / "net"), x, y,
+                                              batch_size=16)
+    assert serve.route == "serve" and serve.outputs_kind == "logits" and serve.num_batches == 3
+    for kind, exact in (("ggn", ggn), ("fisher", fisher)):
+        op = hessian.curvature_operator(serve, kind)
+        assert op.mode == "reverse"
+        np.testing.assert_allclose(_dense(op), exact, atol=1e-12)
+        # the same reverse-only products on the Keras route
+        keras_reverse = hessian.curvature_operator(flat, kind, mode="reverse")
+        np.testing.assert_allclose(_dense(keras_reverse), exact, atol=1e-12)
+    with pytest.raises(hessian.Hw1Error, match="forward-mode products do not pass through"):
+        hessian.GGNOperator(serve, mode="forward")
+
+
+def test_serve_route_ggn_of_a_probabilities_model_equals_the_closed_form(tmp_path):
+    """serve returns softmax probabilities: the loss is Keras' cross-entropy of probabilities,
+    -log(p_y / sum_k p_k), whose Hessian in p is e_y e_y^T / p_y^2 - 1 1^T / (sum_k p_k)^2."""
+    rng = np.random.RandomState(2)
+    x = rng.randn(30, 4)
+    y = rng.randint(0, 3, 30).astype(np.int32)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="tanh"),
+                              keras.layers.Dense(3, activation="softmax")])
+    serve = hessian.FlatLoss.from_saved_model(_exported(model, tmp_path / "probs"), x, y,
+                                              batch_size=7)
+    assert serve.outputs_kind == "probabilities"
+    model64 = hessian.as_float64_model(model)
+    p = model64(tf.constant(x)).numpy()
+    assert 1e-7 < p[np.arange(30), y].min() and p[np.arange(30), y].max() < 1 - 1e-7  # no clip
+    s = p.sum(1)
+    out_hessians = np.stack([np.diag(np.eye(3)[yi] / pi[yi] ** 2) - np.ones((3, 3)) / si ** 2
+                             for pi, yi, si in zip(p, y, s)])
+    jac = _flat_variables_jacobian(model64, x, lambda out: out)
+    ggn = np.einsum("nkp,nkl,nlq->pq", jac, out_hessians, jac) / len(x)
+    np.testing.assert_allclose(_dense(hessian.GGNOperator(serve)), ggn, atol=1e-12)
+    per_example = _flat_variables_jacobian(model64, x, lambda out: -tf.math.log(
+        tf.gather(out, y, batch_dims=1) / tf.reduce_sum(out, 1)))
+    np.testing.assert_allclose(_dense(hessian.FisherOperator(serve)),
+                               per_example.T @ per_example / len(x), atol=1e-12)
+
+
+def test_serve_route_ggn_of_mse_on_a_linear_model_is_the_hessian(tmp_path):
+    rng = np.random.RandomState(3)
+    x, y = rng.randn(30, 4), rng.randn(30, 2)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    serve = hessian.FlatLoss.from_saved_model(_exported(model, tmp_path / "linear"), x, y,
+                                              batch_size=8)
+    assert serve.outputs_kind == "regression"
+    # closed form: L = 1/(NK) sum (x W + b - y)^2, H = 2/(NK) Z^T Z kron I_K, Z = [x, 1]
+    z = np.hstack([x, np.ones((30, 1))])
+    h = np.zeros((10, 10))
+    h[:8, :8] = np.kron(x.T @ x, np.eye(2))  # kernel (4, 2) row-major
+    h[:8, 8:] = np.kron(x.sum(0)[:, None], np.eye(2))
+    h[8:, :8] = h[:8, 8:].T
+    h[8:, 8:] = 30 * np.eye(2)
+    h *= 2 / (30 * 2)
+    assert np.allclose(np.linalg.eigvalsh(h).sum(), 2 / 60 * 2 * np.trace(z.T @ z))
+    np.testing.assert_allclose(_dense(hessian.GGNOperator(serve)), h, atol=1e-12)
+    np.testing.assert_allclose(serve.full_hessian(), h, atol=1e-12)
+
+
+def test_serve_and_keras_routes_agree_on_ggn_and_fisher(tmp_path):
+    from hw1_tf import store
+
+    rng = np.random.RandomState(5)
+    x = rng.randn(50, 8, 8, 1).astype(np.float32)
+    y = rng.randint(0, 4, 50).astype(np.int32)
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, activation="tanh"),
+                              keras.layers.Flatten(), keras.layers.Dense(4)])
+    path = store.export_model(model, tmp_path / "net")  # SavedModel + net.keras
+    serve = hessian.FlatLoss.from_saved_model(path, x, y, batch_size=20)
+    keras_route = hessian.FlatLoss.from_saved_model(path, x, y, route="keras", batch_size=20)
+    vs = rng.randn(serve.num_params, 3)
+    for kind in ("ggn", "fisher"):
+        a = hessian.curvature_operator(serve, kind).matmat(vs)
+        b = hessian.curvature_operator(keras_route, kind).matmat(vs)
+        assert hessian.curvature_operator(keras_route, kind).mode == "forward"
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
 # ------------------------------------------------------------------ top-k with residuals
 
 

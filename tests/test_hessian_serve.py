@@ -124,6 +124,12 @@ def test_batchnorm_cnn_export_serve_route_equals_keras_inference_hessian(bn_cnn)
     full = flat.full_hessian()
     np.testing.assert_allclose(full, keras_flat.full_hessian(), atol=1e-11)
     np.testing.assert_allclose(full, _fd_hessian(flat), atol=1e-6)
+    # GGN and Fisher through serve (double VJPs) equal the Keras model's (forward-mode JVPs)
+    for kind in ("ggn", "fisher"):
+        a, b = (hessian.curvature_operator(f, kind) for f in (flat, keras_flat))
+        assert (a.mode, b.mode) == ("reverse", "forward")
+        units = np.eye(flat.num_params)
+        np.testing.assert_allclose(a.matmat(units), b.matmat(units), atol=1e-12)
     blocks = flat.block_diagonal_hessian()
     assert set(blocks.routes) == {"hvp columns"}
     offsets = np.concatenate([[0], np.cumsum(flat.sizes)])
@@ -206,10 +212,11 @@ def test_hessian_spectrum_end_to_end_on_a_foreign_batchnorm_cnn(bn_cnn, tmp_path
     path, *_ = bn_cnn
     config = hessian_spectrum.Config(saved_model=str(path), dataset="digits", num_examples=60,
                                      top_k=3, probes=12, lanczos_steps=15, slq_probes=2,
-                                     perturbation_samples=16, verbose=0,
-                                     output_dir=str(tmp_path))
+                                     perturbation_samples=16, subsample_min=15,
+                                     subsample_seeds=2, verbose=0, output_dir=str(tmp_path))
     results = framework.run(hessian_spectrum, config)
     run = results["runs"]["bn_cnn"]
+    assert "skipped" not in run  # GGN, Fisher and the subsample study run through serve too
     assert run["route"] == "serve" and run["outputs"] == "logits"
     assert "logits" in run["loss_used"] and any("BatchNorm" in n for n in run["notes"])
     exact = np.asarray(run["eigenvalues"])
@@ -217,12 +224,25 @@ def test_hessian_spectrum_end_to_end_on_a_foreign_batchnorm_cnn(bn_cnn, tmp_path
     np.testing.assert_allclose(run["top_eigenvalues"], exact[::-1][:3], rtol=1e-3)
     assert abs(run["trace"] - exact.sum()) <= 4 * run["trace_standard_error"]
     assert run["hvp_choice"] == ["double_backprop", False] and run["hvp_choice_from"] == "rule"
+    for kind in ("ggn", "fisher"):  # positive semi-definite: a positive top and trace
+        op = run["operators"][kind]
+        assert op["top"]["eigenvalues"][0] > 0 and op["trace"]["trace"] > 0
+        assert np.max(op["top"]["residuals"]) < 1e-3 * op["top"]["eigenvalues"][0]
+    assert len(run["operators"]["principal_angles"]["hessian-ggn"]) == 3
+    study = run["subsample"]
+    assert study["sizes"] == [15, 30, 60] and np.asarray(study["lambda_max"]).shape == (2, 2)
+    assert np.all(np.isfinite(study["lambda_max"])) and study["enough_examples"] in (15, 30, 60)
+    figures = {p.name for p in (tmp_path / "figures" / "hessian_spectrum").glob("*.png")}
+    assert {"operators_bn_cnn.png", "subsample_bn_cnn.png"} <= figures, figures
+
     class Figures:
         def figure(self, key, caption):
             return ""
 
     section = hessian_spectrum.report_section(results, Figures())
     assert "(serve route; 2 non-trainable variables (e.g. BatchNorm" in section
+    assert "Not computed" not in section and "Gauss-Newton G, top" in section
+    assert "Subsample study: how many examples are enough?" in section
 
 
 def test_docs_example_runs_and_its_numbers_are_the_exact_hessians(tmp_path, monkeypatch,
@@ -247,3 +267,60 @@ def test_docs_example_runs_and_its_numbers_are_the_exact_hessians(tmp_path, monk
     assert abs(trace.trace - exact.sum()) <= 4 * trace.standard_error
     grid, density = namespace["grid"], namespace["density"]
     assert abs(np.sum(density) * (grid[1] - grid[0]) - 1) < 1e-2  # a density: integrates to 1
+
+
+def test_subsample_study_serve_route_equals_keras_route(tmp_path):
+    """The subsample study through serve (subset losses built by ServeFlatLoss.subset) gives the
+    Keras route's values, same seeds, to float32 tolerance; a product that left other weights in
+    the served variables beforehand does not leak into the subsets."""
+    from hw1_tf.experiments import hessian_spectrum
+
+    x, y = _images(n=40, dtype=np.float32)
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(4)])
+    path = store.export_model(model, tmp_path / "net")  # SavedModel + net.keras
+    serve = hessian.FlatLoss.from_saved_model(path, x, y, batch_size=16)
+    keras_route = hessian.FlatLoss.from_saved_model(path, x, y, route="keras", batch_size=16)
+    serve.loss(serve.theta0 + 0.1)  # leaves theta0 + 0.1 in the served variables
+    config = hessian_spectrum.Config(subsample_seeds=2, subsample_min=10, probes=6,
+                                     eigen_tolerance=1e-8, seed=3)
+    top = hessian.eigenpairs(keras_route.operator(), 1, tol=1e-8, seed=3)
+    trace = hessian.hutchinson_trace(keras_route.operator(), 6, seed=3)
+    reference = {"top_eigenvalues": top.values, "trace": trace.trace,
+                 "trace_interval": trace.interval(0.9)}
+    a = hessian_spectrum.subsample_study(serve, config, reference)
+    b = hessian_spectrum.subsample_study(keras_route, config, reference)
+    assert a["sizes"] == b["sizes"] == [10, 20, 40]
+    for key in ("lambda_max", "trace", "trace_half_width"):
+        assert np.asarray(a[key]).shape == (2, 2)
+        np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-7)
+    assert len(np.unique(np.round(a["lambda_max"], 6))) == 4  # four different subsets
+    assert a["enough_examples"] == b["enough_examples"] and a["answer"] == b["answer"]
+    # independent: a subset's loss is the Keras model's mean cross-entropy on those examples
+    idx = np.random.RandomState([3, 10, 1]).choice(40, 10, replace=False)
+    sub = serve.subset(idx)
+    assert sub.route == "serve" and sub.num_examples == 10
+    want = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y[idx], model(x[idx]))
+    assert sub.loss() == pytest.approx(float(want), rel=1e-6)
+
+
+def test_serve_route_batched_loss_and_perturbation_ratio_equal_the_loop(module_model):
+    """batched_loss through serve runs the samples in one graph (assign, evaluate, in turn);
+    it equals one loss() call per sample, and so does the sampled minimal ratio."""
+    path, module = module_model
+    x, y = _images(n=50)
+    flat = hessian.FlatLoss.from_saved_model(path, x, y, batch_size=20)
+    thetas = flat.theta0 + hessian.sphere_samples(flat.num_params, 37, 0.05, seed=1)
+    loop = np.array([flat.loss(t) for t in thetas])
+    np.testing.assert_allclose(flat.batched_loss(thetas), loop, rtol=1e-14)
+    assert len(np.unique(loop)) == 37
+    # back at theta0 after the samples: the module's own output (independent of FlatLoss)
+    probs = module.serve(tf.constant(x)).numpy()
+    assert flat.loss() == pytest.approx(-np.mean(np.log(probs[np.arange(50), y])), rel=1e-12)
+    looped = hessian.perturbation_ratio(lambda ts: np.array([flat.loss(t) for t in ts]),
+                                        flat.theta0, 0.05, samples=40, seed=2, chunk=16)
+    vectorised = hessian.perturbation_ratio(flat.batched_loss, flat.theta0, 0.05, samples=40,
+                                            seed=2, chunk=16)
+    assert vectorised == looped and 0 < looped < 1
+    assert flat._function("batched_losses").experimental_get_tracing_count() == 1

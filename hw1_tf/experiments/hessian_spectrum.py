@@ -156,12 +156,6 @@ def _other_operators(flat: hessian.FlatLoss, config: Config,
     return out
 
 
-# What the serve route cannot give yet: forward-mode products (the GGN's and Fisher's JVPs) do
-# not pass through a restored serve function, and the subsample study rebuilds the Keras model.
-SERVE_LIMIT = ("{what}: not on the serve route (needs the Keras model: --route=keras, where a "
-               ".keras file is beside the SavedModel)")
-
-
 def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
     """Every curvature measure of `flat` at its weights; arrays as numpy. Each eigenvalue
     comes with its Ritz residual, each trace with a `config.confidence` interval."""
@@ -222,9 +216,7 @@ def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
                          "blocks": layers, "diagonal": diagonal.diagonal,
                          "diagonal_standard_error": diagonal.standard_error}
         seconds["layers"] = time.perf_counter() - mark
-    if config.ggn_fisher and flat.route == "serve":
-        out["skipped"] = [SERVE_LIMIT.format(what="the GGN and Fisher operators")]
-    elif config.ggn_fisher:
+    if config.ggn_fisher:
         mark = time.perf_counter()
         out["operators"] = _other_operators(flat, config, top.vectors)
         seconds["ggn_fisher"] = time.perf_counter() - mark
@@ -243,15 +235,15 @@ def subsample_sizes(total: int, smallest: int) -> list[int]:
     return sizes + [total]
 
 
-def subsample_study(flat: hessian.FlatLoss, x: np.ndarray, y: np.ndarray, config: Config,
-                    reference: dict) -> dict:
+def subsample_study(flat: hessian.FlatLoss, config: Config, reference: dict) -> dict:
     """lambda_max (with its residual) and the Hutchinson trace (the whole set's probes) on
     random subsets of the examples, `config.subsample_seeds` per size; the whole set's values
     (`reference`, from `curvature`) close the curve. Answers "how many examples are enough":
     the smallest size from which every seed's lambda_max is within the tolerance of the whole
-    set's, and its trace within the tolerance plus the whole set's interval half-width."""
+    set's, and its trace within the tolerance plus the whole set's interval half-width.
+    Either route: each subset's loss is `flat.subset` (through serve on the serve route)."""
     started = time.perf_counter()
-    total = len(x)
+    total = flat.num_examples
     sizes = subsample_sizes(total, config.subsample_min)[:-1]
     mode = "double_backprop" if config.hvp_mode == "auto" else config.hvp_mode
     lam = np.full((len(sizes), config.subsample_seeds), np.nan)
@@ -260,9 +252,7 @@ def subsample_study(flat: hessian.FlatLoss, x: np.ndarray, y: np.ndarray, config
     for i, n in enumerate(sizes):
         for s in range(config.subsample_seeds):
             idx = np.random.RandomState([config.seed, n, s]).choice(total, n, replace=False)
-            sub = hessian.FlatLoss(flat.model, x[idx], y[idx], loss=flat.loss_object,
-                                   batch_size=config.batch_size, strategy=flat.strategy,
-                                   hvp_mode=mode, jit_compile=False)
+            sub = flat.subset(idx, hvp_mode=mode)
             op = sub.operator()
             top = hessian.eigenpairs(op, 1, "LA", tol=config.eigen_tolerance, seed=config.seed)
             est = hessian.hutchinson_trace(op, config.probes, seed=config.seed)
@@ -327,10 +317,8 @@ def analyse(records: dict, ctx: framework.ExperimentContext) -> framework.Outcom
                  name, flat.num_params, len(x), dataset, flat.route, flat.loss_name,
                  "; ".join(flat.notes))
     result = curvature(flat, config)
-    if config.subsample_seeds and flat.route == "serve":
-        result.setdefault("skipped", []).append(SERVE_LIMIT.format(what="the subsample study"))
-    elif config.subsample_seeds:
-        result["subsample"] = subsample_study(flat, x, y, config, result)
+    if config.subsample_seeds:
+        result["subsample"] = subsample_study(flat, config, result)
         result["timings"]["subsample"] = result["subsample"]["seconds"]
         logging.info("%s: %s", name, result["subsample"]["answer"])
     result.update(saved_model=str(path), dataset=dataset, route=flat.route,
