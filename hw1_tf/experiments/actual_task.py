@@ -293,6 +293,18 @@ SCORECARD = {"actual_task.num_params": "parameters of the equal-size models",
              "actual_task.mnist_accuracy": "MNIST final test accuracy"}
 
 
+def _training_text(config: dict, runs: list) -> str:
+    """How long the runs trained: the epoch budget, or, under the convergence rule, the epochs
+    each run took before it stopped."""
+    where = f"on {config['train_size'] or 'all'} training examples"
+    if not config.get("patience"):
+        return f"{config['epochs']} epochs {where}"
+    took = sorted(r.history.epochs for r in runs)
+    return (f"until {config.get('patience_monitor', 'the monitor')} stopped improving for "
+            f"{config['patience']} epochs "
+            f"({took[0]}–{took[-1]} of at most {config['epochs']}) {where}")
+
+
 def scorecard(results: dict) -> dict[str, Measured]:
     config, runs = results["config"], results["runs"]
     first = next(iter(runs.values())).dataset
@@ -306,7 +318,7 @@ def scorecard(results: dict) -> dict[str, Measured]:
     if mnist:
         out["actual_task.mnist_accuracy"] = Measured(
             ", ".join(f"{m} {markdown.pct(a)}" for m, a in mnist.items()),
-            f"{config['epochs']} epochs on {config['train_size'] or 'all'} training examples")
+            _training_text(config, [r for r in runs.values() if r.dataset == "mnist"]))
     return out
 
 
