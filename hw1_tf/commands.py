@@ -211,7 +211,8 @@ def study_table(outcomes: dict[str, tuple[str, float | None]], total: float) -> 
 def _children_cpu() -> float:
     """CPU seconds (user + system) of this process' finished children: an experiment's CPU time
     is the difference around it. Unlike wall time it hardly changes when other work shares the
-    machine, so on a loaded machine CPU seconds / cores estimates the idle wall time."""
+    machine; it is not idle wall time / cores (one experiment keeps 1.0-1.7 of 2 cores busy
+    idle, docs/speed.md), so compare it only with other CPU times."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 

@@ -145,7 +145,8 @@ def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | Non
     study = StudyLog(paths)
     figure_numbers = itertools.count(1)
     sections, sources, rows, failed = [], [], [], {}
-    for name in names or experiments.names():
+    names = names or experiments.names()
+    for name in names:
         module = experiments.get(name)
         ctx = Context(paths, name, profile)
         loaded = _load(ctx)
@@ -186,7 +187,6 @@ def render(paths: store.Paths, profile: str = "full", names: Sequence[str] | Non
         markdown.table(("section", "results written (UTC)", "by the command"), sources),
         "",
     ]
-    names = names or experiments.names()
     appendix = timing_appendix({n: experiments.get(n).TITLE for n in names}, study.read())
     return "\n".join(header + sections + appendix), failed
 
