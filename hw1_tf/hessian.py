@@ -54,7 +54,7 @@ import tensorflow as tf
 import threadpoolctl
 from absl import logging
 
-from hw1_tf import models, store, training
+from hw1_tf import linearised, models, store, training
 from hw1_tf.errors import Hw1Error, ModelNotFoundError
 
 
@@ -74,7 +74,7 @@ class _PerModelFunctions(pylogging.Filter):
 
 pylogging.getLogger("tensorflow").addFilter(_PerModelFunctions())
 
-HVP_MODES = ("auto", "measure", "forward_over_reverse", "double_backprop")
+HVP_MODES = ("auto", "measure", "forward_over_reverse", "double_backprop", "linearised")
 OUTPUT_KINDS = ("auto", "logits", "probabilities")
 ROUTES = ("serve", "keras")
 # H V for V with this many columns per pass over the data: measured on the MNIST
@@ -202,6 +202,7 @@ class FlatLoss:
         self.hvp_timings: dict[str, float] = {}
         self.hvp_choice_from = ""
         self.num_hvps = 0
+        self._linearisation: linearised.Linearisation | None = None
 
     @classmethod
     def from_saved_model(cls, path: str | Path, x: np.ndarray, y: np.ndarray, *,
@@ -374,18 +375,70 @@ class FlatLoss:
     def _choose_hvp(self) -> tuple[str, bool]:
         """The (mode, XLA) of the products: by rule, or measured when hvp_mode == "measure".
 
-        The rule, from measurements on this 2-core CPU (TF 2.21; MNIST 784-256-256-256-10 MLP,
-        5,000 examples, min of 3 interleaved rounds, three runs): double backprop without XLA
-        48 / 97 / 108 ms, forward-over-reverse 65 / 131 / 132 ms, double backprop with XLA
-        61 / 134 / 135 ms, forward-over-reverse with XLA 94 / 153 / 153 ms; measuring and
-        compiling all four cost 4.2-5.8 s before the first product. So: double backprop,
-        XLA only when asked for (`jit_compile=True`); a fixed mode is kept as given.
+        The rule: "linearised" (hw1_tf.linearised: the forward and backward passes computed
+        once, each product only their derivative) wherever it applies (a Sequential dense net
+        on one replica, its cache within budget); it did the MNIST 784-256-256-256-10 MLP's
+        product (5,000 examples) in 123.5 ms of one core against 166 ms for double backprop
+        and 149 ms for PyHessian's kept graph (one thread each, min of 5 rounds,
+        2026-12-06), at TensorFlow's matmul speed on that core. Elsewhere double backprop
+        without XLA, from measurements on this 2-core CPU (TF 2.21, the same MLP, min of 3
+        interleaved rounds, three runs): double backprop without XLA 48 / 97 / 108 ms,
+        forward-over-reverse 65 / 131 / 132 ms, double backprop with XLA 61 / 134 / 135 ms,
+        forward-over-reverse with XLA 94 / 153 / 153 ms; measuring and compiling all four cost
+        4.2-5.8 s before the first product. XLA only when asked for (`jit_compile=True`); a
+        fixed mode is kept as given.
         """
         if self.hvp_mode == "measure":
             return self._measured_hvp_choice()
-        mode = "double_backprop" if self.hvp_mode == "auto" else self.hvp_mode
+        if self.hvp_mode == "auto":
+            mode = "linearised" if self.linearisable() else "double_backprop"
+        else:
+            mode = self.hvp_mode
+        if mode == "linearised":
+            if not self.linearisable():
+                raise Hw1Error(f"hvp_mode=linearised does not apply here: "
+                               f"{self.linearised_why_not}")
+            self.hvp_choice_from = "rule" if self.hvp_mode == "auto" else "hvp_mode"
+            return mode, False
         self.hvp_choice_from = "rule" if self.hvp_mode == "auto" else "hvp_mode"
         return mode, bool(self.jit_compile)
+
+    def linearisable(self) -> bool:
+        """Whether products can come from a cached linearisation (`linearised_why_not` says
+        why not): a keras.Sequential dense net, one replica, the cache within budget."""
+        if not hasattr(self, "_chain"):
+            chain, why = (None, f"the {self.route} route") if self.route != "keras" else \
+                linearised.dense_chain(self.model, self.model.trainable_variables)
+            if chain is not None and self.replicas > 1:
+                chain, why = None, f"{self.replicas} replicas"
+            if chain is not None:
+                need = _mb(linearised.cache_bytes(chain, self.num_batches * self.batch_size,
+                                                  self.dtype.size))
+                if need > linearised.MAX_CACHE_MB:
+                    chain, why = None, (f"its cache would take {need:.0f} MB, above "
+                                        f"{linearised.MAX_CACHE_MB:g} MB")
+            self._chain, self.linearised_why_not = chain, why
+        return self._chain is not None
+
+    def linearisation(self, theta=None) -> "linearised.Linearisation":
+        """The cached linearisation at theta (default theta0), built on first use and kept
+        for the last theta asked for."""
+        if not self.linearisable():
+            raise Hw1Error(f"no linearisation: {self.linearised_why_not}")
+        theta = np.asarray(self.theta0 if theta is None else theta, self.np_dtype)
+        lin = self._linearisation
+        if lin is None or not np.array_equal(lin.theta, theta):
+            lin = self._linearisation = linearised.Linearisation(self, self._chain, theta)
+        return lin
+
+    def exact_diagonal(self, theta=None) -> np.ndarray | None:
+        """The Hessian's exact diagonal when the net is a dense chain whose hidden activations
+        are piecewise linear on the data (relu, linear): then it is the GGN's diagonal, one
+        pass over the data (hw1_tf.linearised). None where that does not hold."""
+        if not self.linearisable():
+            return None
+        lin = self.linearisation(theta)
+        return lin.exact_hessian_diagonal() if lin.piecewise_linear else None
 
     def signature(self) -> str:
         """What the measured HVP choice depends on: route, parameter shapes, dtype, batches,
@@ -409,17 +462,18 @@ class FlatLoss:
             ("double_backprop",)
         jits = (False, True) if self.jit_compile is None else (bool(self.jit_compile),)
         candidates = [(m, j) for m in modes for j in jits]
+        if self.linearisable():
+            candidates.append(("linearised", False))
         theta = self._tensor(self.theta0)
         v = self._tensor(np.random.RandomState(0).standard_normal(self.num_params))
         best = {}
         for candidate in candidates:
-            fn = self._function(*candidate)
-            fn(theta, v).numpy()  # trace / compile
+            self._product_function(candidate)(theta, v)  # trace / compile / linearise
         for _ in range(3):  # interleaved rounds, min of each: other processes share the CPU
             for candidate in candidates:
-                fn = self._function(*candidate)
+                fn = self._product_function(candidate)
                 start = time.perf_counter()
-                fn(theta, v).numpy()
+                fn(theta, v)
                 elapsed = time.perf_counter() - start
                 best[candidate] = min(best.get(candidate, math.inf), elapsed)
         self.hvp_timings = {f"{m}{' xla' if j else ''}": t for (m, j), t in best.items()}
@@ -436,17 +490,24 @@ class FlatLoss:
             logging.warning("HVP choice not cached (%s: %s)", cache, e)
         return choice
 
+    def _product_function(self, choice: tuple[str, bool]) -> Callable:
+        """(theta tensor, v tensor) -> H(theta) v as numpy, for a (mode, XLA) choice."""
+        if choice[0] == "linearised":
+            return lambda theta, v: self.linearisation(theta.numpy()).product(v)
+        fn = self._function(*choice)
+        return lambda theta, v: fn(theta, v).numpy()
+
     def hvp_function(self) -> Callable:
-        """The chosen tf.function (theta, v) -> H(theta) v."""
+        """The chosen product, (theta tensor, v tensor) -> H(theta) v as numpy."""
         if not hasattr(self, "_hvp_choice"):
             self._hvp_choice = self._choose_hvp()
-        return self._function(*self._hvp_choice)
+        return self._product_function(self._hvp_choice)
 
     def hvp(self, v, theta=None) -> np.ndarray:
         """H(theta) v over the whole dataset (numpy in, numpy out, the model's dtype)."""
         theta = self.theta0 if theta is None else theta
         self.num_hvps += 1
-        return self.hvp_function()(self._tensor(theta), self._tensor(v)).numpy()
+        return self.hvp_function()(self._tensor(theta), self._tensor(v))
 
     def hvp_block(self, vs, theta=None) -> np.ndarray:
         """H(theta) V for V of shape (n, b): b products in one pass over the data (numpy in
@@ -458,6 +519,10 @@ class FlatLoss:
             return self.hvp(vs[:, 0], theta)[:, None]
         theta = self.theta0 if theta is None else theta
         self.num_hvps += vs.shape[1]
+        if not hasattr(self, "_hvp_choice"):
+            self._hvp_choice = self._choose_hvp()
+        if self._hvp_choice[0] == "linearised":
+            return self.linearisation(theta).block_product(vs)
         fn = self._function("hvp_block", False)
         return fn(self._tensor(theta), self._tensor(vs.T)).numpy().T
 
@@ -471,8 +536,19 @@ class FlatLoss:
         """The k largest ("LA") or smallest ("SA") eigenvalues (`top_eigenvalues`)."""
         return top_eigenvalues(self.operator(), k, which, tol=tol, seed=seed)[0]
 
-    def trace(self, probes: int = 30, seed: int = 0) -> "TraceEstimate":
-        """Hutchinson's trace estimate with its standard error (`hutchinson_trace`)."""
+    def trace(self, probes: int = 30, seed: int = 0, method: str = "auto") -> "TraceEstimate":
+        """The trace: exact where `exact_diagonal` applies (method "auto" or "exact"), else
+        Hutchinson's estimate with its standard error (`hutchinson_trace`; method
+        "hutchinson" always)."""
+        if method not in ("auto", "exact", "hutchinson"):
+            raise Hw1Error(f"unknown trace method {method!r}; choose auto, exact or hutchinson")
+        if method != "hutchinson":
+            diagonal = self.exact_diagonal()
+            if diagonal is not None:
+                return exact_trace(diagonal)
+            if method == "exact":
+                raise Hw1Error("no exact trace here: it needs a dense Sequential net with "
+                               "piecewise-linear hidden activations on one replica")
         return hutchinson_trace(self.operator(), probes, seed)
 
     def density(self, steps: int = 100, probes: int = 1, seed: int = 0,
@@ -645,6 +721,7 @@ class _SummedProductOperator(scipy.sparse.linalg.LinearOperator):
 
     def __init__(self, flat_loss: FlatLoss, theta=None, mode: str | None = None):
         super().__init__(np.float64, (flat_loss.num_params, flat_loss.num_params))
+        explicit_mode = mode
         mode = mode or ("reverse" if flat_loss.route == "serve" else "forward")
         if mode not in PRODUCT_MODES:
             raise Hw1Error(f"unknown product mode {mode!r}; choose from "
@@ -663,6 +740,12 @@ class _SummedProductOperator(scipy.sparse.linalg.LinearOperator):
             flat_loss._functions[key] = flat_loss._summed(
                 lambda theta, v, xb, yb, wb: per_batch(flat_loss, theta, v, xb, yb, wb), jit)
         self._function = flat_loss._functions[key]
+        # the GGN of a dense chain whose outputs are its last Dense layer's: from the cached
+        # linearisation (hw1_tf.linearised), unless a mode was asked for
+        self._linearisation = None
+        if self.kind == "ggn" and explicit_mode is None and flat_loss.linearisable():
+            lin = flat_loss.linearisation(self.theta)
+            self._linearisation = lin if lin.ggn_applies else None
 
     @staticmethod
     def _product(flat_loss: FlatLoss, theta, v, xb, yb, wb):
@@ -675,6 +758,8 @@ class _SummedProductOperator(scipy.sparse.linalg.LinearOperator):
     def _matvec(self, v):
         self.num_matvecs += 1
         fl = self.flat_loss
+        if self._linearisation is not None:
+            return self._linearisation.product(np.ravel(v), ggn=True).astype(np.float64)
         return self._function(fl._tensor(self.theta), fl._tensor(np.ravel(v))).numpy().astype(
             np.float64)
 
@@ -1257,11 +1342,21 @@ class TraceEstimate:
     standard_error: float
     num_matvecs: int
     samples: np.ndarray  # per-probe estimates (Hutchinson) or residual samples (Hutch++)
+    exact: bool = False  # the sum of an exact diagonal: no probes, no error
 
     def interval(self, level: float = 0.9) -> tuple[float, float]:
         """Student-t confidence interval of the trace at `level` from the probe samples
-        (Hutch++: its sketched part is exact, the interval is the residual part's)."""
+        (Hutch++: its sketched part is exact, the interval is the residual part's); an exact
+        trace's interval is the point itself."""
+        if self.exact:
+            return self.trace, self.trace
         return t_interval(self.trace, self.standard_error, len(self.samples), level)
+
+
+def exact_trace(diagonal: np.ndarray) -> TraceEstimate:
+    """The trace as the sum of an exact diagonal (`FlatLoss.exact_diagonal`)."""
+    return TraceEstimate(float(np.sum(np.asarray(diagonal, np.float64))), 0.0, 0,
+                         np.zeros(0), exact=True)
 
 
 def t_interval(mean: float, standard_error: float, count: int,

@@ -137,8 +137,8 @@ def test_hvp_choice_by_rule_and_measured_choice_cached(tiny, tmp_path, monkeypat
     v = np.random.RandomState(5).randn(flat.num_params)
     auto = hessian.FlatLoss(model, x, y, batch_size=16, dtype="float64")
     np.testing.assert_allclose(auto.hvp(v), full @ v, atol=1e-12)
-    # the rule: no measurement, the same choice every run
-    assert auto._hvp_choice == ("double_backprop", False) and auto.hvp_timings == {}
+    # the rule: no measurement, the same choice every run (a dense chain: linearised)
+    assert auto._hvp_choice == ("linearised", False) and auto.hvp_timings == {}
     assert auto.hvp_choice_from == "rule"
     cache = tmp_path / "hvp_choices.json"
     monkeypatch.setenv("HW1_HVP_CACHE", str(cache))
@@ -146,14 +146,17 @@ def test_hvp_choice_by_rule_and_measured_choice_cached(tiny, tmp_path, monkeypat
                                 hvp_mode="measure")
     np.testing.assert_allclose(measured.hvp(v), full @ v, atol=1e-12)
     assert set(measured.hvp_timings) == {"forward_over_reverse", "double_backprop",
-                                         "forward_over_reverse xla", "double_backprop xla"}
+                                         "forward_over_reverse xla", "double_backprop xla",
+                                         "linearised"}
     assert measured.hvp_choice_from == "measured" and cache.is_file()
     # a second FlatLoss of the same signature reads the choice instead of measuring
     again = hessian.FlatLoss(model, x, y, batch_size=16, dtype="float64", hvp_mode="measure")
     np.testing.assert_allclose(again.hvp(v), full @ v, atol=1e-12)
     assert again._hvp_choice == measured._hvp_choice
     assert again.hvp_choice_from.startswith("cache")
-    assert list(again._functions) == [again._hvp_choice]  # only the chosen variant was built
+    # only the chosen variant was built
+    assert list(again._functions) == ([] if again._hvp_choice[0] == "linearised" else
+                                      [again._hvp_choice])
     # another signature (batch size) measures again
     other = hessian.FlatLoss(model, x, y, batch_size=8, dtype="float64", hvp_mode="measure")
     other.hvp(v)
@@ -251,6 +254,14 @@ def test_hvp_under_mirrored_strategy_equals_one_device():
     np.testing.assert_allclose(two.hvp(v), one.hvp(v), rtol=1e-5, atol=1e-6)
     double = two._function("double_backprop")(two._tensor(two.theta0), two._tensor(v)).numpy()
     np.testing.assert_allclose(double, one.hvp(v), rtol=1e-5, atol=1e-6)
+    # the rule's linearised products are for one replica; several fall back to double backprop
+    auto = hessian.FlatLoss(model, x, y, batch_size=8, strategy=strategy)
+    assert not auto.linearisable() and auto.linearised_why_not == "2 replicas"
+    np.testing.assert_allclose(auto.hvp(v), one.hvp(v), rtol=1e-5, atol=1e-6)
+    assert auto._hvp_choice == ("double_backprop", False)
+    lin = hessian.FlatLoss(model, x, y, batch_size=8)
+    np.testing.assert_allclose(lin.hvp(v), one.hvp(v), rtol=1e-5, atol=1e-6)
+    assert lin._hvp_choice == ("linearised", False)
 
 
 # ---------------------------------------------------------------------------- minimal ratio
