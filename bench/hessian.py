@@ -19,9 +19,12 @@ fastest anchor's seconds over ours.
     and pays only the second backward per product; power iteration (tol 1e-3), `trace` with
     30 probes, `density`. Its density() calls torch.eig (removed in torch 1.9): shimmed with
     torch.linalg.eigh (T is symmetric tridiagonal, the same eigenpairs).
-  * hw1_tf: `FlatLoss` with its rule-chosen products (double backprop, no XLA); top-5 by eigsh
-    on single products at the same tolerance as curvlinops', trace and SLQ probes as blocks
-    (`hvp_block`, `BLOCK_SIZE` products per pass over the data).
+  * hw1_tf: `FlatLoss` with its rule-chosen products (for this dense net: from the cached
+    linearisation, hw1_tf.linearised); top-5 by eigsh on single products at the same
+    tolerance as curvlinops', trace and SLQ probes as blocks (`hvp_block`). Also its exact
+    trace (the net is piecewise linear: the Hessian's diagonal is the GGN's, one pass),
+    against the anchors' 30-probe estimates. `bench/hvp_roofline.py` puts the product against
+    its matmul floor, one thread each.
 
 `--first_call` measures setup plus first product in fresh processes (the old measured choice
 of four variants vs the rule vs a cached measured choice). `--extras` adds the 784-30-10
@@ -394,6 +397,18 @@ def anchors(n: int, rounds: int, eig_tol: float) -> dict:
     res["trace"] = {"s": times, "values": {k: float(a) for k, a in traces.items()},
                     "standard_error": same.standard_error}
 
+    # hw1_tf's exact trace (a relu net: the Hessian's diagonal is the GGN's, one pass over
+    # the data from the cached linearisation; uncached here), against the float64 one
+    lin = flat.linearisation()
+    t, exact = interleaved(rounds, {"hw1_tf": lambda: float(np.sum(
+        lin.diagonal_function().numpy(), dtype=np.float64))})
+    exact64 = flat64.trace(method="exact").trace
+    res["trace_exact"] = {"s": {**times, "hw1_tf": t["hw1_tf"]}, "value": exact["hw1_tf"],
+                          "float64": exact64,
+                          "rel_err": abs(exact["hw1_tf"] - exact64) / abs(exact64),
+                          "estimates_rel_err": {k: abs(float(a) - exact64) / abs(exact64)
+                                                for k, a in traces.items()}}
+
     # 100-step SLQ, one probe
     def ph_density():
         torch.manual_seed(200)
@@ -466,6 +481,10 @@ def print_anchors(res: dict) -> None:
     tr = res["trace"]
     row("trace (30 probes)", tr["s"], "estimates " + ", ".join(
         f"{k} {v:.4g}" for k, v in tr["values"].items()) + f" (s.e. {tr['standard_error']:.2g})")
+    te = res["trace_exact"]
+    row("trace, hw1_tf exact", te["s"], f"hw1_tf {te['value']:.6g} (float64 {te['float64']:.6g}, "
+        f"rel.err {te['rel_err']:.1e}); the 30-probe estimates' rel.err " + ", ".join(
+            f"{k} {v:.1e}" for k, v in te["estimates_rel_err"].items()))
     d = res["density"]
     row("SLQ (100 steps)", d["s"], "top Ritz rel.err " + ", ".join(
         f"{k} {v:.1e}" for k, v in d["top_ritz_rel_err"].items())

@@ -375,7 +375,7 @@ def test_hessian_spectrum_reports_every_number_with_its_error_bar(tmp_path):
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                              keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(10)])
+                              keras.layers.Dense(4, activation="relu"), keras.layers.Dense(10)])
     store.export_model(model, tmp_path / "saved_models" / "actual_task" / "digits_tiny")
     config = hessian_spectrum.Config(
         experiment="actual_task", run="digits_tiny", dataset="digits", num_examples=150,
@@ -393,6 +393,8 @@ def test_hessian_spectrum_reports_every_number_with_its_error_bar(tmp_path):
             assert np.abs(exact - value).min() <= residual + 1e-6 * abs(value)
     lo, hi = run["trace_interval"]
     assert lo <= exact.sum() <= hi
+    # a relu net: the exact trace from the exact diagonal (no probes) is the spectrum's sum
+    assert run["trace_exact"] == pytest.approx(exact.sum(), rel=1e-6)
     # the exact spectrum fits: the ratio shown is exact, the SLQ share checked against it
     assert run["minimal_ratio_from"] == "exact eigenvalues"
     share = run["slq_positive_share"]
@@ -426,9 +428,12 @@ def test_hessian_spectrum_reports_every_number_with_its_error_bar(tmp_path):
         assert abs(block["top_eigenvalue"] - want) <= block["residual"] + 1e-6 * abs(want)
         if block["route"] == "dense":
             assert block["trace"] == pytest.approx(np.trace(full[a:b, a:b]), rel=1e-6)
+        assert block["trace_exact"] == pytest.approx(np.trace(full[a:b, a:b]), rel=1e-6)
     assert [b["route"] for b in run["layers"]["blocks"]] == ["hutchinson", "dense", "dense",
                                                             "dense"]
     assert len(run["layers"]["diagonal"]) == n
+    np.testing.assert_allclose(run["layers"]["diagonal_exact"], np.diag(full), rtol=1e-6,
+                               atol=1e-12)
     # subsample study: sizes 32, 64, 128 and the whole 150; the answer names one of them
     study = run["subsample"]
     assert study["sizes"] == [32, 64, 128, 150]
@@ -447,6 +452,7 @@ def test_hessian_spectrum_reports_every_number_with_its_error_bar(tmp_path):
     assert [Path(link).stem for link in links] == keys
     assert "Ritz residual" in text and "how many examples are enough?" in text
     assert "from the exact eigenvalues" in text and "SLQ estimate of the share" in text
+    assert "Exact trace " in text and "no probes" in text
 
 
 def test_unknown_operator_kind_names_the_choices(classifier):

@@ -181,6 +181,11 @@ def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
                trace_interval=trace.interval(config.confidence), trace_samples=trace.samples,
                hutchpp_trace=pp.trace, hutchpp_standard_error=pp.standard_error,
                hutchpp_interval=pp.interval(config.confidence))
+    # a dense net with piecewise-linear activations: the exact diagonal and trace (the
+    # Hessian's diagonal is the Gauss-Newton's there; hw1_tf.linearised), beside the estimates
+    exact = flat.exact_diagonal()
+    if exact is not None:
+        out["trace_exact"] = float(np.sum(exact, dtype=np.float64))
     density, summary = _density(op, config, config.slq_probes)
     out.update(slq_nodes=density.nodes, slq_weights=density.weights,
                density_grid=summary["grid"], density=summary["density"],
@@ -215,6 +220,11 @@ def curvature(flat: hessian.FlatLoss, config: Config) -> dict:
         out["layers"] = {"names": flat.names, "shapes": [list(s) for s in flat.shapes],
                          "blocks": layers, "diagonal": diagonal.diagonal,
                          "diagonal_standard_error": diagonal.standard_error}
+        if exact is not None:
+            out["layers"]["diagonal_exact"] = exact
+            bounds = np.cumsum([0] + flat.sizes)
+            for block, lo, hi in zip(layers, bounds[:-1], bounds[1:]):
+                block["trace_exact"] = float(np.sum(exact[lo:hi], dtype=np.float64))
         seconds["layers"] = time.perf_counter() - mark
     if config.ggn_fisher:
         mark = time.perf_counter()
@@ -245,7 +255,7 @@ def subsample_study(flat: hessian.FlatLoss, config: Config, reference: dict) -> 
     started = time.perf_counter()
     total = flat.num_examples
     sizes = subsample_sizes(total, config.subsample_min)[:-1]
-    mode = "double_backprop" if config.hvp_mode == "auto" else config.hvp_mode
+    mode = flat._hvp_choice[0] if config.hvp_mode == "measure" else config.hvp_mode
     lam = np.full((len(sizes), config.subsample_seeds), np.nan)
     residual, trace, half = np.full_like(lam, np.nan), np.full_like(lam, np.nan), \
         np.full_like(lam, np.nan)
@@ -506,7 +516,10 @@ def _layers_figure(out: FigureSet, name: str, run: dict) -> None:
     left.bar(x + 0.2, trace, 0.4, color="C0", yerr=np.nan_to_num(yerr), capsize=3,
              label="trace of the block (Hutchinson with its CI; exact for blocks built "
                    "whole)")
-    positive = np.concatenate([top, trace, intervals.ravel()])
+    exact = np.array([b.get("trace_exact", np.nan) for b in blocks], float)
+    if np.isfinite(exact).any():
+        left.plot(x + 0.2, exact, "kx", markersize=8, label="exact trace of the block")
+    positive = np.concatenate([top, trace, intervals.ravel(), exact[np.isfinite(exact)]])
     linthresh = max(1e-6, 1e-3 * float(np.nanmax(np.abs(positive))))
     _symlog_y(left, linthresh, positive)
     left.set_xticks(x)
@@ -515,7 +528,8 @@ def _layers_figure(out: FigureSet, name: str, run: dict) -> None:
     left.set_title(f"Per weight tensor: its Hessian block, {name}")
     left.grid(True, axis="y", which="both", alpha=0.3)
     left.legend(fontsize=7)
-    diagonal = np.asarray(layers["diagonal"], float)
+    has_exact = layers.get("diagonal_exact") is not None
+    diagonal = np.asarray(layers["diagonal_exact" if has_exact else "diagonal"], float)
     bounds = np.concatenate([[0], np.cumsum([b["size"] for b in blocks])])
     parts = [diagonal[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     right.boxplot(parts, positions=x, widths=0.5, showfliers=True,
@@ -525,10 +539,15 @@ def _layers_figure(out: FigureSet, name: str, run: dict) -> None:
     _symlog_y(right, linthresh, diagonal)
     right.set_xticks(x)
     right.set_xticklabels(names, fontsize=7)
-    right.set_ylabel(f"Hessian diagonal entry (symlog, linear within ±{linthresh:.1g})")
+    right.set_ylabel(f"diag(H) entry (symlog, linear within ±{linthresh:.1g})")
     noise = np.nanmedian(np.asarray(layers["diagonal_standard_error"], float))
-    right.set_title(f"Hutchinson estimate of diag(H) per tensor ({len(run['trace_samples'])} "
-                    f"probes;\nmedian standard error of an entry {noise:.2g})", fontsize=10)
+    if has_exact:
+        right.set_title("Exact diag(H) per tensor\n(piecewise-linear net: the Gauss-Newton "
+                        "diagonal)", fontsize=10)
+    else:
+        right.set_title(f"Hutchinson estimate of diag(H) per tensor "
+                        f"({len(run['trace_samples'])} probes;\nmedian standard error of an "
+                        f"entry {noise:.2g})", fontsize=10)
     right.grid(True, axis="y", which="both", alpha=0.3)
     out.save(fig, f"layers_{name}")
 
@@ -597,6 +616,7 @@ def report_section(results: dict, ctx) -> str:
                      f"{_interval_text(markdown, r.get('trace_interval'))}",
                      f"{markdown.fmt(r['hutchpp_trace'])} "
                      f"{_interval_text(markdown, r.get('hutchpp_interval'))}",
+                     markdown.fmt(r.get("trace_exact")),
                      _ratio_cell(markdown, r),
                      markdown.fmt(r["perturbation_ratio"]), markdown.fmt(block)))
         lam_max, lam_min = float(top.max()), float(bottom.min())
@@ -616,6 +636,8 @@ def report_section(results: dict, ctx) -> str:
                         f"{markdown.pct(r['perturbation_ratio'])} of random perturbations of "
                         f"radius {markdown.fmt(results['config']['perturbation_radius'])} raise "
                         f"the loss.")
+        if r.get("trace_exact") is not None:
+            comments.append("  " + _exact_trace_text(markdown, r, level))
         share = r.get("slq_positive_share")
         if r["minimal_ratio_from"] == "exact eigenvalues":
             ratio = (f"  Minimal ratio shown: {markdown.fmt(r['minimal_ratio'])}, from the exact "
@@ -645,11 +667,28 @@ def report_section(results: dict, ctx) -> str:
         details.append(_details(markdown, name, r, ctx, level))
     parts.append(markdown.table(("run", "parameters", "examples", "loss", "‖∇L‖", "λ_max",
                                "λ_min", f"trace (Hutchinson, {level:.0%} CI)",
-                               f"trace (Hutch++, {level:.0%} CI)", "minimal ratio",
+                               f"trace (Hutch++, {level:.0%} CI)", "trace (exact)",
+                               "minimal ratio",
                                "perturbation ratio", "block ‖H‖₂"), rows))
     parts.append("\n".join(comments))
     parts.extend(details)
     return "\n\n".join(parts)
+
+
+def _exact_trace_text(markdown, r: dict, level: float) -> str:
+    """The exact trace against the two estimates: their errors and whether the intervals
+    hold it."""
+    exact = r["trace_exact"]
+    pieces = []
+    for label, key in (("Hutchinson", "trace"), ("Hutch++", "hutchpp_trace")):
+        lo, hi = _pair(r.get("trace_interval" if key == "trace" else "hutchpp_interval"))
+        held = "holds it" if lo <= exact <= hi else "misses it"
+        pieces.append(f"{label} {markdown.fmt(r[key])} is off by "
+                      f"{markdown.pct(abs(r[key] - exact) / abs(exact))}, its {level:.0%} "
+                      f"interval {held}")
+    return (f"Exact trace {markdown.fmt(exact)}: a dense net with piecewise-linear "
+            "activations, whose Hessian diagonal equals the Gauss-Newton diagonal, computed in "
+            "one pass over the data (no probes). " + "; ".join(pieces) + ".")
 
 
 def _details(markdown, name: str, r: dict, ctx, level: float) -> str:
@@ -702,10 +741,12 @@ def _details(markdown, name: str, r: dict, ctx, level: float) -> str:
             rows.append((tensor, b["size"], f"{markdown.fmt(b['top_eigenvalue'])} "
                          f"(r {markdown.fmt(b['residual'], 2)})",
                          f"{markdown.fmt(b['trace'])} {_interval_text(markdown, b['interval'])}",
+                         markdown.fmt(b.get("trace_exact")),
                          "exact (block built whole)" if b["route"] == "dense"
                          else "eigsh on the block; trace from the Hutchinson diagonal"))
         parts.append(markdown.table(("weight tensor", "entries", "block λ_max (residual)",
-                                     f"block trace ({level:.0%} CI)", "route"), rows))
+                                     f"block trace ({level:.0%} CI)", "exact block trace",
+                                     "route"), rows))
     return "\n\n".join(parts)
 
 
