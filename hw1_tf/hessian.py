@@ -12,10 +12,16 @@ Routes (each checked against the others and against closed forms in tests/test_h
     refuses with `HessianTooLargeError` above a memory limit.
   * `FlatLoss.block_diagonal_hessian`: one block per weight tensor, via `tf.hessians` (graph
     mode, w.r.t. tensors); a block above the memory limit comes from HVPs restricted to it.
-  * `FlatLoss.hvp`: Hessian-vector products over the whole dataset, double backprop without
-    XLA by rule (the fastest of the four variants measured here; `hvp_mode="measure"` measures
-    them per model signature and caches the choice), sharded and all-reduced under a
-    tf.distribute strategy. `FlatLoss.hvp_block` takes a block of vectors (H V, V of shape
+  * `FlatLoss.hvp`: Hessian-vector products over the whole dataset. By rule: for a dense
+    keras.Sequential net on one replica, from its cached linearisation (hw1_tf.linearised:
+    the forward and backward passes once per theta, each product only their derivative, at
+    the matmul floor); otherwise double backprop without XLA (the fastest of the four
+    autodiff variants measured here). `hvp_mode="measure"` measures them per model signature
+    and caches the choice; under a tf.distribute strategy the products are sharded and
+    all-reduced.
+  * `FlatLoss.exact_diagonal` / `FlatLoss.trace()`: for a dense net with piecewise-linear
+    activations (relu) the Hessian's diagonal is the Gauss-Newton's, exact in one pass; the
+    trace is then its sum, with no probes. `FlatLoss.hvp_block` takes a block of vectors (H V, V of shape
     n x b) in one pass over the data, vectorised over the block; the trace and density
     estimators hand their probes over as blocks.
   * spectrum tools on any symmetric operator (`HessianOperator`, a scipy LinearOperator):
@@ -1297,8 +1303,13 @@ def eigenpairs(op, k: int, which: str = "LA", *, tol: float = 1e-4,
         values, vectors = np.linalg.eigh((dense + dense.T) / 2)
     else:
         try:
-            values, vectors = scipy.sparse.linalg.eigsh(counted, k=k, which=which, tol=tol,
-                                                        v0=v0, maxiter=maxiter, ncv=ncv)
+            # numpy's BLAS on one thread, as in `lanczos_runs`: its idle threads spin between
+            # ARPACK's steps and slow the products (top-5 of the MNIST MLP: 2.4-2.5 s with the
+            # default threads, 1.6-2.1 s with one, 21 products each, 2026-12-06)
+            with threadpoolctl.threadpool_limits(1, user_api="blas"):
+                values, vectors = scipy.sparse.linalg.eigsh(counted, k=k, which=which,
+                                                            tol=tol, v0=v0, maxiter=maxiter,
+                                                            ncv=ncv)
         except scipy.sparse.linalg.ArpackNoConvergence as e:
             logging.warning("eigsh: %d of %d eigenvalues converged", len(e.eigenvalues), k)
             values, vectors = e.eigenvalues, e.eigenvectors
