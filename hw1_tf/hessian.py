@@ -70,7 +70,7 @@ class _PerModelFunctions(pylogging.Filter):
     the input sensitivities'): traced once each, they only look like a function re-created
     in a loop by mistake when a study measures many models. Any other retracing still warns."""
 
-    OWN = ("FlatLoss.", "_sensitivity_function.")
+    OWN = ("FlatLoss.", "_sensitivity_function.", "Linearisation.")
 
     def filter(self, record: pylogging.LogRecord) -> bool:
         message = record.getMessage()
