@@ -511,8 +511,12 @@ class FlatLoss:
 
     def hvp(self, v, theta=None) -> np.ndarray:
         """H(theta) v over the whole dataset (numpy in, numpy out, the model's dtype)."""
-        theta = self.theta0 if theta is None else theta
         self.num_hvps += 1
+        if not hasattr(self, "_hvp_choice"):
+            self._hvp_choice = self._choose_hvp()
+        if self._hvp_choice[0] == "linearised":  # numpy straight in: no tensor round trip
+            return self.linearisation(theta).product(v)
+        theta = self.theta0 if theta is None else theta
         return self.hvp_function()(self._tensor(theta), self._tensor(v))
 
     def hvp_block(self, vs, theta=None) -> np.ndarray:

@@ -274,7 +274,7 @@ class Linearisation:
 
     def product(self, v: np.ndarray, ggn: bool = False) -> np.ndarray:
         """H v (or G v) at this theta, numpy in and out."""
-        return self._single[ggn](tf.convert_to_tensor(np.asarray(v, self.flat.np_dtype))).numpy()
+        return self._single[ggn](np.asarray(v, self.flat.np_dtype)).numpy()
 
     def block_product(self, vs: np.ndarray, ggn: bool = False) -> np.ndarray:
         """H V (or G V) for V of shape (n, b), numpy in and out."""
