@@ -750,12 +750,12 @@ class _SummedProductOperator(scipy.sparse.linalg.LinearOperator):
             flat_loss._functions[key] = flat_loss._summed(
                 lambda theta, v, xb, yb, wb: per_batch(flat_loss, theta, v, xb, yb, wb), jit)
         self._function = flat_loss._functions[key]
-        # the GGN of a dense chain whose outputs are its last Dense layer's: from the cached
-        # linearisation (hw1_tf.linearised), unless a mode was asked for
+        # a dense chain's Fisher, and its GGN when its outputs are its last Dense layer's:
+        # from the cached linearisation (hw1_tf.linearised), unless a mode was asked for
         self._linearisation = None
-        if self.kind == "ggn" and explicit_mode is None and flat_loss.linearisable():
+        if explicit_mode is None and flat_loss.linearisable():
             lin = flat_loss.linearisation(self.theta)
-            self._linearisation = lin if lin.ggn_applies else None
+            self._linearisation = lin if (self.kind == "fisher" or lin.ggn_applies) else None
 
     @staticmethod
     def _product(flat_loss: FlatLoss, theta, v, xb, yb, wb):
@@ -769,12 +769,20 @@ class _SummedProductOperator(scipy.sparse.linalg.LinearOperator):
         self.num_matvecs += 1
         fl = self.flat_loss
         if self._linearisation is not None:
-            return self._linearisation.product(np.ravel(v), ggn=True).astype(np.float64)
+            return self._linearisation.product(
+                np.ravel(v), ggn="fisher" if self.kind == "fisher" else True).astype(np.float64)
         return self._function(fl._tensor(self.theta), fl._tensor(np.ravel(v))).numpy().astype(
             np.float64)
 
     def _rmatvec(self, v):
         return self._matvec(v)  # symmetric
+
+    def exact_diagonal(self) -> np.ndarray | None:
+        """The operator's exact diagonal from the linearisation (a dense chain); else None."""
+        lin = self._linearisation
+        if lin is None:
+            return None
+        return lin.fisher_diagonal() if self.kind == "fisher" else lin.ggn_diagonal()
 
 
 class GGNOperator(_SummedProductOperator):

@@ -164,10 +164,11 @@ class Linearisation:
         self.ggn_applies = not chain.activations[-1]
         self._theta_t = theta_t
         spec = tf.TensorSpec((None, flat_loss.num_params), self.dtype)
-        self._block = {ggn: tf.function(lambda vs, ggn=ggn: self._block_product(vs, ggn),
-                                        input_signature=[spec]) for ggn in (False, True)}
-        self._single = {ggn: tf.function(lambda v, ggn=ggn: self._summed(v, ggn))
-                        for ggn in (False, True)}
+        kinds = (False, True, "fisher")  # the Hessian, the GGN, the empirical Fisher
+        self._block = {kind: tf.function(lambda vs, kind=kind: self._block_product(vs, kind),
+                                         input_signature=[spec]) for kind in kinds}
+        self._single = {kind: tf.function(lambda v, kind=kind: self._summed(v, kind))
+                        for kind in kinds}
         self.diagonal_function = tf.function(self._ggn_diagonal)  # uncached (benchmarks)
 
     # ------------------------------------------------------------------------------ setup
@@ -214,7 +215,10 @@ class Linearisation:
         curv = [tf.zeros_like(z) if d2 is None else
                 tf.matmul(deltas[l + 1], kernels[l + 1], transpose_b=True) * d2
                 for l, d2 in enumerate(phi2)]
-        return {"inputs": inputs, "phi1": phi1, "phi2": curv, "deltas": deltas, "lambda": lam}
+        # 1 / w per example (0 for padding): the empirical Fisher's per-example gradients
+        inverse_w = tf.math.divide_no_nan(tf.ones_like(wb), tf.cast(wb, self.dtype))
+        return {"inputs": inputs, "phi1": phi1, "phi2": curv, "deltas": deltas, "lambda": lam,
+                "inverse_w": inverse_w}
 
     # --------------------------------------------------------------------------- products
 
@@ -248,12 +252,27 @@ class Linearisation:
                     dd = dd + c["phi2"][l - 1] * zdots[l - 1]
         return parts
 
-    def _summed(self, v, ggn: bool):
+    def _batch_fisher(self, c: dict, kernels, vk, vb):
+        """F v on one batch: F = sum_n w_n g_n g_n^T with g_n = J_n^T delta_L,n / w_n, so
+        F v = sum_n s_n J_n^T delta_L,n with s_n = (delta_L,n . zdot_L,n) / w_n, and a
+        per-example scale passes through the backward pass: a^T (s * delta_l) per layer."""
+        zd = None
+        for l in range(len(kernels)):
+            step = tf.matmul(c["inputs"][l], vk[l])
+            if vb[l] is not None:
+                step = step + vb[l]
+            zd = step if zd is None else step + tf.matmul(c["phi1"][l - 1] * zd, kernels[l])
+        scale = tf.reduce_sum(c["deltas"][-1] * zd, -1, keepdims=True) * c["inverse_w"][:, None]
+        return [(tf.matmul(c["inputs"][l], scale * c["deltas"][l], transpose_a=True),
+                 tf.reduce_sum(scale * c["deltas"][l], 0)) for l in range(len(kernels))]
+
+    def _summed(self, v, ggn):
         kernels, _ = self._params(self._theta_t)
         vk, vb = self._params(v)
         total = None
         for c in self.batches:
-            parts = self._batch_product(c, kernels, vk, vb, ggn)
+            parts = self._batch_fisher(c, kernels, vk, vb) if ggn == "fisher" else \
+                self._batch_product(c, kernels, vk, vb, ggn)
             total = parts if total is None else [(a + p, b + q) for (a, b), (p, q) in
                                                  zip(total, parts)]
         return self._flat(total)
@@ -272,12 +291,13 @@ class Linearisation:
         # the MNIST MLP, 2026-12-06)
         return tf.map_fn(lambda v: self._summed(v, ggn), vs)
 
-    def product(self, v: np.ndarray, ggn: bool = False) -> np.ndarray:
-        """H v (or G v) at this theta, numpy in and out."""
+    def product(self, v: np.ndarray, ggn: bool | str = False) -> np.ndarray:
+        """H v (ggn=True: G v; ggn="fisher": the empirical Fisher's F v) at this theta, numpy
+        in and out."""
         return self._single[ggn](np.asarray(v, self.flat.np_dtype)).numpy()
 
-    def block_product(self, vs: np.ndarray, ggn: bool = False) -> np.ndarray:
-        """H V (or G V) for V of shape (n, b), numpy in and out."""
+    def block_product(self, vs: np.ndarray, ggn: bool | str = False) -> np.ndarray:
+        """H V (G V, F V) for V of shape (n, b), numpy in and out."""
         vs = tf.convert_to_tensor(np.asarray(vs, self.flat.np_dtype).T)
         return self._block[ggn](vs).numpy().T
 
@@ -288,6 +308,26 @@ class Linearisation:
         if not hasattr(self, "_ggn_diag"):
             self._ggn_diag = self.diagonal_function().numpy()
         return self._ggn_diag
+
+    def fisher_diagonal(self) -> np.ndarray:
+        """The exact diagonal of the empirical Fisher, sum_n w_n g_n^2: a Dense layer's
+        per-example gradient is the outer product of its input and delta_n / w_n, so its
+        squares are (a^2)^T (delta^2 / w), one matmul per layer."""
+        if not hasattr(self, "_fisher_diag"):
+            self._fisher_diag = tf.function(self._fisher_diagonal)().numpy()
+        return self._fisher_diag
+
+    def _fisher_diagonal(self):
+        total = None
+        for c in self.batches:
+            parts = []
+            for l, a in enumerate(c["inputs"]):
+                weighted = c["deltas"][l] * c["deltas"][l] * c["inverse_w"][:, None]
+                parts.append((tf.matmul(a * a, weighted, transpose_a=True),
+                              tf.reduce_sum(weighted, 0)))
+            total = parts if total is None else [(a + p, b + q) for (a, b), (p, q) in
+                                                 zip(total, parts)]
+        return self._flat(total)
 
     def exact_hessian_diagonal(self) -> np.ndarray:
         """The Hessian's exact diagonal: the GGN's, when every hidden activation is piecewise

@@ -415,6 +415,9 @@ def test_hessian_spectrum_reports_every_number_with_its_error_bar(tmp_path):
     fisher = per_example.T @ per_example / len(x)
     np.testing.assert_allclose(run["operators"]["fisher"]["top"]["eigenvalues"],
                                np.linalg.eigvalsh(fisher)[::-1][:3], rtol=1e-6)
+    # a dense chain: the Fisher's and GGN's exact traces
+    assert run["operators"]["fisher"]["trace_exact"] == pytest.approx(np.trace(fisher),
+                                                                       rel=1e-6)
     ggn_top = run["operators"]["ggn"]["top"]
     assert np.all(np.asarray(ggn_top["eigenvalues"]) > 0)
     assert np.all(np.asarray(ggn_top["residuals"]) < 1e-6)

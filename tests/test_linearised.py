@@ -59,6 +59,20 @@ def test_products_equal_the_exact_hessian_and_ggn(act, head, outputs):
     else:  # a softmax after the last Dense layer: the operator keeps its own route
         assert not lin.ggn_applies
         assert hessian.GGNOperator(flat)._linearisation is None
+    # the empirical Fisher (any head: it needs only per-example gradients)
+    fisher_op = hessian.FisherOperator(flat, mode="forward")
+    fisher = np.stack([fisher_op.matvec(e) for e in np.eye(flat.num_params)], 1)
+    assert hessian.FisherOperator(flat)._linearisation is lin
+    np.testing.assert_allclose(hessian.FisherOperator(flat).matvec(vs[:, 2]), fisher @ vs[:, 2],
+                               atol=1e-12)
+    np.testing.assert_allclose(lin.block_product(vs, ggn="fisher"), fisher @ vs, atol=1e-12)
+    np.testing.assert_allclose(hessian.FisherOperator(flat).exact_diagonal(), np.diag(fisher),
+                               atol=1e-12)
+    if head is None:
+        np.testing.assert_allclose(hessian.GGNOperator(flat).exact_diagonal(), np.diag(ggn),
+                                   atol=1e-12)
+    else:
+        assert hessian.GGNOperator(flat).exact_diagonal() is None
     if act == "relu":  # piecewise linear: the Hessian's diagonal and trace exactly
         np.testing.assert_allclose(flat.exact_diagonal(), np.diag(full), atol=1e-12)
         trace = flat.trace()

@@ -150,6 +150,9 @@ def _other_operators(flat: hessian.FlatLoss, config: Config,
         out[kind] = {"top": _eigen(top), "trace": _trace(trace, config.confidence),
                      "density": density, "products": op.num_matvecs,
                      "seconds": time.perf_counter() - started}
+        exact = op.exact_diagonal()  # a dense chain: the exact trace beside the estimate
+        if exact is not None:
+            out[kind]["trace_exact"] = float(np.sum(exact, dtype=np.float64))
     out["principal_angles"] = {f"{a}-{b}": hessian.principal_angles(vectors[a], vectors[b])
                                for a, b in (("hessian", "ggn"), ("hessian", "fisher"),
                                             ("ggn", "fisher"))}
@@ -697,20 +700,25 @@ def _details(markdown, name: str, r: dict, ctx, level: float) -> str:
     parts = [f"**{name}: numbers with error bars.** Every eigenvalue below carries its Ritz "
              "residual r = ‖Hv − λv‖: some true eigenvalue lies within r of it. Traces carry "
              f"a {level:.0%} Student-t interval over the probes."]
+    exact = r.get("trace_exact")
     rows = [("Hessian H, top", _eigen_text(markdown, r["top_eigenvalues"], r["top_residuals"]),
-             f"{markdown.fmt(r['trace'])} {_interval_text(markdown, r['trace_interval'])}"),
+             f"{markdown.fmt(r['trace'])} {_interval_text(markdown, r['trace_interval'])}"
+             + ("" if exact is None else f"; exact {markdown.fmt(exact)}")),
             ("Hessian H, bottom", _eigen_text(markdown, r["bottom_eigenvalues"],
                                               r["bottom_residuals"]), "")]
     ops = r.get("operators")
     if ops:
         for kind in ("ggn", "fisher"):
             d = ops[kind]
+            exact = d.get("trace_exact")
             rows.append((f"{OPERATOR_LABELS[kind]}, top",
                          _eigen_text(markdown, d["top"]["eigenvalues"], d["top"]["residuals"]),
                          f"{markdown.fmt(d['trace']['trace'])} "
-                         f"{_interval_text(markdown, d['trace']['interval'])}"))
+                         f"{_interval_text(markdown, d['trace']['interval'])}"
+                         + ("" if exact is None else f"; exact {markdown.fmt(exact)}")))
     parts.append(markdown.table(("operator", "eigenvalues (Ritz residual)",
-                                 f"trace ({level:.0%} CI)"), rows))
+                                 f"trace (Hutchinson, {level:.0%} CI; exact where computed)"),
+                                rows))
     if ops:
         angles = "; ".join(f"{OPERATOR_LABELS[a]} vs {OPERATOR_LABELS[b]}: "
                            + ", ".join(f"{markdown.fmt(x, 2)}°" for x in markdown.series(v))
