@@ -128,7 +128,8 @@ def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1
     `logical_cpus()` (read after parsing) splits the CPU into that many devices before
     TensorFlow initialises, so a mirrored strategy has replicas without GPUs. `arguments`
     takes the positional arguments (none are allowed without it). A command that needs no
-    TensorFlow (`tensorflow=False`) starts without it: in well under a second, not in ~5 s."""
+    TensorFlow (`tensorflow=False`) starts without it, in well under a second, not in ~5 s,
+    unless its config asks for a strategy or several logical CPUs."""
 
     def _main(argv):
         if arguments is not None:
@@ -137,7 +138,7 @@ def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1
             _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
 
         def start_and_work():
-            if tensorflow:
+            if tensorflow or strategy() not in (None, "default") or logical_cpus() > 1:
                 console.start_tensorflow(logical_cpus(),
                                          multi_worker=strategy() == "multi_worker")
             work()
@@ -203,10 +204,13 @@ def run_command(config_cls: type, work: Callable[[Any], Any],
 
 def run_experiment(name: str) -> None:
     """The whole of `bin/run_<name>`: flags from the experiment's Config, then its work in an
-    ExperimentContext made once here (hw1_tf.framework)."""
-    console.import_tensorflow()  # first: the notices of TensorFlow's import are filtered
+    ExperimentContext made once here (hw1_tf.framework). TensorFlow starts when the
+    experiment's module imports it (every built-in one does); one that imports none (a numpy
+    experiment registered from elsewhere) starts in about a second."""
     from hw1_tf import experiments, framework
 
-    experiment = experiments.get(name)
+    with console.quiet_startup():  # the notices of TensorFlow's import, if the module imports it
+        experiment = experiments.get(name)
     run_command(experiment.Config, lambda config: framework.execute(
-        experiment, framework.ExperimentContext(name, config)))
+        experiment, framework.ExperimentContext(name, config)),
+        tensorflow="tensorflow" in sys.modules)
