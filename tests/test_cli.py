@@ -37,14 +37,16 @@ def test_bad_list_flag_is_one_line_exit_2(capsys):
     assert code == 2 and len(_meaningful(stderr)) == 1 and "--depths" in stderr, stderr
 
 
-def test_missing_data_that_cannot_be_fetched_is_one_line_exit_1(tmp_path):
+def test_missing_data_that_cannot_be_fetched_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
     # no npm nor apt-get on PATH and no internet for tensorflow-datasets: fetching fails
-    proc = _run("bin/run_actual_task", "--dataset=mnist", f"--data_dir={tmp_path}",
-                f"--output_dir={tmp_path}", path=str(tmp_path))
-    assert proc.returncode == 1, proc.stderr
-    errors = [l for l in _meaningful(proc.stderr) if l.startswith("error:")]  # not progress
+    monkeypatch.setenv("PATH", str(tmp_path))
+    code = cli.invoke_experiment("actual_task", ["--dataset=mnist", f"--data_dir={tmp_path}",
+                                                 f"--output_dir={tmp_path}"])
+    stderr = capsys.readouterr().err
+    assert code == 1, stderr
+    errors = [l for l in _meaningful(stderr) if l.startswith("error:")]  # not progress
     assert len(errors) == 1 and errors[0].startswith("error: mnist: could not fetch"), errors
-    assert f"into {tmp_path}/mnist" in errors[0] and "Traceback" not in proc.stderr
+    assert f"into {tmp_path}/mnist" in errors[0] and "Traceback" not in stderr
 
 
 def test_make_figures_without_results_is_one_line(tmp_path, capsys):
@@ -55,12 +57,14 @@ def test_make_figures_without_results_is_one_line(tmp_path, capsys):
     assert len(_meaningful(stderr)) == 1, stderr
 
 
-def test_simulate_binary_with_flagfile_writes_results(tmp_path):
+def test_simulate_binary_with_flagfile_writes_results(tmp_path, capsys):
+    # the binary's flags and work in this process; test_framework's quiet start runs the real
+    # binary with a flag file
     flagfile = tmp_path / "tiny.flags"
     flagfile.write_text("--functions=sinc\n--depths=2\n--target_params=60\n--n_train=32\n"
                         "--epochs=2\n--batch_size=16\n--verbose=0\n--nosave_models\n")
-    proc = _run("bin/run_simulate_function", f"--flagfile={flagfile}",
-                f"--output_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code = cli.invoke_experiment("simulate_function", [f"--flagfile={flagfile}",
+                                                       f"--output_dir={tmp_path}"])
+    assert code == 0, capsys.readouterr().err[-2000:]
     assert (tmp_path / "results/simulate_function/results.json").is_file()
     assert (tmp_path / "figures/simulate_function/prediction_sinc.png").is_file()
