@@ -181,9 +181,8 @@ def run_command(config_cls: type, work: Callable[[Any], Any],
     """The whole of a binary: flags from `config_cls`, then `work(config)`. `positional` names
     the fields that positional arguments may give instead of their flags, in order;
     `tensorflow=False`: the command imports no TensorFlow (compare_results and run_all, whose
-    experiments start in processes of their own)."""
-    if tensorflow:
-        console.import_tensorflow()  # before absl's app.run, whose init callbacks touch CUDA
+    experiments start in processes of their own). TensorFlow starts after the flags are
+    parsed: --help and a usage error take about a second, not ~5."""
     define_flags(config_cls)
     built, given = {}, {}
 

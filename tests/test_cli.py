@@ -31,6 +31,16 @@ def test_bad_flag_is_one_line_exit_2():
     assert len(lines) == 1 and "--epochs" in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_a_tool_parses_its_flags_before_tensorflow_starts():
+    # -X importtime lists every module imported: a usage error imports no TensorFlow
+    proc = _run("-X", "importtime", "bin/make_figures", "--experiments=actual_task", "--bogus")
+    imported = [l.rsplit("|", 1)[-1].strip() for l in proc.stderr.splitlines()
+                if l.startswith("import time:")]
+    lines = [l for l in proc.stderr.splitlines() if not l.startswith("import time:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "bogus" in lines[0], proc.stderr[-2000:]
+    assert "absl.app" in imported and "tensorflow" not in imported
+
+
 def test_bad_list_flag_is_one_line_exit_2(capsys):
     code = cli.invoke_experiment("simulate_function", ["--depths=2,x"])
     stderr = capsys.readouterr().err
