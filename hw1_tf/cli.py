@@ -210,6 +210,8 @@ def run_experiment(name: str) -> None:
 
     with console.quiet_startup():  # the notices of TensorFlow's import, if the module imports it
         experiment = experiments.get(name)
+    tensorflow = "tensorflow" in sys.modules
+    if tensorflow:  # its devices listed quietly before absl's app.run, whose init callbacks
+        console.import_tensorflow()  # would otherwise touch CUDA (cuInit) unfiltered
     run_command(experiment.Config, lambda config: framework.execute(
-        experiment, framework.ExperimentContext(name, config)),
-        tensorflow="tensorflow" in sys.modules)
+        experiment, framework.ExperimentContext(name, config)), tensorflow=tensorflow)
