@@ -14,11 +14,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from hw1_tf import console, distribute  # noqa: E402
 
-# TensorFlow's import and device notices filtered as in the binaries (console): each xdist
-# worker imports it, and its C++ lines would otherwise land after pytest's summary line
-console.import_tensorflow()
-with console.quiet_startup():
-    distribute.configure_logical_cpus(2)
+
+
+def pytest_configure(config):
+    """TensorFlow in the processes that run tests: the xdist workers, or pytest itself with
+    `-n 0` (or without xdist); the xdist controller runs none and skips its ~5 CPU s import.
+    Its import and device notices filtered as in the binaries (console): its C++ lines would
+    otherwise land after pytest's summary line."""
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    console.import_tensorflow()
+    with console.quiet_startup():
+        distribute.configure_logical_cpus(2)
 
 
 # ------------------------------------------------------ tiny runs shared by the test modules
