@@ -180,9 +180,11 @@ def run_command(config_cls: type, work: Callable[[Any], Any],
                 positional: tuple[str, ...] = (), *, tensorflow: bool = True) -> None:
     """The whole of a binary: flags from `config_cls`, then `work(config)`. `positional` names
     the fields that positional arguments may give instead of their flags, in order;
-    `tensorflow=False`: the command imports no TensorFlow (compare_results and run_all, whose
-    experiments start in processes of their own). TensorFlow starts after the flags are
-    parsed: --help and a usage error take about a second, not ~5."""
+    `tensorflow=False`: the command starts no TensorFlow (compare_results and run_all, whose
+    experiments start in processes of their own, import none; make_figures and make_report
+    only through the experiment modules whose figures and sections they draw, quietly).
+    TensorFlow starts after the flags are parsed: --help and a usage error take about a
+    second, not ~5."""
     define_flags(config_cls)
     built, given = {}, {}
 
@@ -208,8 +210,7 @@ def run_experiment(name: str) -> None:
     experiment registered from elsewhere) starts in about a second."""
     from hw1_tf import experiments, framework
 
-    with console.quiet_startup():  # the notices of TensorFlow's import, if the module imports it
-        experiment = experiments.get(name)
+    experiment = experiments.get(name)  # quietly: the notices of TensorFlow's import dropped
     tensorflow = "tensorflow" in sys.modules
     if tensorflow:  # its devices listed quietly before absl's app.run, whose init callbacks
         console.import_tensorflow()  # would otherwise touch CUDA (cuInit) unfiltered
