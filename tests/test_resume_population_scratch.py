@@ -2,6 +2,7 @@
 killed in the middle of an epoch (SIGKILL, in a subprocess) or interrupted in-process, started
 again with the same arguments, ends with the history and weights of an uninterrupted run."""
 
+import functools
 import logging
 import os
 import re
@@ -57,6 +58,13 @@ def _train(backup_dir, callbacks=(), **kw):
     return pop, histories, snaps
 
 
+@functools.cache
+def _straight():
+    """The uninterrupted run that every crash epoch below is compared with, trained once per
+    process (the tests only read it)."""
+    return _train(None)
+
+
 @pytest.mark.parametrize("crash_epoch", [2, 4])
 def test_population_restored_from_its_backup_continues_bit_identically(tmp_path, monkeypatch,
                                                                         crash_epoch):
@@ -66,7 +74,7 @@ def test_population_restored_from_its_backup_continues_bit_identically(tmp_path,
     backup = store.load_state(tmp_path / "a" / population.BACKUP_FILE)["state"]
     assert backup["progress"]["epochs_done"] == crash_epoch - 1  # the epoch before the crash
     resumed, h1, snaps1 = _train(tmp_path / "a")
-    straight, h2, snaps2 = _train(None)
+    straight, h2, snaps2 = _straight()
     for a, b in zip(h1, h2):
         assert a["iteration"] == b["iteration"]  # exact: lists of float32 values
         assert a["epoch"] == b["epoch"]
