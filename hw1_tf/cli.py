@@ -128,7 +128,8 @@ def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1
     `logical_cpus()` (read after parsing) splits the CPU into that many devices before
     TensorFlow initialises, so a mirrored strategy has replicas without GPUs. `arguments`
     takes the positional arguments (none are allowed without it). A command that needs no
-    TensorFlow (`tensorflow=False`) starts without it: in well under a second, not in ~5 s."""
+    TensorFlow (`tensorflow=False`) starts without it, in well under a second, not in ~5 s,
+    unless its config asks for a strategy or several logical CPUs."""
 
     def _main(argv):
         if arguments is not None:
@@ -137,7 +138,7 @@ def main(work: Callable[[], Any], *, logical_cpus: Callable[[], int] = lambda: 1
             _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
 
         def start_and_work():
-            if tensorflow:
+            if tensorflow or strategy() not in (None, "default") or logical_cpus() > 1:
                 console.start_tensorflow(logical_cpus(),
                                          multi_worker=strategy() == "multi_worker")
             work()
@@ -179,10 +180,11 @@ def run_command(config_cls: type, work: Callable[[Any], Any],
                 positional: tuple[str, ...] = (), *, tensorflow: bool = True) -> None:
     """The whole of a binary: flags from `config_cls`, then `work(config)`. `positional` names
     the fields that positional arguments may give instead of their flags, in order;
-    `tensorflow=False`: the command imports no TensorFlow (compare_results and run_all, whose
-    experiments start in processes of their own)."""
-    if tensorflow:
-        console.import_tensorflow()  # before absl's app.run, whose init callbacks touch CUDA
+    `tensorflow=False`: the command starts no TensorFlow (compare_results and run_all, whose
+    experiments start in processes of their own, import none; make_figures and make_report
+    only through the experiment modules whose figures and sections they draw, quietly).
+    TensorFlow starts after the flags are parsed: --help and a usage error take about a
+    second, not ~5."""
     define_flags(config_cls)
     built, given = {}, {}
 
@@ -203,10 +205,14 @@ def run_command(config_cls: type, work: Callable[[Any], Any],
 
 def run_experiment(name: str) -> None:
     """The whole of `bin/run_<name>`: flags from the experiment's Config, then its work in an
-    ExperimentContext made once here (hw1_tf.framework)."""
-    console.import_tensorflow()  # first: the notices of TensorFlow's import are filtered
+    ExperimentContext made once here (hw1_tf.framework). TensorFlow starts when the
+    experiment's module imports it (every built-in one does); one that imports none (a numpy
+    experiment registered from elsewhere) starts in about a second."""
     from hw1_tf import experiments, framework
 
-    experiment = experiments.get(name)
+    experiment = experiments.get(name)  # quietly: the notices of TensorFlow's import dropped
+    tensorflow = "tensorflow" in sys.modules
+    if tensorflow:  # its devices listed quietly before absl's app.run, whose init callbacks
+        console.import_tensorflow()  # would otherwise touch CUDA (cuInit) unfiltered
     run_command(experiment.Config, lambda config: framework.execute(
-        experiment, framework.ExperimentContext(name, config)))
+        experiment, framework.ExperimentContext(name, config)), tensorflow=tensorflow)

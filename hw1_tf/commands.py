@@ -64,7 +64,7 @@ class FiguresConfig:
 
 def make_figures(config: FiguresConfig) -> None:
     """Redraws figures from results.json files, never retraining."""
-    from hw1_tf import framework  # it imports TensorFlow: after the binary's quiet start
+    from hw1_tf import framework
 
     paths = store.Paths.create(config.output_dir)
     for name in _selected(config.experiments):

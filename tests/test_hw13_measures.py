@@ -237,18 +237,18 @@ def test_hessian_norm_takes_the_negative_end_when_it_dominates():
                                rtol=1e-6)
 
 
-def test_measures_end_to_end_ranks_the_sensitivity_models(tmp_path):
-    """sensitivity trains three models to one loss target (or its epoch limit), sharpness three
-    for a fixed number of epochs; measures reads their SavedModels: every measure per model,
-    tau overall and within each source, and the report section; tau is recomputed here from
-    the stored values."""
+def test_measures_end_to_end_ranks_the_sensitivity_models(tmp_path, shared_run):
+    """sensitivity trains three models to one loss target (or its epoch limit; the session's
+    shared run, conftest), sharpness three for a fixed number of epochs; measures reads their
+    SavedModels: every measure per model, tau overall and within each source, and the report
+    section; tau is recomputed here from the stored values."""
     from hw1_tf import markdown
-    from hw1_tf.experiments import measures as measures_exp, sensitivity, sharpness
+    from hw1_tf.experiments import measures as measures_exp, sharpness
 
     tiny = dict(dataset="digits", epochs=3, verbose=0, steps_per_execution=8,
                 tensorboard=False, jit_compile=False, output_dir=str(tmp_path))
-    trained = framework.run(sensitivity, sensitivity.Config(**tiny, hidden=(8,), batch_sizes=(16, 64, 256),
-                                                 stop_loss_below=0.5))
+    trained = shared_run("sensitivity", tmp_path)
+    assert trained["config"]["stop_loss_below"] == 0.5 and trained["config"]["epochs"] == 3
     for run in trained["runs"].values():
         epochs = run["history"]["epoch"]["train_loss"]
         assert epochs[-1] <= 0.5 or len(epochs) == 3  # stopped at the target, or ran out

@@ -1,6 +1,7 @@
 """A real multi-worker run: two worker processes on localhost ports (TF_CONFIG,
 --strategy=multi_worker) record the same per-iteration loss and gradient norms and end with the
-same weights as one process alone; only the chief writes."""
+same weights as one process alone (the test's own, running the binary's flags in process);
+only the chief writes."""
 
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from hw1_tf import store
+from hw1_tf import cli, store
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--functions=sinc", "--depths=2", "--target_params=60", "--n_train=64",
@@ -53,8 +54,11 @@ def test_two_workers_equal_one_process(tmp_path):
     started = time.perf_counter()
     procs = [_start(outs[i], {"cluster": cluster, "task": {"type": "worker", "index": i}},
                     "--strategy=multi_worker") for i in range(2)]
-    procs.append(_start(outs[2]))
     try:
+        # the one process is this one, with the same flags (what the binary does, without a
+        # third TensorFlow start-up), while the workers run
+        assert cli.invoke_experiment("simulate_function",
+                                     [*FLAGS, f"--output_dir={outs[2]}"]) == 0
         logs = [p.communicate(timeout=240)[1] for p in procs]
     finally:
         for p in procs:  # bounded: never leave a worker waiting for its peer
@@ -128,7 +132,6 @@ def test_two_workers_killed_mid_run_resume_to_the_uninterrupted_result_and_then_
     chief, other, single = tmp_path / "w0", tmp_path / "w1", tmp_path / "single"
     log = lambda name: tmp_path / f"{name}.log"  # noqa: E731
     started = time.perf_counter()
-    reference = _start_logged(single, log("single"))
     procs = _workers([chief, other], [log("w0a"), log("w1a")])
     backups = chief / "results/simulate_function/backup"
     try:
@@ -149,8 +152,12 @@ def test_two_workers_killed_mid_run_resume_to_the_uninterrupted_result_and_then_
     assert procs[1].returncode == -signal.SIGKILL
     assert not (chief / "results/simulate_function/results.json").exists()  # mid-run
     restarted = _workers([chief, other], [log("w0b"), log("w1b")])
-    _finish(restarted + [reference], 300)
-    for p, name in zip(restarted + [reference], ("w0b", "w1b", "single")):
+    try:  # the uninterrupted reference: this process, same flags, while the workers resume
+        assert cli.invoke_experiment("simulate_function",
+                                     [*RESUME_FLAGS, f"--output_dir={single}"]) == 0
+    finally:
+        _finish(restarted, 300)
+    for p, name in zip(restarted, ("w0b", "w1b")):
         assert p.returncode == 0, log(name).read_text()[-3000:]
     resumed = [re.search(r"resuming after epoch (\d+)", log(n).read_text()) for n in
                ("w0b", "w1b")]

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from hw1_tf import experiments, framework, markdown, records, report_writer, store
-from hw1_tf.experiments import (actual_task, capacity, flatness, random_labels, scratch,
-                                simulate_function)
+from hw1_tf.experiments import actual_task, capacity, scratch, simulate_function
+
+from conftest import TINY_IMAGE
 
 SCRATCH_TINY = dict(
     dataset="digits", fallback_dataset="digits", val_size=200, overfit_samples=50,
@@ -24,9 +25,10 @@ SCRATCH_TINY = dict(
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory):
+def out(tmp_path_factory, shared_run):
     """Every experiment of the registry run once on tiny settings into one output root (no
-    XLA: compiling costs more than these few steps)."""
+    XLA: compiling costs more than these few steps); random_labels and flatness are the
+    session's shared runs (conftest), which test_scorecard reads too."""
     root = tmp_path_factory.mktemp("report")
     framework.run(simulate_function, simulate_function.Config(
         functions=("sinc", "sign"), depths=(1, 3), target_params=120, n_train=64, n_test=50,
@@ -37,11 +39,10 @@ def out(tmp_path_factory):
         target_params=3000, epochs=3, batch_size=64, jit_compile=False, verbose=0,
         save_models=False, output_dir=str(root)))
     framework.run(scratch, scratch.Config(output_dir=str(root), **SCRATCH_TINY))
-    tiny = dict(dataset="digits", epochs=2, jit_compile=False, verbose=0, tensorboard=False,
-                steps_per_execution=4, output_dir=str(root))
-    framework.run(random_labels, random_labels.Config(hidden=(16,), ratios=(0.0, 1.0), **tiny))
-    framework.run(capacity, capacity.Config(widths=(2, 4, 8), **tiny))
-    framework.run(flatness, flatness.Config(hidden=(8,), batch_sizes=(16, 128), num_alphas=7, **tiny))
+    framework.run(capacity, capacity.Config(widths=(2, 4, 8), output_dir=str(root),
+                                            **TINY_IMAGE))
+    shared_run("random_labels", root)
+    shared_run("flatness", root)
     return root
 
 

@@ -2,6 +2,7 @@
 killed in the middle of an epoch (SIGKILL, in a subprocess) or interrupted in-process, started
 again with the same arguments, ends with the history and weights of an uninterrupted run."""
 
+import functools
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw1_tf import data, landscape, models, population, store
+from hw1_tf import cli, data, landscape, models, population, store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,13 @@ def _train(backup_dir, callbacks=(), **kw):
     return pop, histories, snaps
 
 
+@functools.cache
+def _straight():
+    """The uninterrupted run that every crash epoch below is compared with, trained once per
+    process (the tests only read it)."""
+    return _train(None)
+
+
 @pytest.mark.parametrize("crash_epoch", [2, 4])
 def test_population_restored_from_its_backup_continues_bit_identically(tmp_path, monkeypatch,
                                                                         crash_epoch):
@@ -66,7 +74,7 @@ def test_population_restored_from_its_backup_continues_bit_identically(tmp_path,
     backup = store.load_state(tmp_path / "a" / population.BACKUP_FILE)["state"]
     assert backup["progress"]["epochs_done"] == crash_epoch - 1  # the epoch before the crash
     resumed, h1, snaps1 = _train(tmp_path / "a")
-    straight, h2, snaps2 = _train(None)
+    straight, h2, snaps2 = _straight()
     for a, b in zip(h1, h2):
         assert a["iteration"] == b["iteration"]  # exact: lists of float32 values
         assert a["epoch"] == b["epoch"]
@@ -197,14 +205,16 @@ def _start(binary, flags, out):
 
 def _kill_mid_epoch_and_rerun(binary, flags, tmp_path, backup, epoch_line, epochs_done,
                               epochs):
-    """Runs `binary` twice side by side; SIGKILLs the second half an epoch after its log shows
-    the second epoch's end (`epoch_line`: a regex of the per-epoch log line; its first backup,
-    `backup` relative to the output folder, exists then), starts it again with the same flags
-    and waits for both. Returns the (killed, reference) output folders, the restarted run's
-    log and the backup's epoch (`epochs_done(state)`) at the kill."""
+    """Runs `binary`; SIGKILLs it half an epoch after its log shows the second epoch's end
+    (`epoch_line`: a regex of the per-epoch log line; its first backup, `backup` relative to
+    the output folder, exists then), starts it again with the same flags and, while that
+    resumes, runs the uninterrupted reference with the same flags in this process (what the
+    binary does, without a second TensorFlow start-up). Returns the (killed, reference) output
+    folders, the restarted run's log and the backup's epoch (`epochs_done(state)`) at the
+    kill."""
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     started = time.perf_counter()
-    procs = [_start(binary, flags, reference), _start(binary, flags, killed)]
+    procs = [_start(binary, flags, killed)]
     ends = []  # when the killed run logged its epoch ends
 
     def watch(stream):
@@ -212,28 +222,28 @@ def _kill_mid_epoch_and_rerun(binary, flags, tmp_path, backup, epoch_line, epoch
             if re.search(epoch_line, line):
                 ends.append(time.perf_counter())
 
-    watcher = threading.Thread(target=watch, args=(procs[1].stderr,), daemon=True)
+    watcher = threading.Thread(target=watch, args=(procs[0].stderr,), daemon=True)
     watcher.start()
     path = killed / backup
     try:
         while len(ends) < 2:
-            assert procs[1].poll() is None, f"{binary} ended before its second epoch"
+            assert procs[0].poll() is None, f"{binary} ended before its second epoch"
             assert time.perf_counter() - started < 120
             time.sleep(0.01)
         time.sleep((ends[1] - ends[0]) / 2)  # into the third epoch
-        procs[1].send_signal(signal.SIGKILL)
-        procs[1].wait(timeout=30)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
         killed_at = time.perf_counter() - started
-        assert procs[1].returncode == -signal.SIGKILL
+        assert procs[0].returncode == -signal.SIGKILL
         epoch = epochs_done(store.load_state(path)["state"])
         assert 1 <= epoch < epochs
         restart = _start(binary, flags, killed)
         procs.append(restart)
+        assert cli.invoke_experiment(binary.removeprefix("run_"),
+                                     [*flags, f"--output_dir={reference}"]) == 0
         _, log = restart.communicate(timeout=180)
         assert restart.returncode == 0, log[-3000:]
         assert f"resuming after epoch {epoch} " in log
-        _, ref_log = procs[0].communicate(timeout=180)
-        assert procs[0].returncode == 0, ref_log[-3000:]
     finally:
         for p in procs:
             if p.poll() is None:

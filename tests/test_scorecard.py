@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hw1_tf import experiments, framework, markdown, report_writer, scorecard, store
-from hw1_tf.experiments import flatness, random_labels, sensitivity
+from hw1_tf import experiments, markdown, report_writer, scorecard, store
 
 SEEDS = Path(__file__).resolve().parent / "data" / "seeds"
 SHARED = Path("/work/shared/seeds")  # the originals, where this machine has them
@@ -46,17 +45,12 @@ def test_the_copied_seed_texts_are_the_originals():
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory):
-    """Three experiments with scorecard rows run on tiny settings (no XLA)."""
+def out(tmp_path_factory, shared_run):
+    """Three experiments with scorecard rows, the session's tiny shared runs (conftest: no
+    XLA; test_report and test_hw13_measures read them too)."""
     root = tmp_path_factory.mktemp("scorecard")
-    tiny = dict(dataset="digits", epochs=2, jit_compile=False, verbose=0, tensorboard=False,
-                steps_per_execution=4, output_dir=str(root))
-    framework.run(random_labels, random_labels.Config(hidden=(16,), ratios=(0.0, 1.0), **tiny))
-    framework.run(flatness, flatness.Config(hidden=(8,), batch_sizes=(128, 16), num_alphas=5,
-                                            **tiny))
-    framework.run(sensitivity, sensitivity.Config(
-        hidden=(8,), batch_sizes=(256, 16, 64), sensitivity_examples=50,
-        **{**tiny, "epochs": 1}))
+    for name in NAMES:
+        shared_run(name, root)
     return root
 
 

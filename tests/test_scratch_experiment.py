@@ -1,12 +1,9 @@
 """The scratch experiment end to end on sklearn digits (seconds), its CIFAR-10 fallback, its
-figures from results.json alone, its config checks and bin/run_scratch."""
+figures from results.json alone, its config checks and bin/run_scratch's flags."""
 
 import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +12,6 @@ import pytest
 from hw1_tf import data, framework, store
 from hw1_tf.errors import DataError, Hw1Error
 from hw1_tf.experiments import scratch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TINY = dict(dataset="cifar10", fallback_dataset="digits", val_size=200, overfit_samples=50,
             overfit_hidden_dims=(50, 50), overfit_weight_scale=0.2, overfit_epochs=20,
@@ -126,20 +121,19 @@ def test_best_cell_prefers_accuracy_then_loss_and_skips_divergence():
     assert scratch._best_cell(acc, loss) == (1, 0)
 
 
-def _run_bin(args, tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, str(ROOT / "bin" / "run_scratch"), *args,
-                           f"--output_dir={tmp_path}"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+def test_bin_run_scratch_end_to_end_and_one_line_errors(tmp_path, monkeypatch, capsys):
+    # bin/run_scratch's flags and work in this process, from another folder (hw1_tf.cli.invoke;
+    # test_resume_population_scratch kills and restarts the real binary)
+    from hw1_tf import cli
 
-
-def test_bin_run_scratch_end_to_end_and_one_line_errors(tmp_path):
-    proc = _run_bin(["--dataset=digits", "--val_size=200", "--overfit_hidden_dims=40,40",
-                     "--search_weight_scales=0.1", "--search_learning_rates=0.1",
-                     "--update_rules=adam", "--rule_learning_rates=0.001",
-                     "--rules_train_size=300", "--rules_epochs=1", "--hidden_dims=32",
-                     "--epochs=1", "--normalization=none", "--dropout=0"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    code = cli.invoke_experiment("scratch", [
+        "--dataset=digits", "--val_size=200", "--overfit_hidden_dims=40,40",
+        "--search_weight_scales=0.1", "--search_learning_rates=0.1", "--update_rules=adam",
+        "--rule_learning_rates=0.001", "--rules_train_size=300", "--rules_epochs=1",
+        "--hidden_dims=32", "--epochs=1", "--normalization=none", "--dropout=0",
+        f"--output_dir={tmp_path}"])
+    assert code == 0, capsys.readouterr().err[-2000:]
     results = json.loads((tmp_path / "results" / "scratch" / "results.json").read_text())
     assert results["dataset_used"] == "digits" and results["fallback_reason"] is None
     assert results["config"]["normalization"] is None
@@ -147,8 +141,6 @@ def test_bin_run_scratch_end_to_end_and_one_line_errors(tmp_path):
 
     # inconsistent flags: a usage error (the binary's flags, config and exit code, in this
     # process: hw1_tf.cli.invoke)
-    from hw1_tf import cli
-
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = cli.invoke_experiment("scratch", ["--dataset=digits", "--update_rules=sgd,adam",

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = '''
 import dataclasses
 import os
+import sys
 import time
 
 import numpy as np
@@ -57,7 +58,8 @@ def train(ctx, sleep, fail):
 
 
 def analyse(records, ctx):
-    return framework.Outcome(records, {{"total": float(np.sum(records["only"]["values"]))}})
+    return framework.Outcome(records, {{"total": float(np.sum(records["only"]["values"])),
+                                        "tensorflow": "tensorflow" in sys.modules}})
 
 
 def figures(results, figures_dir):
@@ -119,7 +121,9 @@ def test_a_failing_experiment_stops_no_other_and_is_marked_in_the_report(toys, t
     assert table["toy_fail"][0] == "failed (exit status 1)"
     assert table["toy_a"][0] == "done"
     assert table["all"][0] == "1 done, 0 skipped, 1 failed"
-    assert store.load_results(store.Paths.create(out), "toy_a")["total"] == 3.0
+    toy_a = store.load_results(store.Paths.create(out), "toy_a")
+    assert toy_a["total"] == 3.0
+    assert toy_a["tensorflow"] is False  # a numpy experiment starts without TensorFlow
     report = (out / "REPORT.md").read_text()
     failed = report.split("## Toy toy_fail", 1)[1].split("\n## ", 1)[0]
     assert "**This experiment failed** in the last `bin/run_all` (exit status 1" in failed

@@ -27,9 +27,11 @@ import ast
 import functools
 import importlib
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
+from hw1_tf import console
 from hw1_tf.errors import Hw1Error
 
 ENV = "HW1_TF_EXPERIMENTS"
@@ -91,11 +93,16 @@ def builtin_names() -> tuple[str, ...]:
 
 
 def get(name: str) -> ModuleType:
-    """The experiment module called `name`."""
+    """The experiment module called `name`, imported quietly the first time (the notices of
+    the TensorFlow import it may bring are dropped: hw1_tf.console)."""
     everything = _all()
     if name not in everything:
         raise Hw1Error(f"unknown experiment {name!r}; choose from {', '.join(names())}")
-    return importlib.import_module(everything[name][1])
+    module_name = everything[name][1]
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    with console.quiet_startup():
+        return importlib.import_module(module_name)
 
 
 def modules() -> list[ModuleType]:
