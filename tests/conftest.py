@@ -28,6 +28,34 @@ def pytest_configure(config):
         distribute.configure_logical_cpus(2)
 
 
+# The heaviest tests first (per-test CPU seconds from tests/cpu_durations.py, 2026-12-06,
+# idle: 43, 22, 18, 18, 17, 16, 10, 9.4, 9.4 s). Under xdist's worksteal a long test
+# that starts last keeps one worker busy while the other has nothing left: the kill and
+# multi-worker tests sat at the end of the collection (test_multi_worker, test_resume*).
+# Only tests without module-scoped fixtures move (a fixture would be built twice), and none
+# reading the shared runs below (two workers would wait on one lock).
+SLOW_FIRST = (
+    "test_multi_worker.py::test_two_workers_killed_mid_run",
+    "test_resume.py::test_sigkill_mid_epoch",
+    "test_multi_worker.py::test_two_workers_equal_one_process",
+    "test_resume_population_scratch.py::test_population_experiment_killed",
+    "test_resume_population_scratch.py::test_trajectory_killed",
+    "test_resume_population_scratch.py::test_scratch_killed",
+    "test_hessian_operators.py::test_hessian_spectrum_reports_every_number",
+    "test_resume_population_scratch.py::test_weight_snapshots_of_a_resumed",
+    "test_hw13_generalization.py::test_random_labels_memorises",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The SLOW_FIRST tests at the front, in that order; the rest keep theirs."""
+    def rank(item):
+        return next((i for i, name in enumerate(SLOW_FIRST) if name in item.nodeid),
+                    len(SLOW_FIRST))
+
+    items.sort(key=rank)
+
+
 # ------------------------------------------------------ tiny runs shared by the test modules
 
 # tiny settings of the image experiments (no XLA: compiling costs more than these few steps)
