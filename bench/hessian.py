@@ -415,7 +415,7 @@ def anchors(n: int, rounds: int, eig_tol: float) -> dict:
     # the data from the cached linearisation; uncached here), against the float64 one
     lin = flat.linearisation()
     t, exact = interleaved(rounds, {"hw1_tf": lambda: float(np.sum(
-        lin.diagonal_function().numpy(), dtype=np.float64))})
+        lin.diagonal_functions["ggn"]().numpy(), dtype=np.float64))})
     exact64 = flat64.trace(method="exact").trace
     res["trace_exact"] = {"s": {**times, "hw1_tf": t["hw1_tf"]}, "value": exact["hw1_tf"],
                           "float64": exact64,

@@ -503,18 +503,21 @@ class FlatLoss:
         fn = self._function(*choice)
         return lambda theta, v: fn(theta, v).numpy()
 
-    def hvp_function(self) -> Callable:
-        """The chosen product, (theta tensor, v tensor) -> H(theta) v as numpy."""
+    def _linearised(self) -> bool:
+        """Whether the products are linearised (the choice made on first use)."""
         if not hasattr(self, "_hvp_choice"):
             self._hvp_choice = self._choose_hvp()
+        return self._hvp_choice[0] == "linearised"
+
+    def hvp_function(self) -> Callable:
+        """The chosen product, (theta tensor, v tensor) -> H(theta) v as numpy."""
+        self._linearised()
         return self._product_function(self._hvp_choice)
 
     def hvp(self, v, theta=None) -> np.ndarray:
         """H(theta) v over the whole dataset (numpy in, numpy out, the model's dtype)."""
         self.num_hvps += 1
-        if not hasattr(self, "_hvp_choice"):
-            self._hvp_choice = self._choose_hvp()
-        if self._hvp_choice[0] == "linearised":  # numpy straight in: no tensor round trip
+        if self._linearised():  # numpy straight in: no tensor round trip
             return self.linearisation(theta).product(v)
         theta = self.theta0 if theta is None else theta
         return self.hvp_function()(self._tensor(theta), self._tensor(v))
@@ -529,9 +532,7 @@ class FlatLoss:
             return self.hvp(vs[:, 0], theta)[:, None]
         theta = self.theta0 if theta is None else theta
         self.num_hvps += vs.shape[1]
-        if not hasattr(self, "_hvp_choice"):
-            self._hvp_choice = self._choose_hvp()
-        if self._hvp_choice[0] == "linearised":
+        if self._linearised():
             return self.linearisation(theta).block_product(vs)
         fn = self._function("hvp_block", False)
         return fn(self._tensor(theta), self._tensor(vs.T)).numpy().T
@@ -769,8 +770,7 @@ class _SummedProductOperator(scipy.sparse.linalg.LinearOperator):
         self.num_matvecs += 1
         fl = self.flat_loss
         if self._linearisation is not None:
-            return self._linearisation.product(
-                np.ravel(v), ggn="fisher" if self.kind == "fisher" else True).astype(np.float64)
+            return self._linearisation.product(np.ravel(v), self.kind).astype(np.float64)
         return self._function(fl._tensor(self.theta), fl._tensor(np.ravel(v))).numpy().astype(
             np.float64)
 

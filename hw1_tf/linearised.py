@@ -142,7 +142,8 @@ def cache_bytes(chain: Chain, examples: int, itemsize: int) -> int:
 
 class Linearisation:
     """The cached linearisation of a FlatLoss with a dense chain at one theta (see the module
-    docstring); `hvp`, `ggn_vp` (blocks too), `ggn_diagonal`, `exact_hessian_diagonal`."""
+    docstring): `product` / `block_product` of the Hessian, GGN or empirical Fisher,
+    `ggn_diagonal`, `fisher_diagonal`, `exact_hessian_diagonal`."""
 
     def __init__(self, flat_loss, chain: Chain, theta: np.ndarray):
         self.flat = flat_loss
@@ -174,12 +175,15 @@ class Linearisation:
         self.ggn_applies = not chain.activations[-1]
         self._theta_t = theta_t
         spec = tf.TensorSpec((None, flat_loss.num_params), self.dtype)
-        kinds = (False, True, "fisher")  # the Hessian, the GGN, the empirical Fisher
+        kinds = ("hessian", "ggn", "fisher")
         self._block = {kind: tf.function(lambda vs, kind=kind: self._block_product(vs, kind),
                                          input_signature=[spec]) for kind in kinds}
         self._single = {kind: tf.function(lambda v, kind=kind: self._summed(v, kind))
                         for kind in kinds}
-        self.diagonal_function = tf.function(self._ggn_diagonal)  # uncached (benchmarks)
+        # uncached (benchmarks time them); `ggn_diagonal` / `fisher_diagonal` keep the result
+        self.diagonal_functions = {"ggn": tf.function(self._ggn_diagonal),
+                                   "fisher": tf.function(self._fisher_diagonal)}
+        self._diagonals: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------------------ setup
 
@@ -245,33 +249,39 @@ class Linearisation:
         index, width = self._columns
         return tf.scatter_nd(index, rows, (width, tf.shape(rows)[1]))
 
-    def _batch_product(self, c: dict, kernels, vk, vb, ggn: bool):
-        """(H v) or (G v) on one batch's cache, as per-layer (kernel, bias) parts."""
-        n = len(kernels)
-        adot, adots, zdots = None, [None], []
-        for l in range(n):
+    def _forward(self, c: dict, kernels, vk, vb):
+        """The forward tangents along v on one batch: (zdot per layer, adot per layer's
+        input, None for the first)."""
+        adots, zdots = [None], []
+        for l in range(len(kernels)):
             zd = tf.matmul(c["inputs"][l], self._rows_in(l, vk[l]))
             if vb[l] is not None:
                 zd = zd + vb[l]
-            if adot is not None:
-                zd = zd + tf.matmul(adot, kernels[l])
+            if l > 0:
+                zd = zd + tf.matmul(adots[l], kernels[l])
             zdots.append(zd)
-            if l < n - 1:
-                adot = c["phi1"][l] * zd
-                adots.append(adot)
+            if l < len(kernels) - 1:
+                adots.append(c["phi1"][l] * zd)
+        return zdots, adots
+
+    def _batch_product(self, c: dict, kernels, vk, vb, kind: str):
+        """H v ("hessian") or G v ("ggn") on one batch's cache, as per-layer (kernel, bias)
+        parts."""
+        hessian = kind == "hessian"
+        zdots, adots = self._forward(c, kernels, vk, vb)
         dd = tf.linalg.matvec(c["lambda"], zdots[-1])
-        parts = [None] * n
-        for l in range(n - 1, -1, -1):
+        parts = [None] * len(kernels)
+        for l in range(len(kernels) - 1, -1, -1):
             gk = self._rows_out(l, tf.matmul(c["inputs"][l], dd, transpose_a=True))
-            if l > 0 and not ggn:
+            if l > 0 and hessian:
                 gk = gk + tf.matmul(adots[l], c["deltas"][l], transpose_a=True)
             parts[l] = (gk, tf.reduce_sum(dd, 0))
             if l > 0:
                 back = tf.matmul(dd, kernels[l], transpose_b=True)
-                if not ggn:
+                if hessian:
                     back = back + tf.matmul(c["deltas"][l], vk[l], transpose_b=True)
                 dd = back * c["phi1"][l - 1]
-                if not ggn and c["phi2"][l - 1] is not None:
+                if hessian and c["phi2"][l - 1] is not None:
                     dd = dd + c["phi2"][l - 1] * zdots[l - 1]
         return parts
 
@@ -279,27 +289,32 @@ class Linearisation:
         """F v on one batch: F = sum_n w_n g_n g_n^T with g_n = J_n^T delta_L,n / w_n, so
         F v = sum_n s_n J_n^T delta_L,n with s_n = (delta_L,n . zdot_L,n) / w_n, and a
         per-example scale passes through the backward pass: a^T (s * delta_l) per layer."""
-        zd = None
-        for l in range(len(kernels)):
-            step = tf.matmul(c["inputs"][l], self._rows_in(l, vk[l]))
-            if vb[l] is not None:
-                step = step + vb[l]
-            zd = step if zd is None else step + tf.matmul(c["phi1"][l - 1] * zd, kernels[l])
-        scale = tf.reduce_sum(c["deltas"][-1] * zd, -1, keepdims=True) * c["inverse_w"][:, None]
-        return [(self._rows_out(l, tf.matmul(c["inputs"][l], scale * c["deltas"][l],
-                                             transpose_a=True)),
-                 tf.reduce_sum(scale * c["deltas"][l], 0)) for l in range(len(kernels))]
+        zdots, _ = self._forward(c, kernels, vk, vb)
+        scale = tf.reduce_sum(c["deltas"][-1] * zdots[-1], -1, keepdims=True) * \
+            c["inverse_w"][:, None]
+        return self._weighted_parts(c, [scale * d for d in c["deltas"]], squared=False)
 
-    def _summed(self, v, ggn):
-        kernels, _ = self._params(self._theta_t)
-        vk, vb = self._params(v)
+    def _weighted_parts(self, c: dict, weighted, squared: bool):
+        """Per layer (a^T m, sum_n m) for per-layer (N, out) tensors m, a the layer's input
+        (squared: a*a, for diagonals)."""
+        return [(self._rows_out(l, tf.matmul(a * a if squared else a, m, transpose_a=True)),
+                 tf.reduce_sum(m, 0)) for l, (a, m) in enumerate(zip(c["inputs"], weighted))]
+
+    def _over_batches(self, per_batch):
+        """per_batch(cache) -> per-layer parts, summed over the batches, flat."""
         total = None
         for c in self.batches:
-            parts = self._batch_fisher(c, kernels, vk, vb) if ggn == "fisher" else \
-                self._batch_product(c, kernels, vk, vb, ggn)
+            parts = per_batch(c)
             total = parts if total is None else [(a + p, b + q) for (a, b), (p, q) in
                                                  zip(total, parts)]
         return self._flat(total)
+
+    def _summed(self, v, kind: str):
+        kernels, _ = self._params(self._theta_t)
+        vk, vb = self._params(v)
+        if kind == "fisher":
+            return self._over_batches(lambda c: self._batch_fisher(c, kernels, vk, vb))
+        return self._over_batches(lambda c: self._batch_product(c, kernels, vk, vb, kind))
 
     def _flat(self, parts):
         pieces = [None] * len(self.flat.sizes)
@@ -309,49 +324,38 @@ class Linearisation:
                 pieces[b] = gb
         return tf.concat(pieces, 0)
 
-    def _block_product(self, vs, ggn: bool):
+    def _block_product(self, vs, kind: str):
         # one product per column: at a matmul's full speed already, a product vectorised
         # over the block (tf.vectorized_map) cost more per column (139 against 111-134 ms on
         # the MNIST MLP, 2026-12-06)
-        return tf.map_fn(lambda v: self._summed(v, ggn), vs)
+        return tf.map_fn(lambda v: self._summed(v, kind), vs)
 
-    def product(self, v: np.ndarray, ggn: bool | str = False) -> np.ndarray:
-        """H v (ggn=True: G v; ggn="fisher": the empirical Fisher's F v) at this theta, numpy
-        in and out."""
-        return self._single[ggn](np.asarray(v, self.flat.np_dtype)).numpy()
+    def product(self, v: np.ndarray, kind: str = "hessian") -> np.ndarray:
+        """H v, G v or F v (kind "hessian", "ggn", "fisher") at this theta, numpy in and
+        out."""
+        return self._single[kind](np.asarray(v, self.flat.np_dtype)).numpy()
 
-    def block_product(self, vs: np.ndarray, ggn: bool | str = False) -> np.ndarray:
-        """H V (G V, F V) for V of shape (n, b), numpy in and out."""
+    def block_product(self, vs: np.ndarray, kind: str = "hessian") -> np.ndarray:
+        """H V, G V or F V for V of shape (n, b), numpy in and out."""
         vs = tf.convert_to_tensor(np.asarray(vs, self.flat.np_dtype).T)
-        return self._block[ggn](vs).numpy().T
+        return self._block[kind](vs).numpy().T
 
     # -------------------------------------------------------------------------- diagonals
 
     def ggn_diagonal(self) -> np.ndarray:
         """The exact diagonal of the generalised Gauss-Newton matrix (flat order)."""
-        if not hasattr(self, "_ggn_diag"):
-            self._ggn_diag = self.diagonal_function().numpy()
-        return self._ggn_diag
+        return self._diagonal("ggn")
 
     def fisher_diagonal(self) -> np.ndarray:
         """The exact diagonal of the empirical Fisher, sum_n w_n g_n^2: a Dense layer's
         per-example gradient is the outer product of its input and delta_n / w_n, so its
         squares are (a^2)^T (delta^2 / w), one matmul per layer."""
-        if not hasattr(self, "_fisher_diag"):
-            self._fisher_diag = tf.function(self._fisher_diagonal)().numpy()
-        return self._fisher_diag
+        return self._diagonal("fisher")
 
-    def _fisher_diagonal(self):
-        total = None
-        for c in self.batches:
-            parts = []
-            for l, a in enumerate(c["inputs"]):
-                weighted = c["deltas"][l] * c["deltas"][l] * c["inverse_w"][:, None]
-                parts.append((self._rows_out(l, tf.matmul(a * a, weighted, transpose_a=True)),
-                              tf.reduce_sum(weighted, 0)))
-            total = parts if total is None else [(a + p, b + q) for (a, b), (p, q) in
-                                                 zip(total, parts)]
-        return self._flat(total)
+    def _diagonal(self, kind: str) -> np.ndarray:
+        if kind not in self._diagonals:
+            self._diagonals[kind] = self.diagonal_functions[kind]().numpy()
+        return self._diagonals[kind]
 
     def exact_hessian_diagonal(self) -> np.ndarray:
         """The Hessian's exact diagonal: the GGN's, when every hidden activation is piecewise
@@ -363,19 +367,19 @@ class Linearisation:
 
     def _ggn_diagonal(self):
         kernels, _ = self._params(self._theta_t)
-        n = len(kernels)
-        total = None
-        for c in self.batches:
+
+        def per_batch(c):
             lam, vectors = tf.linalg.eigh(c["lambda"])  # (N, C), (N, C, C): columns u_k
             d = tf.transpose(vectors, (2, 0, 1))  # (C, N, C): d[k] = u_k per example
-            parts = [None] * n
-            for l in range(n - 1, -1, -1):
-                weighted = tf.einsum("knj,nk->nj", d * d, lam)  # sum_k lambda_k delta_k^2
-                a2 = c["inputs"][l] * c["inputs"][l]
-                parts[l] = (self._rows_out(l, tf.matmul(a2, weighted, transpose_a=True)),
-                            tf.reduce_sum(weighted, 0))
+            weighted = [None] * len(kernels)  # per layer: sum_k lambda_k delta_k^2
+            for l in range(len(kernels) - 1, -1, -1):
+                weighted[l] = tf.einsum("knj,nk->nj", d * d, lam)
                 if l > 0:
                     d = tf.einsum("knj,ij->kni", d, kernels[l]) * c["phi1"][l - 1][None]
-            total = parts if total is None else [(a + p, b + q) for (a, b), (p, q) in
-                                                 zip(total, parts)]
-        return self._flat(total)
+            return self._weighted_parts(c, weighted, squared=True)
+
+        return self._over_batches(per_batch)
+
+    def _fisher_diagonal(self):
+        return self._over_batches(lambda c: self._weighted_parts(
+            c, [d * d * c["inverse_w"][:, None] for d in c["deltas"]], squared=True))

@@ -57,7 +57,7 @@ def test_products_equal_the_exact_hessian_and_ggn(act, head, outputs):
     ggn = _ggn_matrix(flat)
     if head is None:  # the GGN splits at the model's outputs: the logits here
         assert lin.ggn_applies
-        np.testing.assert_allclose(lin.block_product(vs, ggn=True), ggn @ vs, atol=1e-12)
+        np.testing.assert_allclose(lin.block_product(vs, "ggn"), ggn @ vs, atol=1e-12)
         np.testing.assert_allclose(hessian.GGNOperator(flat).matvec(vs[:, 1]),
                                    ggn @ vs[:, 1], atol=1e-12)
         np.testing.assert_allclose(lin.ggn_diagonal(), np.diag(ggn), atol=1e-12)
@@ -70,7 +70,7 @@ def test_products_equal_the_exact_hessian_and_ggn(act, head, outputs):
     assert hessian.FisherOperator(flat)._linearisation is lin
     np.testing.assert_allclose(hessian.FisherOperator(flat).matvec(vs[:, 2]), fisher @ vs[:, 2],
                                atol=1e-12)
-    np.testing.assert_allclose(lin.block_product(vs, ggn="fisher"), fisher @ vs, atol=1e-12)
+    np.testing.assert_allclose(lin.block_product(vs, "fisher"), fisher @ vs, atol=1e-12)
     np.testing.assert_allclose(hessian.FisherOperator(flat).exact_diagonal(), np.diag(fisher),
                                atol=1e-12)
     if head is None:
