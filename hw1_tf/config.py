@@ -15,6 +15,7 @@ studies (`TaskConfig`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any
 
@@ -53,8 +54,15 @@ class FieldKind:
     optional: bool
 
 
+@functools.cache
+def _type_hints(config_cls: type) -> dict[str, Any]:
+    """A class's evaluated annotations, once per class: with string annotations (`from
+    __future__ import annotations`) each `typing.get_type_hints` compiles every one of them."""
+    return typing.get_type_hints(config_cls)
+
+
 def field_kind(config_cls: type, field: dataclasses.Field) -> FieldKind:
-    hint = typing.get_type_hints(config_cls)[field.name]
+    hint = _type_hints(config_cls)[field.name]
     optional = False
     args = typing.get_args(hint)
     if type(None) in args:  # X | None
