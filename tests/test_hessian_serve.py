@@ -6,9 +6,6 @@ loss. Tiny models (8x8 inputs), float64 where finite differences need it."""
 
 import contextlib
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -180,35 +177,34 @@ def test_bad_input_names_the_problem(module_model, tmp_path):
     assert "inputs reshaped from (64,) to (8, 8, 1)" in flat.notes
 
 
-def _run_binary(*flags, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / "bin" / "run_hessian_spectrum"), *flags,
-                           f"--output_dir={tmp_path}", "--verbose=0"], env=env,
-                          capture_output=True, text=True, timeout=600)
+def _invoke(*flags):
+    """`bin/run_hessian_spectrum flags` in this process (hw1_tf.cli.invoke: the binary's flags,
+    work and one-line errors; tests/test_cli and test_bad_input start real binaries): its exit
+    code and its stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.invoke_experiment("hessian_spectrum", [*flags, "--verbose=0"])
+    return code, err.getvalue()
 
 
 def test_binary_bad_saved_model_is_one_error_line(tmp_path):
     # serve takes 8x8x1 float64 images; mnist's are 28x28
     path = tmp_path / "module"
     tf.saved_model.save(SoftmaxModule(classes=10), str(path))
-    proc = _run_binary(f"--saved_model={path}", "--dataset=mnist", "--num_examples=20",
-                       tmp_path=tmp_path)
-    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
-    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-1500:]
+    code, stderr = _invoke(f"--saved_model={path}", "--dataset=mnist", "--num_examples=20",
+                           f"--output_dir={tmp_path}")
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1, stderr[-1500:]
     assert "serve takes inputs of shape (None, 8, 8, 1)" in lines[0]
-    assert "Traceback" not in proc.stderr
-    # labels beyond the outputs: digits has 10 classes, this module 4 (the binary's flags, work
-    # and exit code in this process, hw1_tf.cli.invoke: one real start above is enough)
+    assert "Traceback" not in stderr
+    # labels beyond the outputs: digits has 10 classes, this module 4
     small = tmp_path / "small"
     tf.saved_model.save(SoftmaxModule(classes=4), str(small))
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = cli.invoke_experiment("hessian_spectrum", [
-            f"--saved_model={small}", "--dataset=digits", "--num_examples=40",
-            f"--output_dir={tmp_path}", "--verbose=0"])
-    lines = [line for line in err.getvalue().strip().splitlines() if line.startswith("error:")]
+    code, stderr = _invoke(f"--saved_model={small}", "--dataset=digits", "--num_examples=40",
+                           f"--output_dir={tmp_path}")
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1 and "but serve returns 4 outputs" in lines[0], \
-        err.getvalue()[-1500:]
+        stderr[-1500:]
     assert not (tmp_path / "results" / "hessian_spectrum").exists()
 
 
