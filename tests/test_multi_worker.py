@@ -85,9 +85,10 @@ def test_two_workers_equal_one_process(tmp_path):
     assert weights <= 1e-5
 
 
-# 16 iterations an epoch; an epoch of two workers lasts about a second (all-reduces over gRPC):
-# the kills below land around epochs 2-3, well before the end
-RESUME_EPOCHS = 12
+# 16 iterations an epoch; an epoch of two workers lasts about 0.3 s on an idle machine
+# (all-reduces over gRPC), longer under load: the kill half a second after the first backup
+# lands around epochs 2-3, well before the end (a run that ended first fails the test)
+RESUME_EPOCHS = 8
 RESUME_FLAGS = ["--functions=sinc", "--depths=2", "--target_params=60", "--n_train=64",
                 "--batch_size=4", f"--epochs={RESUME_EPOCHS}", "--notensorboard", "--verbose=0"]
 
@@ -139,10 +140,10 @@ def test_two_workers_killed_mid_run_resume_to_the_uninterrupted_result_and_then_
             assert all(p.poll() is None for p in procs), log("w0a").read_text()[-3000:]
             assert time.perf_counter() - started < 180, "no backup within 180 s"
             time.sleep(0.05)
-        time.sleep(1.0)  # into a later epoch
+        time.sleep(0.5)  # into a later epoch
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait(timeout=30)
-        time.sleep(1.0)
+        time.sleep(0.2)
         if procs[0].poll() is None:
             procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(timeout=30)
