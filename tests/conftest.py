@@ -4,6 +4,7 @@ keeps using the default strategy on CPU:0."""
 
 import dataclasses
 import fcntl
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -45,6 +46,17 @@ SLOW_FIRST = (
     "test_resume_population_scratch.py::test_weight_snapshots_of_a_resumed",
     "test_hw13_generalization.py::test_random_labels_memorises",
 )
+
+
+def pytest_collection_finish(session):
+    """Python's collector, tuned for a long-lived process full of TensorFlow objects: what
+    importing TensorFlow, Keras and the test modules made is frozen out of its scans, and it
+    runs less often (each full pass walks every tracked object). Measured 2026-12-06 on
+    test_population + test_hw13_generalization + test_framework (`-n 0`, `gc.callbacks`
+    timing): 5.1 CPU s of collection in 3224 passes before, 2.6 s in 1291 after."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20000, 50, 50)
 
 
 def pytest_collection_modifyitems(config, items):
